@@ -1,0 +1,39 @@
+# `make demo` and `make test` do all set-up on a fresh machine: they create .venv if missing,
+# install torch 2.13.0 (CPU) first, then assay with every extra, then run.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.assay-installed
+PIP    := $(BIN)/python -m pip
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/assay run recipes/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/ruff check assay tests benchmarks
+	$(BIN)/ruff format --check assay tests benchmarks
+	ASSAY_PROGRESS=0 $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check assay tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format assay tests benchmarks
+	$(BIN)/ruff check --fix assay tests benchmarks
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf runs data .pytest_cache .ruff_cache

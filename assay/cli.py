@@ -1,0 +1,537 @@
+"""The `assay` command line. Each verb parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Score, select and mix language-model pretraining data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+# -- shared options ------------------------------------------------------------------------------
+Paths = Annotated[
+    list[str],
+    typer.Argument(
+        help="Corpus files, folders (searched recursively) or globs: .jsonl, .jsonl.gz, .jsonl.zst, .parquet."
+    ),
+]
+TextField = Annotated[
+    str, typer.Option("--text-field", help="Record field holding the document text.")
+]
+IdField = Annotated[
+    str,
+    typer.Option(
+        "--id-field",
+        help="Record field holding a unique document id; '' to always generate '<shard>:<line>' ids.",
+    ),
+]
+OnError = Annotated[
+    str,
+    typer.Option(
+        "--on-error",
+        help="Bad records (malformed JSON, missing or empty text, bad UTF-8, too long): 'fail' stops with file and line; 'skip' counts them in the stats.",
+    ),
+]
+MaxChars = Annotated[
+    int,
+    typer.Option(
+        "--max-chars", help="Documents longer than this are bad input; 0 disables the limit."
+    ),
+]
+RunnerKind = Annotated[
+    str, typer.Option("--runner", help="'local' (process pool on this machine) or 'ray'.")
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        "-j",
+        help="Parallel shard workers (local: processes, 1 = in this process; ray: CPUs of the local instance).",
+    ),
+]
+Address = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray cluster address (e.g. 'auto' or 'ray://host:10001'); default starts a local Ray instance.",
+    ),
+]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Redo shards whose outputs already exist (default: resume and skip them).",
+    ),
+]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+
+
+def _corpus(paths: list[str], text_field: str, id_field: str, on_error: str, max_chars: int) -> Any:
+    from assay.corpus import Corpus
+
+    return Corpus(
+        paths,
+        text_field=text_field,
+        id_field=id_field or None,
+        on_error=on_error,
+        max_chars=max_chars or None,
+    )
+
+
+def _runner(kind: str, workers: int | None, address: str | None, no_progress: bool) -> Any:
+    from assay.runner import make_runner
+
+    return make_runner(kind, workers, address, progress=not no_progress)
+
+
+def _params(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    params: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"{item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        params[k] = yaml.safe_load(v)
+    return params
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+# -- verbs ---------------------------------------------------------------------------------------
+
+
+@app.command("demo-corpus")
+def demo_corpus(
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder to write train/ and heldout/ shards into.")
+    ],
+    size: Annotated[
+        str,
+        typer.Option(help="'full' (about 6k documents) or 'small' (100 per domain, for tests)."),
+    ] = "full",
+    heldout: Annotated[
+        float, typer.Option(help="Share of each domain held out for evaluation.")
+    ] = 0.1,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the per-domain subsample and the held-out split.")
+    ] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Build the real-text demo corpus (news, math, code, reference) from pip-installed packages."""
+    from assay.demo import build_demo_corpus
+
+    manifest = build_demo_corpus(
+        out_dir, size=size, heldout=heldout, seed=seed, overwrite=overwrite
+    )
+    table = Table(title=f"demo corpus in {out_dir}")
+    for col in ("domain", "train docs", "held-out docs", "train chars", "sources"):
+        table.add_column(col)
+    for d, c in manifest["domains"].items():
+        table.add_row(
+            d,
+            f"{c['train_docs']:,}",
+            f"{c['heldout_docs']:,}",
+            f"{c['train_chars']:,}",
+            ", ".join(c["sources"])[:60],
+        )
+    out.print(table)
+
+
+@app.command()
+def stats(
+    paths: Paths,
+    group_by: Annotated[
+        str, typer.Option("--group-by", help="Column to break counts down by ('' for none).")
+    ] = "domain",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    on_error: OnError = "fail",
+    max_chars: MaxChars = 10_000_000,
+    runner: RunnerKind = "local",
+    workers: Workers = None,
+    address: Address = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Count documents and characters of a corpus, per shard group and length bucket."""
+    from assay.corpus import corpus_stats
+
+    corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    result = corpus_stats(
+        corpus,
+        group_by=group_by or None,
+        runner=_runner(runner, workers, address, no_progress or as_json),
+    )
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    out.print(
+        f"[bold]{result['docs']:,}[/] documents, {result['chars']:,} characters in {result['shards']} shards (mean {result['mean_chars']:,.0f} chars)"
+    )
+    if result["skipped"]:
+        out.print(f"skipped: {result['skipped']}")
+    if result["groups"]:
+        t = Table(title=f"by {result['group_by']}")
+        for c in (result["group_by"], "docs", "share of docs", "chars", "share of chars"):
+            t.add_column(c)
+        for g, v in result["groups"].items():
+            t.add_row(
+                g,
+                f"{v['docs']:,}",
+                _fmt_pct(v["docs"] / max(result["docs"], 1)),
+                f"{v['chars']:,}",
+                _fmt_pct(v["chars"] / max(result["chars"], 1)),
+            )
+        out.print(t)
+    h = Table(title="document length (characters)")
+    h.add_column("range")
+    h.add_column("docs")
+    for k, v in result["length_histogram"].items():
+        h.add_row(k, f"{v:,}")
+    out.print(h)
+
+
+@app.command("train-classifier")
+def train_classifier(
+    positive: Annotated[
+        list[str],
+        typer.Option(
+            "--positive",
+            "-p",
+            help="High-quality / target documents (files, folders, globs). Repeatable.",
+        ),
+    ],
+    negative: Annotated[
+        list[str],
+        typer.Option(
+            "--negative",
+            "-n",
+            help="Documents to contrast with, usually the pool itself. Repeatable.",
+        ),
+    ],
+    model_out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to save the classifier into.")
+    ],
+    n: Annotated[
+        int,
+        typer.Option(
+            help="Documents sampled from each side (uniformly, by seeded hash of the id)."
+        ),
+    ] = 10_000,
+    column: Annotated[
+        str, typer.Option(help="Name of the score column the classifier writes.")
+    ] = "quality",
+    seed: Annotated[int, typer.Option(help="Seed for sampling and fastText.")] = 0,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="fastText setting as key=value (lr, epoch, wordNgrams, dim, minCount, bucket, ...). Repeatable.",
+        ),
+    ] = None,
+    no_balance: Annotated[
+        bool, typer.Option("--no-balance", help="Do not down-sample the larger class.")
+    ] = False,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    on_error: OnError = "fail",
+    max_chars: MaxChars = 10_000_000,
+) -> None:
+    """Train a DCLM-style fastText quality classifier (score = P(positive))."""
+    from assay.selection.fasttext import train_quality_classifier
+
+    pos = _corpus(positive, text_field, id_field, on_error, max_chars)
+    neg = _corpus(negative, text_field, id_field, on_error, max_chars)
+    scorer = train_quality_classifier(
+        pos, neg, n=n, seed=seed, column=column, params=_params(param), balance=not no_balance
+    )
+    scorer.save(model_out)
+    rep = scorer.report
+    val = rep.get("validation", {})
+    out.print(
+        f"trained on {rep['positive']:,} positive and {rep['negative']:,} negative documents in {rep['train_seconds']:.1f}s"
+    )
+    if val:
+        out.print(
+            f"held-out accuracy {val['accuracy']:.3f}, ROC AUC {val['auc']:.3f} (n={val['n']})"
+        )
+    else:
+        out.print("too few documents for a held-out check (need 20 per class)")
+    out.print(f"saved to {model_out}")
+
+
+@app.command()
+def scorers() -> None:
+    """List the registered scorers."""
+    from assay.selection.base import available_scorers
+
+    for name in available_scorers():
+        out.print(name)
+
+
+@app.command()
+def score(
+    paths: Paths,
+    scores_out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder for the side-car score parquet files (one per shard)."
+        ),
+    ],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", "-m", help="A saved scorer folder (from train-classifier or a recipe)."
+        ),
+    ] = None,
+    scorer: Annotated[
+        str | None,
+        typer.Option(
+            "--scorer",
+            "-s",
+            help="A stateless registered scorer instead of --model, e.g. doc_stats.",
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="Scorer parameter key=value for --scorer. Repeatable."),
+    ] = None,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    on_error: OnError = "fail",
+    max_chars: MaxChars = 10_000_000,
+    runner: RunnerKind = "local",
+    workers: Workers = None,
+    address: Address = None,
+    overwrite: Overwrite = False,
+    no_progress: NoProgress = False,
+) -> None:
+    """Score every document; scores go beside the data, keyed by id."""
+    from assay.scores import score_corpus
+    from assay.selection.base import load_scorer, make_scorer
+
+    if (model is None) == (scorer is None):
+        raise typer.BadParameter("give exactly one of --model or --scorer")
+    sc = load_scorer(model) if model is not None else make_scorer(scorer, **_params(param))  # type: ignore[arg-type]
+    corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    result = score_corpus(
+        sc,
+        corpus,
+        scores_out,
+        runner=_runner(runner, workers, address, no_progress),
+        overwrite=overwrite,
+    )
+    d = result.to_dict()
+    out.print(
+        f"scored {d['docs_out']:,} documents into {scores_out} (columns: {', '.join(sc.columns)}); "
+        f"{d['ran']} shards ran, {d['resumed']} were already done"
+        + (f"; skipped {d['skipped']}" if d["skipped"] else "")
+    )
+
+
+@app.command("select")
+def select_cmd(
+    paths: Paths,
+    scores: Annotated[
+        list[Path],
+        typer.Option("--scores", help="Scores folder(s) from `assay score`. Repeatable."),
+    ],
+    column: Annotated[str, typer.Option("--column", "-c", help="Score column to select by.")],
+    selected_out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder for the selected shards (same names as the input)."
+        ),
+    ],
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="'topk' (exact, global), 'gumbel' (top-k of score/tau + Gumbel noise: sampling without replacement) or 'threshold' (score >= --threshold)."
+        ),
+    ] = "topk",
+    keep: Annotated[
+        float | None, typer.Option(help="Fraction to keep (topk, gumbel), measured by --by.")
+    ] = None,
+    by: Annotated[
+        str, typer.Option(help="Measure of the kept fraction: docs, chars or tokens.")
+    ] = "docs",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="'top' keeps high scores, 'bottom' low ones, 'middle' the band around the median (topk only)."
+        ),
+    ] = "top",
+    threshold: Annotated[
+        float | None, typer.Option(help="Score threshold for --policy threshold.")
+    ] = None,
+    tau: Annotated[
+        float, typer.Option(help="Gumbel temperature: lower is closer to plain top-k.")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed for Gumbel noise and tie-breaking.")] = 0,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            help="Local tokenizer (folder or tokenizer.json) for exact --by tokens; default estimates tokens."
+        ),
+    ] = None,
+    group_by: Annotated[
+        str, typer.Option("--group-by", help="Column to report kept fractions by ('' for none).")
+    ] = "domain",
+    with_scores: Annotated[
+        bool,
+        typer.Option("--with-scores", help="Add every score column to the selected documents."),
+    ] = False,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Output format (parquet, jsonl, jsonl.gz, jsonl.zst); default: same as input.",
+        ),
+    ] = None,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    on_error: OnError = "fail",
+    max_chars: MaxChars = 10_000_000,
+    runner: RunnerKind = "local",
+    workers: Workers = None,
+    address: Address = None,
+    overwrite: Overwrite = False,
+    no_progress: NoProgress = False,
+) -> None:
+    """Keep the best documents by a score column; write them as shards with the input names."""
+    from assay.selection.select import SelectConfig, select
+
+    cfg = SelectConfig(
+        column=column,
+        policy=policy,
+        keep=keep,
+        by=by,
+        mode=mode,
+        threshold=threshold,
+        tau=tau,
+        seed=seed,  # type: ignore[arg-type]
+        tokenizer=tokenizer,
+        group_by=group_by or None,
+        with_scores=with_scores,
+        format=fmt,
+    )
+    corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    result = select(
+        corpus,
+        [str(s) for s in scores],
+        selected_out,
+        cfg,
+        runner=_runner(runner, workers, address, no_progress),
+        overwrite=overwrite,
+    )
+    print_selection(result.to_dict())
+
+
+def print_selection(r: dict[str, Any]) -> None:
+    by = r["config"]["by"]
+    out.print(
+        f"kept [bold]{r['kept_docs']:,}[/] of {r['docs']:,} documents = {_fmt_pct(r['kept_fraction'])} of {by}"
+        + (f" (score cutoff {r['score_cutoff']:.4g})" if r.get("score_cutoff") is not None else "")
+        + f" -> {r['out_dir']}"
+    )
+    if r["skipped"]:
+        out.print(f"skipped: {r['skipped']}")
+    if r["groups"] and len(r["groups"]) > 1:
+        t = Table(title=f"kept per {r['config'].get('group_by') or 'group'}")
+        cols = ["group", "docs", "kept docs", "kept % docs"] + (
+            [] if by == "docs" else [f"kept % {by}"]
+        )
+        for c in cols:
+            t.add_column(c)
+        for g, v in r["groups"].items():
+            row = [
+                g,
+                f"{v['docs']:,}",
+                f"{v['kept_docs']:,}",
+                _fmt_pct(v["kept_docs"] / max(v["docs"], 1)),
+            ]
+            if by != "docs":
+                row.append(_fmt_pct(v["kept_weight"] / max(v["weight"], 1e-12)))
+            t.add_row(*row)
+        out.print(t)
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="Dotted overrides such as select.keep=0.2 or runner.workers=2."),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", help="Run directory (default: runs/<recipe name>)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo every step (default: reuse finished work).")
+    ] = False,
+    no_progress: NoProgress = False,
+) -> None:
+    """Run a recipe end to end in a self-describing run directory."""
+    from assay.pipeline import run_recipe
+
+    result = run_recipe(
+        recipe,
+        list(overrides or []),
+        run_dir=run_dir,
+        overwrite=overwrite,
+        progress=not no_progress,
+    )
+    t = Table(title=f"recipe {result.recipe.name} in {result.run_dir}")
+    for c in ("step", "kind", "status", "seconds"):
+        t.add_column(c)
+    for s in result.steps:
+        t.add_row(s.name, s.kind, s.status, f"{s.seconds:.1f}")
+    out.print(t)
+    for s in result.steps:
+        for k, v in s.outputs.items():
+            out.print(f"  {s.name}.{k}: {v}", highlight=False, soft_wrap=True)
+    for s in result.steps:
+        if s.kind == "demo_corpus":
+            d = s.summary["domains"]
+            out.print(
+                "demo corpus: " + ", ".join(f"{k} {v['train_docs']:,} docs" for k, v in d.items())
+            )
+        if s.kind == "score" and "fit" in s.summary and "validation" in s.summary["fit"]:
+            v = s.summary["fit"]["validation"]
+            out.print(
+                f"{s.name}: classifier held-out accuracy {v['accuracy']:.3f}, ROC AUC {v['auc']:.3f}"
+            )
+        if s.kind == "select":
+            out.print(f"[bold]{s.name}[/]:", end=" ")
+            print_selection(s.summary)
+
+
+def main() -> None:
+    from assay.corpus import CorpusError
+    from assay.recipe import RecipeError
+
+    try:
+        app()
+    except (CorpusError, RecipeError, ValueError, FileNotFoundError, ImportError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

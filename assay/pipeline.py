@@ -1,0 +1,285 @@
+"""Execute a recipe in a self-describing run directory.
+
+    runs/<name>/
+      recipe.yaml        the resolved recipe (defaults filled in, overrides applied)
+      env.json           python, platform, package versions, seed, command
+      inputs.json        fingerprints of every input shard a step read
+      <step>/step.json   the step's config hash, status, time and summary
+      <step>/...         the step's artifacts (model/, scores/, selected/, stats.json)
+
+Re-running skips finished work: every step is resumable on its own, and a step whose
+configuration (or whose inputs) changed since the last run is cleared and redone, together with
+what depends on it. `overwrite=True` redoes everything.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assay._files import atomic_path, config_hash, package_versions, read_json, write_json
+from assay.corpus import Corpus, corpus_stats
+from assay.recipe import (
+    CorpusSpec,
+    DemoCorpusStep,
+    Recipe,
+    ScoreStep,
+    SelectStep,
+    StatsStep,
+    dump_recipe,
+    load_recipe,
+)
+from assay.runner import Runner, make_runner
+
+STEP_FILE = "step.json"
+_VERSIONED = [
+    "assay", "numpy", "polars", "pyarrow", "pydantic", "fasttext-numpy2", "ray", "datasets",
+    "tokenizers", "torch", "transformers",
+]  # fmt: skip
+
+
+@dataclass
+class StepOutcome:
+    name: str
+    kind: str
+    status: str  # "ran" or "reused"
+    seconds: float
+    outputs: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    recipe: Recipe
+    steps: list[StepOutcome] = field(default_factory=list)
+
+    def step(self, name: str) -> StepOutcome:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+class _Context:
+    def __init__(self, recipe: Recipe, run_dir: Path, runner: Runner, overwrite: bool):
+        self.recipe, self.run_dir, self.runner, self.overwrite = recipe, run_dir, runner, overwrite
+        self.hashes: dict[str, str] = {}
+        self.outputs: dict[str, dict[str, str]] = {}
+        self.inputs: dict[str, Any] = {}
+
+    def corpus(self, spec: CorpusSpec | None) -> tuple[Corpus, list[dict[str, Any]]]:
+        spec = spec or self.recipe.corpus
+        assert spec is not None  # the recipe validator guarantees it
+        corpus = spec.open()
+        fp = corpus.fingerprint()
+        for entry in fp:
+            self.inputs[entry.get("path", entry["name"])] = entry
+        return corpus, fp
+
+    def seed(self, step_seed: int | None) -> int:
+        return self.recipe.seed if step_seed is None else step_seed
+
+
+def run_recipe(
+    recipe: Recipe | str | Path,
+    overrides: list[str] | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    overwrite: bool = False,
+    runner: Runner | None = None,
+    progress: bool = True,
+) -> RunOutcome:
+    """Run every step of a recipe; returns what each step produced."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to recipe files; edit the Recipe object instead")
+    root = Path(run_dir) if run_dir else recipe.resolved_run_dir
+    root.mkdir(parents=True, exist_ok=True)
+    runner = runner or make_runner(
+        recipe.runner.kind, recipe.runner.workers, recipe.runner.address, progress=progress
+    )
+    with atomic_path(root / "recipe.yaml") as tmp:
+        tmp.write_text(dump_recipe(recipe))
+    write_json(
+        root / "env.json",
+        {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "packages": package_versions(_VERSIONED),
+            "seed": recipe.seed,
+            "argv": sys.argv,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    ctx = _Context(recipe, root, runner, overwrite)
+    outcome = RunOutcome(root, recipe)
+    for step in recipe.steps:
+        outcome.steps.append(_run_step(step, ctx))
+        write_json(root / "inputs.json", ctx.inputs)
+    return outcome
+
+
+def _run_step(step: Any, ctx: _Context) -> StepOutcome:
+    step_dir = ctx.run_dir / step.name
+    t0 = time.perf_counter()
+    executor = _EXECUTORS[type(step)]
+    # The step's identity: its config, the recipe seed, the upstream steps it reads, its inputs.
+    identity, prepare = executor(step, ctx, step_dir)
+    h = config_hash({"step": step.model_dump(mode="json"), "seed": ctx.recipe.seed, **identity})
+    ctx.hashes[step.name] = h
+    state_path = step_dir / STEP_FILE
+    previous = read_json(state_path) if state_path.exists() else None
+    changed = previous is not None and previous.get("hash") != h
+    if ctx.overwrite or changed:
+        shutil.rmtree(step_dir, ignore_errors=True)
+    reused = (
+        previous is not None
+        and not changed
+        and not ctx.overwrite
+        and previous.get("status") == "done"
+    )
+    outputs, summary = prepare(redo=ctx.overwrite or changed)
+    ctx.outputs[step.name] = outputs
+    seconds = time.perf_counter() - t0
+    write_json(
+        state_path,
+        {
+            "hash": h,
+            "kind": step.kind,
+            "status": "done",
+            "seconds": round(seconds, 3),
+            "outputs": outputs,
+            "summary": summary,
+        },
+    )
+    return StepOutcome(
+        step.name, step.kind, "reused" if reused else "ran", seconds, outputs, summary
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Step executors. Each returns (identity, prepare): identity feeds the step's hash, and
+# prepare(redo) does the (resumable) work and returns (outputs, summary).
+
+
+def _demo_corpus(step: DemoCorpusStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.demo import build_demo_corpus
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        manifest = build_demo_corpus(
+            step.out, size=step.size, heldout=step.heldout, seed=ctx.seed(step.seed), overwrite=redo
+        )
+        return {"train": manifest["train"], "heldout": manifest["heldout"]}, {
+            "domains": manifest["domains"]
+        }
+
+    return {}, prepare
+
+
+def _score(step: ScoreStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.scores import describe_scores, score_corpus
+    from assay.selection.base import load_scorer, make_scorer
+
+    corpus, fp = ctx.corpus(step.corpus)
+    identity: dict[str, Any] = {"corpus": fp}
+    if step.fit is not None:
+        pos = step.fit.positive.open()
+        identity["positive"] = pos.fingerprint()
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        model_dir = step_dir / "model"
+        summary: dict[str, Any] = {}
+        if step.model:
+            scorer = load_scorer(step.model)
+        elif step.fit is not None:
+            if (model_dir / "scorer.json").exists():
+                scorer = load_scorer(model_dir)
+            else:
+                scorer = make_scorer(step.scorer, **step.params)
+                seed = ctx.seed(step.fit.seed)
+                negative = corpus if step.fit.negative == "corpus" else step.fit.negative.open()
+                pos_texts = pos.sample(step.fit.n, seed=seed).get_column("text").to_list()
+                neg_texts = negative.sample(step.fit.n, seed=seed + 1).get_column("text").to_list()
+                try:
+                    scorer.fit(pos_texts, neg_texts, seed=seed, balance=step.fit.balance)
+                except TypeError as e:
+                    raise ValueError(
+                        f"step {step.name!r}: scorer {step.scorer!r} does not train from positive/negative examples ({e})"
+                    ) from None
+                scorer.save(model_dir)
+            report = model_dir / "fit_report.json"
+            if report.exists():
+                summary["fit"] = read_json(report)
+        else:
+            scorer = make_scorer(step.scorer, **step.params)
+        scores_dir = step_dir / "scores"
+        result = score_corpus(scorer, corpus, scores_dir, runner=ctx.runner)
+        summary.update(
+            docs=result.docs_out,
+            skipped=result.skipped,
+            docs_per_second=result.to_dict()["docs_per_second"],
+            columns=scorer.columns,
+            distribution=describe_scores(scores_dir, corpus),
+        )
+        outputs = {"scores": str(scores_dir)}
+        if scorer.path:
+            outputs["model"] = scorer.path
+        return outputs, summary
+
+    return identity, prepare
+
+
+def _select(step: SelectStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.selection.select import SelectConfig, select
+
+    corpus, fp = ctx.corpus(step.corpus)
+    score_dirs = [ctx.outputs[r]["scores"] if r in ctx.outputs else r for r in step.scores]
+    identity = {"corpus": fp, "upstream": {r: ctx.hashes.get(r, r) for r in step.scores}}
+    cfg = SelectConfig(
+        column=step.column,
+        policy=step.policy,
+        keep=step.keep,
+        by=step.by,
+        mode=step.mode,
+        threshold=step.threshold,
+        tau=step.tau,
+        seed=ctx.seed(step.seed),
+        tokenizer=step.tokenizer,
+        group_by=step.group_by,
+        with_scores=step.with_scores,
+        format=step.format,
+    )
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        result = select(
+            corpus, score_dirs, step_dir / "selected", cfg, runner=ctx.runner, overwrite=redo
+        )
+        return {"selected": str(step_dir / "selected")}, result.to_dict()
+
+    return identity, prepare
+
+
+def _stats(step: StatsStep, ctx: _Context, step_dir: Path) -> Any:
+    corpus, fp = ctx.corpus(step.corpus)
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        stats = corpus_stats(corpus, group_by=step.group_by, runner=ctx.runner)
+        write_json(step_dir / "stats.json", stats)
+        return {"stats": str(step_dir / "stats.json")}, stats
+
+    return {"corpus": fp}, prepare
+
+
+_EXECUTORS: dict[type, Any] = {
+    DemoCorpusStep: _demo_corpus,
+    ScoreStep: _score,
+    SelectStep: _select,
+    StatsStep: _stats,
+}

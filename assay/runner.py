@@ -1,0 +1,426 @@
+"""Run a per-shard task over a corpus: in this process, a local process pool, or Ray.
+
+A task is any picklable object with
+
+    output_name(shard) -> str | None      # relative output path, or None for no output
+    __call__(shard, out: Path | None) -> ShardStats
+
+The runner owns the bookkeeping every task needs, so tasks stay small:
+
+* **resume**: a shard is done when its output exists; finished shards are skipped unless
+  `overwrite=True`. The output is written under a temporary name and renamed only after the
+  task returned and its stats were saved, so a killed run never leaves half a file behind.
+* **stats**: each shard's `ShardStats` is saved in `<out>/_stats/<shard>.json`; all of them,
+  resumed ones included, are merged into `<out>/_stats.json`.
+
+Everything the runner writes beside the outputs starts with `_` or `.`, which corpus discovery
+skips, so an output folder can be read back as a corpus.
+* **progress**: a bar with shards done, documents and documents per second. Tasks report
+  documents as they go with `report_progress(n)`; it works across processes.
+
+The same task runs unchanged on every runner: `LocalRunner(workers=1)` (in-process, easiest to
+debug), `LocalRunner(workers=N)` (a spawn-based process pool) and `RayRunner(address=...)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from assay._files import read_json, remove_stale_temps, temp_path_for, write_json
+from assay.corpus import Shard, ShardStats
+
+STATS_DIR = "_stats"
+STATS_FILE = "_stats.json"
+
+
+class ShardTask(Protocol):
+    def output_name(self, shard: Shard) -> str | None: ...
+
+    def __call__(self, shard: Shard, out: Path | None) -> ShardStats: ...
+
+
+@dataclass
+class RunResult:
+    """Merged statistics of one runner call."""
+
+    label: str
+    shards: list[ShardStats] = field(default_factory=list)
+    ran: int = 0
+    resumed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def docs_in(self) -> int:
+        return sum(s.docs_in for s in self.shards)
+
+    @property
+    def docs_out(self) -> int:
+        return sum(s.docs_out for s in self.shards)
+
+    @property
+    def chars_out(self) -> int:
+        return sum(s.chars_out for s in self.shards)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for s in self.shards:
+            for k, v in s.skipped.items():
+                total[k] = total.get(k, 0) + v
+        return dict(sorted(total.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        ran_docs = sum(s.docs_in for s in self.shards[-self.ran :]) if self.ran else 0
+        return {
+            "label": self.label,
+            "shards": len(self.shards),
+            "ran": self.ran,
+            "resumed": self.resumed,
+            "docs_in": self.docs_in,
+            "docs_out": self.docs_out,
+            "chars_out": self.chars_out,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+            "docs_per_second": round(ran_docs / self.seconds, 1) if self.seconds > 0 else None,
+            "per_shard": [s.to_dict() for s in self.shards],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress reporting from inside tasks
+
+_progress_hook: Any = None
+
+
+def report_progress(n_docs: int) -> None:
+    """Tell the runner that `n_docs` more documents were processed (no-op outside a runner)."""
+    if _progress_hook is not None:
+        _progress_hook(n_docs)
+
+
+def _queue_hook(q: Any) -> Any:
+    def hook(n: int) -> None:
+        with contextlib.suppress(Exception):
+            q.put_nowait(n)
+
+    return hook
+
+
+def _thread_env(threads: int) -> dict[str, str]:
+    """Environment that keeps each worker's native libraries to its share of the cores."""
+    n = str(max(1, threads))
+    return {
+        "POLARS_MAX_THREADS": n,
+        "RAYON_NUM_THREADS": n,
+        "OMP_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+        "OPENBLAS_NUM_THREADS": n,
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def _init_worker(q: Any, env: dict[str, str]) -> None:
+    global _progress_hook
+    os.environ.update(env)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
+    _progress_hook = _queue_hook(q)
+
+
+# ---------------------------------------------------------------------------------------------
+# One shard
+
+
+def execute_shard(
+    task: ShardTask, shard: Shard, final: str | None, stats_path: str | None
+) -> ShardStats:
+    """Run `task` on one shard; publish its output atomically, stats first."""
+    t0 = time.perf_counter()
+    if final is None:
+        stats = task(shard, None)
+        stats.seconds = time.perf_counter() - t0
+        return stats
+    final_path = Path(final)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(final_path)
+    try:
+        stats = task(shard, tmp)
+        if not tmp.exists():
+            raise RuntimeError(f"{type(task).__name__} wrote no output for shard {shard.name!r}")
+        stats.seconds = time.perf_counter() - t0
+        if stats_path is not None:
+            write_json(stats_path, stats.to_dict())
+        os.replace(tmp, final_path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return stats
+
+
+@dataclass
+class _Job:
+    index: int
+    shard: Shard
+    final: str | None
+    stats_path: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners
+
+
+class Runner:
+    """Plans which shards still need work, executes them, merges and saves stats."""
+
+    workers: int = 1
+    progress: bool = True
+
+    def run(
+        self,
+        task: ShardTask,
+        shards: Sequence[Shard],
+        out_dir: str | os.PathLike | None,
+        *,
+        overwrite: bool = False,
+        label: str = "",
+    ) -> RunResult:
+        t0 = time.perf_counter()
+        label = label or type(task).__name__
+        if out_dir is not None:
+            remove_stale_temps(out_dir)
+        results: dict[int, ShardStats] = {}
+        jobs: list[_Job] = []
+        for i, shard in enumerate(shards):
+            name = task.output_name(shard)
+            if name is None or out_dir is None:
+                jobs.append(_Job(i, shard, None, None))
+                continue
+            final = Path(out_dir) / name
+            stats_path = Path(out_dir) / STATS_DIR / f"{shard.name}.json"
+            if final.exists() and stats_path.exists() and not overwrite:
+                results[i] = ShardStats.from_dict(read_json(stats_path))
+                continue
+            jobs.append(_Job(i, shard, str(final), str(stats_path)))
+        resumed = len(results)
+        if jobs:
+            with _ProgressBar(label, total=len(shards), done=resumed, enabled=self.progress) as bar:
+                for job, stats in self._execute(task, jobs, bar):
+                    results[job.index] = stats
+                    bar.shard_done()
+        result = RunResult(
+            label=label,
+            shards=[results[i] for i in sorted(results)],
+            ran=len(jobs),
+            resumed=resumed,
+            seconds=time.perf_counter() - t0,
+        )
+        # Put the shards that ran last so that to_dict() can compute their throughput.
+        ran_idx = {j.index for j in jobs}
+        result.shards = [results[i] for i in sorted(results) if i not in ran_idx] + [
+            results[i] for i in sorted(results) if i in ran_idx
+        ]
+        if out_dir is not None:
+            write_json(Path(out_dir) / STATS_FILE, result.to_dict())
+        return result
+
+    def _execute(
+        self, task: ShardTask, jobs: list[_Job], bar: _ProgressBar
+    ) -> Iterator[tuple[_Job, ShardStats]]:
+        raise NotImplementedError
+
+
+class LocalRunner(Runner):
+    """One machine. `workers=1` runs in this process; more uses a spawn-based process pool."""
+
+    def __init__(self, workers: int | None = 1, progress: bool = True):
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.progress = progress
+
+    def _execute(
+        self, task: ShardTask, jobs: list[_Job], bar: _ProgressBar
+    ) -> Iterator[tuple[_Job, ShardStats]]:
+        global _progress_hook
+        if self.workers == 1 or len(jobs) == 1:
+            previous, _progress_hook = _progress_hook, bar.docs
+            try:
+                for job in jobs:
+                    yield job, execute_shard(task, job.shard, job.final, job.stats_path)
+            finally:
+                _progress_hook = previous
+            return
+
+        import multiprocessing as mp
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        env = _thread_env((os.cpu_count() or 1) // self.workers)
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.workers, len(jobs)),
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(q, env),
+        )
+        try:
+            futures = {
+                pool.submit(execute_shard, task, j.shard, j.final, j.stats_path): j for j in jobs
+            }
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(q, bar)
+                for f in done:
+                    yield futures[f], f.result()
+            _drain(q, bar)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        else:
+            pool.shutdown(wait=True)
+        finally:
+            q.close()
+
+
+def _drain(q: Any, bar: _ProgressBar) -> None:
+    while True:
+        try:
+            bar.docs(q.get_nowait())
+        except queue.Empty:
+            return
+        except (OSError, ValueError):
+            return
+
+
+class RayRunner(Runner):
+    """The same tasks as Ray tasks, one CPU each.
+
+    With no `address` a local Ray instance is started (with `workers` CPUs); with one, tasks go
+    to that cluster, whose workers must see the same paths (shared or network storage).
+    """
+
+    def __init__(
+        self, address: str | None = None, workers: int | None = None, progress: bool = True
+    ):
+        self.address = address
+        self.workers = workers or (os.cpu_count() or 1)
+        self.progress = progress
+
+    def _ensure_ray(self) -> Any:
+        try:
+            import ray
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ImportError("the Ray runner needs Ray: pip install 'assay[ray]'") from e
+        if not ray.is_initialized():
+            import logging
+
+            kwargs: dict[str, Any] = {
+                "include_dashboard": False,
+                "logging_level": logging.WARNING,
+                "log_to_driver": True,
+            }
+            if self.address:
+                kwargs["address"] = self.address
+            else:
+                kwargs["num_cpus"] = self.workers
+                threads = (os.cpu_count() or 1) // self.workers
+                kwargs["runtime_env"] = {"env_vars": _thread_env(threads)}
+            ray.init(**kwargs)
+        return ray
+
+    def _execute(
+        self, task: ShardTask, jobs: list[_Job], bar: _ProgressBar
+    ) -> Iterator[tuple[_Job, ShardStats]]:
+        ray = self._ensure_ray()
+        remote = ray.remote(num_cpus=1, max_retries=0)(execute_shard)
+        task_ref = ray.put(task)
+        pending = {remote.remote(task_ref, j.shard, j.final, j.stats_path): j for j in jobs}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                for ref in done:
+                    job = pending.pop(ref)
+                    try:
+                        stats = ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:
+                        cause = getattr(e, "cause", None)
+                        raise (cause if isinstance(cause, BaseException) else e) from None
+                    bar.docs(stats.docs_in)
+                    yield job, stats
+        finally:
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+
+
+def make_runner(
+    kind: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+) -> Runner:
+    """A runner from CLI/recipe settings: kind 'local' or 'ray'."""
+    if kind == "local":
+        return LocalRunner(workers=workers or 1, progress=progress)
+    if kind == "ray":
+        return RayRunner(address=address, workers=workers, progress=progress)
+    raise ValueError(f"unknown runner {kind!r}; use 'local' or 'ray'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress bar
+
+
+class _ProgressBar:
+    def __init__(self, label: str, total: int, done: int, enabled: bool):
+        self.enabled = enabled and os.environ.get("ASSAY_PROGRESS", "1") != "0"
+        self.label, self.total, self.n_docs, self.t0 = label, total, 0, time.perf_counter()
+        self._done = done
+        self._progress: Any = None
+
+    def __enter__(self) -> _ProgressBar:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("shards · {task.fields[docs]:,} docs · {task.fields[rate]} docs/s"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(
+                self.label, total=self.total, completed=self._done, docs=0, rate="-"
+            )
+        return self
+
+    def docs(self, n: int) -> None:
+        self.n_docs += n
+        if self._progress is not None:
+            rate = self.n_docs / max(time.perf_counter() - self.t0, 1e-9)
+            self._progress.update(self._task, docs=self.n_docs, rate=f"{rate:,.0f}")
+
+    def shard_done(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)

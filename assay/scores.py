@@ -1,0 +1,232 @@
+"""Side-car score tables: scores live beside the data, keyed by document id.
+
+This is dolma's "attributes" idea. Scoring a corpus writes, per input shard, one parquet file
+`<scores_dir>/<shard stem>.parquet` with an `id` column and one float32 column per score. A
+scores folder also holds `_scores.json` (which scorer, which columns) and the runner's stats.
+Several folders (one per scorer) combine by joining on `id`, so that selecting or mixing again
+never re-scores anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from assay._files import read_json, write_json
+from assay.corpus import Corpus, ReadOptions, Shard, ShardStats, ShardWriter
+from assay.runner import LocalRunner, Runner, RunResult, report_progress
+from assay.selection.base import Scorer
+
+SCORES_META = "_scores.json"
+SCORER_SUBDIR = "_scorer"
+
+
+def score_file(scores_dir: str | os.PathLike, shard: Shard) -> Path:
+    return Path(scores_dir) / f"{shard.stem}.parquet"
+
+
+@dataclass
+class ScoreTask:
+    """Scores one shard and writes its side-car parquet."""
+
+    scorer: Scorer
+    options: ReadOptions
+
+    def output_name(self, shard: Shard) -> str:
+        return f"{shard.stem}.parquet"
+
+    def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
+        assert out is not None
+        stats = ShardStats(shard.name)
+        columns = self.scorer.columns
+        writer = ShardWriter(out, fmt="parquet")
+        ids: list[pl.Series] = []
+        for batch in shard.read(self.options, stats):
+            texts = batch.get_column("text").to_list()
+            table = self.scorer.score_table(texts)
+            cols = {"id": batch.get_column("id")}
+            for name in columns:
+                values = np.asarray(table[name], dtype=np.float32)
+                if values.shape != (len(texts),):
+                    raise ValueError(
+                        f"scorer {self.scorer!r} returned shape {values.shape} for column {name!r} "
+                        f"on {len(texts)} texts"
+                    )
+                if np.isnan(values).any():
+                    i = int(np.flatnonzero(np.isnan(values))[0])
+                    raise ValueError(
+                        f"scorer returned NaN for document {cols['id'][i]!r} in {shard.name}"
+                    )
+                cols[name] = pl.Series(name, values, dtype=pl.Float32)
+            writer.write(pl.DataFrame(cols))
+            ids.append(cols["id"])
+            stats.docs_out += batch.height
+            report_progress(batch.height)
+        writer.close(schema_if_empty={"id": pl.String, **dict.fromkeys(columns, pl.Float32)})
+        _check_unique_ids(ids, shard)
+        return stats
+
+
+def _check_unique_ids(ids: list[pl.Series], shard: Shard) -> None:
+    if not ids:
+        return
+    all_ids = pl.concat(ids)
+    dup = all_ids.filter(all_ids.is_duplicated())
+    if dup.len():
+        raise ValueError(
+            f"duplicate id {dup[0]!r} in shard {shard.name}: ids must be unique within a shard "
+            "(pass id_field=None to generate ids from file and line)"
+        )
+
+
+def score_corpus(
+    scorer: Scorer,
+    corpus: Corpus,
+    out_dir: str | os.PathLike,
+    *,
+    runner: Runner | None = None,
+    overwrite: bool = False,
+) -> RunResult:
+    """Score every document of `corpus` with `scorer`, writing side-car parquet into `out_dir`.
+
+    Resumable: shards whose score file exists are skipped unless `overwrite`. With a process pool
+    or Ray, an unsaved scorer that cannot be pickled is first saved to `out_dir/_scorer`.
+    """
+    runner = runner or LocalRunner(workers=1)
+    out = Path(out_dir)
+    in_process = isinstance(runner, LocalRunner) and runner.workers == 1
+    if not in_process and scorer.path is None and not scorer.portable:
+        scorer.save(out / SCORER_SUBDIR)
+    meta_path = out / SCORES_META
+    meta = {
+        "columns": scorer.columns,
+        "scorer": {"type": scorer.kind, "config": scorer.get_config(), "path": scorer.path},
+    }
+    if meta_path.exists() and not overwrite:
+        old = read_json(meta_path)
+        if (
+            old.get("columns") != meta["columns"]
+            or old.get("scorer", {}).get("config") != meta["scorer"]["config"]
+        ):
+            raise ValueError(
+                f"{out} already holds scores from another scorer ({old.get('scorer')}); "
+                "use another folder or overwrite=True"
+            )
+    write_json(meta_path, meta)
+    return runner.run(
+        ScoreTask(scorer, corpus.options),
+        corpus.shards,
+        out,
+        overwrite=overwrite,
+        label=f"score:{scorer.kind}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and joining
+
+
+def score_columns(scores_dir: str | os.PathLike) -> list[str]:
+    meta = Path(scores_dir) / SCORES_META
+    if not meta.exists():
+        raise FileNotFoundError(
+            f"{scores_dir} is not a scores folder (no {SCORES_META}); run `assay score` first"
+        )
+    return list(read_json(meta)["columns"])
+
+
+class ScoreSet:
+    """One or more scores folders, joined on `id`.
+
+    >>> scores = ScoreSet(["runs/q/quality", "runs/q/doc_stats"])
+    >>> scores.for_shard(shard)           # id + every score column of that shard
+    """
+
+    def __init__(self, dirs: str | os.PathLike | Sequence[str | os.PathLike]):
+        if isinstance(dirs, str | os.PathLike):
+            dirs = [dirs]
+        if not dirs:
+            raise ValueError("no scores folders given")
+        self.dirs = [Path(d) for d in dirs]
+        self.columns_by_dir = {d: score_columns(d) for d in self.dirs}
+        owner: dict[str, Path] = {}
+        for d, cols in self.columns_by_dir.items():
+            for c in cols:
+                if c in owner:
+                    raise ValueError(
+                        f"score column {c!r} is in both {owner[c]} and {d}; rename one (column=...)"
+                    )
+                owner[c] = d
+        self.owner = owner
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.owner)
+
+    def for_shard(self, shard: Shard, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        wanted = list(columns) if columns is not None else self.columns
+        for c in wanted:
+            if c not in self.owner:
+                raise ValueError(f"no score column {c!r}; available: {', '.join(self.columns)}")
+        frame: pl.DataFrame | None = None
+        for d, cols in self.columns_by_dir.items():
+            take = [c for c in cols if c in wanted]
+            if not take:
+                continue
+            path = score_file(d, shard)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"no scores for shard {shard.name!r} in {d} (expected {path})"
+                )
+            part = pl.read_parquet(path, columns=["id", *take])
+            frame = part if frame is None else frame.join(part, on="id", how="full", coalesce=True)
+        assert frame is not None
+        return frame
+
+    def read_all(
+        self, shards: Sequence[Shard], columns: Sequence[str] | None = None
+    ) -> pl.DataFrame:
+        """Every score row of the given shards with a `shard` column; ids and floats only."""
+        parts = [
+            self.for_shard(s, columns).with_columns(pl.lit(s.name).alias("shard")) for s in shards
+        ]
+        return pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
+
+
+def join_scores(batch: pl.DataFrame, scores: pl.DataFrame) -> pl.DataFrame:
+    """Attach score columns to a batch of documents, keeping the batch's row order."""
+    return batch.join(scores, on="id", how="left", maintain_order="left")
+
+
+def read_scores(
+    dirs: str | os.PathLike | Sequence[str | os.PathLike],
+    corpus: Corpus,
+    columns: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """All scores of a corpus as one table (id, shard, score columns)."""
+    return ScoreSet(dirs).read_all(corpus.shards, columns)
+
+
+def describe_scores(dirs: Any, corpus: Corpus) -> dict[str, dict[str, float]]:
+    """Summary statistics per score column (count, mean, quantiles)."""
+    table = read_scores(dirs, corpus)
+    out: dict[str, dict[str, float]] = {}
+    for c in table.columns:
+        if c in ("id", "shard"):
+            continue
+        s = table.get_column(c).drop_nulls()
+        out[c] = {
+            "count": s.len(),
+            "mean": float(s.mean()) if s.len() else float("nan"),
+            **{
+                f"p{q}": float(s.quantile(q / 100)) if s.len() else float("nan")
+                for q in (1, 10, 50, 90, 99)
+            },
+        }
+    return out

@@ -1,0 +1,253 @@
+"""The distilled fastText scorer, and the DCLM-style quality classifier built on it.
+
+fastText is the cheap scorer that every expensive labeler in assay distils into: DCLM's quality
+classifier (high-quality reference text vs a sample of the pool), PreSelect (predictive strength
+labels) and BETR (benchmark-similarity labels) all train `FastTextScorer.fit(positive, negative)`
+and then score the full corpus at tens of thousands of documents per second.
+
+The score is P(positive) under the classifier, in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assay._files import write_json
+from assay.selection.base import Scorer, register_scorer
+
+POSITIVE = "__label__pos"
+NEGATIVE = "__label__neg"
+
+#: DCLM's classifier settings (bigrams, lr 0.1, dim 100, 5 epochs), with two local choices:
+#: `bucket` 200k instead of 2M (the n-gram hash table dominates the model size: 800 MB at 2M x
+#: 100 floats, for no accuracy gain at the sample sizes a quality classifier is trained on), and
+#: one thread, because fastText's Hogwild training is only deterministic single-threaded.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "lr": 0.1,
+    "epoch": 5,
+    "wordNgrams": 2,
+    "dim": 100,
+    "minCount": 1,
+    "bucket": 200_000,
+    "loss": "softmax",
+    "thread": 1,
+}
+
+MIN_DOCS_PER_CLASS = 10
+
+
+def _fasttext() -> Any:
+    try:
+        import fasttext
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "the fastText scorer needs fastText: pip install 'assay[fasttext]'"
+        ) from e
+    # fastText prints a warning on every load_model call; it says nothing useful here.
+    fasttext.FastText.eprint = lambda *a, **k: None
+    return fasttext
+
+
+def to_line(text: str) -> str:
+    """fastText reads one example per line: newlines become spaces (as DCLM does)."""
+    return text.replace("\n", " ").replace("\r", " ")
+
+
+@register_scorer("fasttext")
+class FastTextScorer(Scorer):
+    """Binary fastText classifier; `score` returns P(positive).
+
+    >>> scorer = FastTextScorer(column="quality").fit(good_texts, pool_texts)
+    >>> scorer.score(["some document", "another"])
+    """
+
+    def __init__(self, column: str = "fasttext", params: dict[str, Any] | None = None):
+        super().__init__(column)
+        unknown = set(params or {}) - set(_fasttext_arg_names())
+        if unknown:
+            raise ValueError(f"unknown fastText parameters: {sorted(unknown)}")
+        self.params = {**DEFAULT_PARAMS, **(params or {})}
+        self.model: Any = None
+        self.report: dict[str, Any] = {}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"column": self.column, "params": self.params}
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.model is not None
+
+    @property
+    def portable(self) -> bool:
+        return self.model is None
+
+    def fit(
+        self,
+        positive: Iterable[str],
+        negative: Iterable[str],
+        *,
+        seed: int = 0,
+        balance: bool = True,
+        validation: float = 0.1,
+    ) -> FastTextScorer:
+        """Train on positive vs negative texts.
+
+        `balance` down-samples the larger class to the size of the smaller (DCLM, PreSelect and
+        BETR all train balanced). A `validation` share of each class is held out to report
+        accuracy in `self.report`, then the final model is trained on everything.
+        """
+        pos = [t for t in positive if t and t.strip()]
+        neg = [t for t in negative if t and t.strip()]
+        for label, docs in (("positive", pos), ("negative", neg)):
+            if len(docs) < MIN_DOCS_PER_CLASS:
+                raise ValueError(
+                    f"too few {label} documents to train fastText: {len(docs)} "
+                    f"(need at least {MIN_DOCS_PER_CLASS})"
+                )
+        rng = np.random.default_rng(seed)
+        if balance:
+            n = min(len(pos), len(neg))
+            pos = [pos[i] for i in np.sort(rng.choice(len(pos), n, replace=False))]
+            neg = [neg[i] for i in np.sort(rng.choice(len(neg), n, replace=False))]
+
+        t0 = time.perf_counter()
+        report: dict[str, Any] = {
+            "positive": len(pos),
+            "negative": len(neg),
+            "params": self.params,
+            "seed": seed,
+        }
+        if validation > 0:
+            n_val_p, n_val_n = int(len(pos) * validation), int(len(neg) * validation)
+            if n_val_p >= 2 and n_val_n >= 2:
+                perm_p, perm_n = rng.permutation(len(pos)), rng.permutation(len(neg))
+                val_p = [pos[i] for i in perm_p[:n_val_p]]
+                val_n = [neg[i] for i in perm_n[:n_val_n]]
+                train_p = [pos[i] for i in perm_p[n_val_p:]]
+                train_n = [neg[i] for i in perm_n[n_val_n:]]
+                self.model = self._train(train_p, train_n, seed, rng)
+                report["validation"] = _binary_report(self.score(val_p), self.score(val_n))
+        self.model = self._train(pos, neg, seed, rng)
+        report["train_seconds"] = round(time.perf_counter() - t0, 3)
+        self.report = report
+        return self
+
+    def _train(
+        self, pos: Sequence[str], neg: Sequence[str], seed: int, rng: np.random.Generator
+    ) -> Any:
+        ft = _fasttext()
+        lines = [f"{POSITIVE} {to_line(t)}" for t in pos] + [
+            f"{NEGATIVE} {to_line(t)}" for t in neg
+        ]
+        order = rng.permutation(len(lines))
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+            for i in order:
+                f.write(lines[i])
+                f.write("\n")
+            path = f.name
+        try:
+            return ft.train_supervised(input=path, seed=seed, verbose=0, **self.params)
+        except RuntimeError as e:
+            if "NaN" in str(e):
+                raise ValueError(
+                    "fastText training diverged (NaN). The training text is probably degenerate "
+                    "(very few distinct words); use real documents, more of them, or a lower lr."
+                ) from e
+            raise
+        finally:
+            os.unlink(path)
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError("FastTextScorer is not fitted: call fit() or load a saved one")
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        labels, probs = self.model.predict([to_line(t) for t in texts], k=1)
+        p = np.fromiter(
+            (pr[0] if len(pr) else 0.5 for pr in probs), dtype=np.float64, count=len(texts)
+        )
+        is_pos = np.fromiter(
+            (bool(lb) and lb[0] == POSITIVE for lb in labels), dtype=bool, count=len(texts)
+        )
+        # Two classes under softmax: P(neg) = 1 - P(pos). fastText's probabilities are clipped
+        # slightly above 1 at times; clamp them.
+        return np.clip(np.where(is_pos, p, 1.0 - p), 0.0, 1.0).astype(np.float32)
+
+    def _save_state(self, folder: Path) -> None:
+        self.model.save_model(str(folder / "model.bin"))
+        if self.report:
+            write_json(folder / "fit_report.json", self.report)
+
+    def _load_state(self, folder: Path) -> None:
+        path = folder / "model.bin"
+        if not path.exists():
+            raise FileNotFoundError(f"{folder} has no model.bin")
+        self.model = _fasttext().load_model(str(path))
+        labels = set(self.model.get_labels())
+        if labels != {POSITIVE, NEGATIVE}:
+            raise ValueError(f"{path} is not a binary assay classifier (labels {sorted(labels)})")
+
+
+def _fasttext_arg_names() -> list[str]:
+    return [
+        "lr", "dim", "ws", "epoch", "minCount", "minCountLabel", "minn", "maxn", "neg",
+        "wordNgrams", "loss", "bucket", "thread", "lrUpdateRate", "t",
+    ]  # fmt: skip
+
+
+def _binary_report(pos_scores: np.ndarray, neg_scores: np.ndarray) -> dict[str, float]:
+    """Held-out accuracy at 0.5 and ROC AUC (rank-based, ties counted half)."""
+    y = np.r_[np.ones(len(pos_scores)), np.zeros(len(neg_scores))]
+    s = np.r_[pos_scores, neg_scores].astype(np.float64)
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    # average ranks for ties
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    n_p, n_n = len(pos_scores), len(neg_scores)
+    auc = (ranks[y == 1].sum() - n_p * (n_p + 1) / 2) / (n_p * n_n)
+    acc = float(((s >= 0.5) == (y == 1)).mean())
+    return {"accuracy": round(acc, 4), "auc": round(float(auc), 4), "n": len(s)}
+
+
+def _texts(source: Any, n: int | None, seed: int) -> list[str]:
+    from assay.corpus import Corpus
+
+    if isinstance(source, Corpus):
+        if n is None:
+            return list(source.iter_texts())
+        return source.sample(n, seed=seed).get_column("text").to_list()
+    texts = list(source)
+    if n is not None and len(texts) > n:
+        idx = np.sort(np.random.default_rng(seed).choice(len(texts), n, replace=False))
+        texts = [texts[i] for i in idx]
+    return texts
+
+
+def train_quality_classifier(
+    positive: Any,
+    negative: Any,
+    *,
+    n: int | None = 10_000,
+    seed: int = 0,
+    column: str = "quality",
+    params: dict[str, Any] | None = None,
+    balance: bool = True,
+) -> FastTextScorer:
+    """DCLM-style quality classifier: high-quality reference text vs a random sample of the pool.
+
+    `positive` and `negative` are Corpus objects (sampled uniformly, `n` documents each, by a
+    seeded hash of the id) or sequences of texts.
+    """
+    pos = _texts(positive, n, seed)
+    neg = _texts(negative, n, seed + 1)
+    return FastTextScorer(column=column, params=params).fit(pos, neg, seed=seed, balance=balance)

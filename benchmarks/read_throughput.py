@@ -1,0 +1,61 @@
+"""Reading shards with assay vs reading the same files with polars directly.
+
+assay validates every record (text present, a string, non-empty, UTF-8, under the length limit)
+and normalises ids; polars reads each file whole with no checks. Two assay paths are measured:
+the default (shards that fit in `whole_file_bytes` are parsed whole by polars) and streaming
+(forced with whole_file_bytes=0: blocks of 16 MiB, bounded memory, the path of large shards).
+Target: assay >= 0.8x polars.
+
+    python benchmarks/read_throughput.py [--docs 40000] [--shards 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import polars as pl
+from _common import bench_corpus, best_of, emit
+
+from assay.corpus import Corpus
+
+
+def read_assay(folder, **options) -> int:
+    return sum(b.height for b in Corpus(folder, **options).iter_batches())
+
+
+def read_polars(folder, fmt: str) -> int:
+    reader = pl.read_parquet if fmt == "parquet" else pl.read_ndjson
+    return sum(reader(p).height for p in sorted(folder.glob(f"*.{fmt}")))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=40_000)
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    rows = {}
+    for fmt in ("jsonl", "jsonl.gz", "jsonl.zst", "parquet"):
+        folder = bench_corpus("read", args.docs, args.shards, fmt)
+        size = sum(p.stat().st_size for p in folder.glob(f"*.{fmt}"))
+        read_polars(folder, fmt)  # warm the page cache for both
+        t_assay, n_assay = best_of(lambda f=folder: read_assay(f), args.repeats)
+        t_stream, n_stream = best_of(
+            lambda f=folder: read_assay(f, whole_file_bytes=0), args.repeats
+        )
+        t_polars, n_polars = best_of(lambda f=folder, x=fmt: read_polars(f, x), args.repeats)
+        assert n_assay == n_stream == n_polars == args.docs, (n_assay, n_stream, n_polars)
+        rows[fmt] = {
+            "docs": args.docs,
+            "file_mb": round(size / 1e6, 1),
+            "polars_docs_per_s": round(n_polars / t_polars),
+            "assay_docs_per_s": round(n_assay / t_assay),
+            "ratio": round(t_polars / t_assay, 3),
+            "assay_streaming_docs_per_s": round(n_stream / t_stream),
+            "streaming_ratio": round(t_polars / t_stream, 3),
+        }
+    emit({"benchmark": "read_throughput", "target_ratio": 0.8, "formats": rows})
+
+
+if __name__ == "__main__":
+    main()

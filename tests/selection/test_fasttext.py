@@ -1,0 +1,130 @@
+"""The fastText scorer and the DCLM-style quality classifier, on real text."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from assay.corpus import Corpus
+from assay.runner import LocalRunner
+from assay.scores import score_corpus
+from assay.selection.base import load_scorer
+from assay.selection.fasttext import FastTextScorer, train_quality_classifier
+
+pytest.importorskip("fasttext")
+
+SMALL_DATA = {"lr": 0.5, "epoch": 15}
+
+
+def _domain(records: list[dict], domain: str) -> list[str]:
+    return [r["text"] for r in records if r["domain"] == domain]
+
+
+@pytest.fixture(scope="module")
+def math_vs_code(demo_records: list[dict]) -> FastTextScorer:
+    return FastTextScorer(column="mathy", params=SMALL_DATA).fit(
+        _domain(demo_records, "math"), _domain(demo_records, "code"), seed=0
+    )
+
+
+def test_classifier_separates_real_domains(math_vs_code: FastTextScorer, demo_dir: Path) -> None:
+    report = math_vs_code.report
+    assert report["positive"] == report["negative"] == 90
+    assert report["validation"]["auc"] > 0.9
+    held = pl.concat(list(Corpus(demo_dir / "heldout").iter_batches()))
+    s = math_vs_code.score(held.get_column("text").to_list())
+    assert s.dtype == np.float32 and ((s >= 0) & (s <= 1)).all()
+    domain = held.get_column("domain").to_numpy()
+    assert s[domain == "math"].mean() > 0.8 > 0.2 > s[domain == "code"].mean()
+
+
+def test_training_is_deterministic(demo_records: list[dict], math_vs_code: FastTextScorer) -> None:
+    again = FastTextScorer(column="mathy", params=SMALL_DATA).fit(
+        _domain(demo_records, "math"), _domain(demo_records, "code"), seed=0
+    )
+    texts = _domain(demo_records, "news")
+    assert (again.score(texts) == math_vs_code.score(texts)).all()
+
+
+def test_save_load_and_pickling(
+    tmp_path: Path, demo_records: list[dict], math_vs_code: FastTextScorer
+) -> None:
+    texts = _domain(demo_records, "reference")
+    unsaved = FastTextScorer(params=SMALL_DATA).fit(
+        _domain(demo_records, "math"), _domain(demo_records, "code")
+    )
+    with pytest.raises(TypeError, match="save"):
+        pickle.dumps(unsaved)
+    math_vs_code.save(tmp_path / "clf")
+    assert {p.name for p in (tmp_path / "clf").iterdir()} == {
+        "model.bin",
+        "scorer.json",
+        "fit_report.json",
+    }
+    loaded = load_scorer(tmp_path / "clf")
+    assert (
+        isinstance(loaded, FastTextScorer)
+        and loaded.column == "mathy"
+        and loaded.params == math_vs_code.params
+    )
+    assert (loaded.score(texts) == math_vs_code.score(texts)).all()
+    # a saved scorer travels to worker processes as its path
+    clone = pickle.loads(pickle.dumps(math_vs_code))
+    assert (clone.score(texts) == math_vs_code.score(texts)).all()
+
+
+def test_scoring_a_corpus_in_a_process_pool(
+    tmp_path: Path, demo_dir: Path, demo_records: list[dict]
+) -> None:
+    scorer = FastTextScorer(column="mathy", params=SMALL_DATA).fit(
+        _domain(demo_records, "math"), _domain(demo_records, "code")
+    )
+    corpus = Corpus(demo_dir / "train")
+    score_corpus(scorer, corpus, tmp_path / "pool", runner=LocalRunner(workers=2))
+    assert (
+        tmp_path / "pool" / "_scorer" / "model.bin"
+    ).exists()  # saved first, then loaded by workers
+    score_corpus(scorer, corpus, tmp_path / "here")
+    for s in corpus.shards:
+        a = pl.read_parquet(tmp_path / "pool" / f"{s.stem}.parquet")
+        b = pl.read_parquet(tmp_path / "here" / f"{s.stem}.parquet")
+        assert a.equals(b)
+
+
+def test_quality_classifier_from_corpora(demo_dir: Path) -> None:
+    scorer = train_quality_classifier(
+        Corpus(demo_dir / "heldout" / "math.jsonl.gz"),
+        Corpus(demo_dir / "train"),
+        n=200,
+        params=SMALL_DATA,
+    )
+    assert scorer.column == "quality"
+    assert scorer.report["positive"] == 10  # the held-out math file has 10 documents; balanced
+    with pytest.raises(ValueError, match="too few positive documents"):
+        FastTextScorer().fit(["only one document"], ["another"] * 20)
+
+
+def test_bad_parameters_and_unfitted_use() -> None:
+    with pytest.raises(ValueError, match=r"unknown fastText parameters: \['learning_rate'\]"):
+        FastTextScorer(params={"learning_rate": 0.1})
+    with pytest.raises(RuntimeError, match="not fitted"):
+        FastTextScorer().score(["text"])
+
+
+def test_divergence_gets_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, demo_records: list[dict]
+) -> None:
+    import fasttext
+
+    def diverge(**kwargs):
+        raise RuntimeError("Encountered NaN.")
+
+    monkeypatch.setattr(fasttext, "train_supervised", diverge)
+    with pytest.raises(ValueError, match="fastText training diverged"):
+        FastTextScorer().fit(
+            _domain(demo_records, "math"), _domain(demo_records, "code"), validation=0
+        )

@@ -1,0 +1,241 @@
+"""Selection policies: array functions and the corpus-level, resumable select()."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from assay.corpus import Corpus
+from assay.runner import LocalRunner
+from assay.scores import score_corpus
+from assay.selection.doc_stats import DocStatsScorer
+from assay.selection.select import (
+    SelectConfig,
+    count_tokens,
+    gumbel_topk_mask,
+    select,
+    threshold_mask,
+    topk_mask,
+)
+
+# -- arrays ------------------------------------------------------------------------------------
+
+
+def test_topk_keeps_exactly_the_best_fraction_of_documents() -> None:
+    s = np.random.default_rng(0).normal(size=1000)
+    m = topk_mask(s, 0.1)
+    assert m.sum() == 100
+    assert s[m].min() >= s[~m].max()
+    b = topk_mask(s, 0.1, mode="bottom")
+    assert b.sum() == 100 and s[b].max() <= s[~b].min()
+
+
+def test_topk_by_weight_gets_closest_to_the_target_weight() -> None:
+    s = np.array([5.0, 4, 3, 2, 1])
+    w = np.array([10.0, 10, 60, 10, 10])
+    # 30% of 100: the top two weigh 20, the top three 80 -> 20 is closer
+    assert topk_mask(s, 0.3, weights=w).tolist() == [True, True, False, False, False]
+    assert topk_mask(s, 0.6, weights=w).tolist() == [True, True, True, False, False]
+
+
+def test_middle_mode_keeps_the_band_around_the_median() -> None:
+    s = np.arange(100, dtype=float)
+    m = topk_mask(s, 0.5, mode="middle")
+    assert m.sum() == 50
+    assert s[m].min() == 25 and s[m].max() == 74
+
+
+def test_ties_are_broken_deterministically() -> None:
+    s = np.zeros(10)
+    a = topk_mask(s, 0.3, tiebreak=np.arange(10)[::-1])
+    assert a.tolist() == [True, True, True] + [False] * 7
+    assert (topk_mask(s, 0.3) == topk_mask(s, 0.3)).all()
+
+
+def test_gumbel_top1_samples_from_the_softmax() -> None:
+    """Gumbel-top-k with k=1 picks item i with probability softmax(s/tau)_i."""
+    s = np.array([0.0, 1.0, 2.0])
+    tau = 0.7
+    trials = 6000
+    counts = np.zeros(3)
+    for seed in range(trials):
+        counts += gumbel_topk_mask(s, 1 / 3, tau=tau, seed=seed)
+    expected = np.exp(s / tau) / np.exp(s / tau).sum()
+    assert np.abs(counts / trials - expected).max() < 0.02
+    # lower-is-better: the lowest score is now the most likely
+    low = sum(
+        gumbel_topk_mask(s, 1 / 3, tau=tau, seed=seed, mode="bottom")[0] for seed in range(2000)
+    )
+    assert abs(low / 2000 - expected[2]) < 0.03
+
+
+def test_gumbel_temperature_moves_between_topk_and_random() -> None:
+    s = np.random.default_rng(1).normal(size=2000)
+    exact = topk_mask(s, 0.2)
+    cold = gumbel_topk_mask(s, 0.2, tau=1e-4, seed=0)
+    hot = gumbel_topk_mask(s, 0.2, tau=1e4, seed=0)
+    assert (cold == exact).all()
+    overlap_hot = (hot & exact).sum() / exact.sum()
+    assert 0.1 < overlap_hot < 0.35  # about what a random 20% shares with the top 20%
+    assert not (gumbel_topk_mask(s, 0.2, seed=1) == gumbel_topk_mask(s, 0.2, seed=2)).all()
+
+
+def test_threshold_and_validation() -> None:
+    s = np.array([0.1, 0.5, 0.9])
+    assert threshold_mask(s, 0.5).tolist() == [False, True, True]
+    assert threshold_mask(s, 0.5, mode="bottom").tolist() == [True, True, False]
+    with pytest.raises(ValueError, match=r"keep must be a fraction in \(0, 1\]"):
+        topk_mask(s, 1.5)
+    with pytest.raises(ValueError, match="needs keep"):
+        SelectConfig(column="x", policy="topk")
+    with pytest.raises(ValueError, match="needs threshold"):
+        SelectConfig(column="x", policy="threshold")
+    with pytest.raises(ValueError, match="mode 'middle' needs the topk policy"):
+        SelectConfig(column="x", policy="gumbel", keep=0.1, mode="middle")
+    with pytest.raises(ValueError, match="by must be"):
+        SelectConfig(column="x", keep=0.1, by="bytes")  # type: ignore[arg-type]
+
+
+def test_token_counts_exact_with_a_tokenizer_and_estimated_without(
+    tmp_path: Path, real_texts: list[str]
+) -> None:
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(
+        real_texts, tokenizers.trainers.BpeTrainer(vocab_size=500, show_progress=False)
+    )
+    tok.save(str(tmp_path / "tokenizer.json"))
+    texts = pl.Series(real_texts[:50])
+    exact = count_tokens(texts, str(tmp_path))
+    assert exact.tolist() == [len(tok.encode(t).ids) for t in real_texts[:50]]
+    est = count_tokens(texts, None)
+    # a 500-token vocabulary splits words into several pieces; the estimate counts whole words
+    assert (est > 0).all() and (exact >= est * 0.8).all()
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        count_tokens(texts, str(tmp_path / "missing"))
+
+
+# -- corpus-level --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> tuple[Corpus, Path]:
+    out = tmp_path_factory.mktemp("scores")
+    corpus = Corpus(demo_dir / "train")
+    score_corpus(DocStatsScorer(), corpus, out)
+    return corpus, out
+
+
+def _kept(folder: Path) -> pl.DataFrame:
+    return pl.concat(
+        [pl.concat(list(Corpus(p).iter_batches())) for p in sorted(folder.glob("[!._]*.jsonl.gz"))]
+    )
+
+
+@pytest.mark.parametrize("by", ["docs", "chars", "tokens"])
+def test_select_keeps_the_top_fraction_by_measure(
+    tmp_path: Path, scored: tuple[Corpus, Path], by: str
+) -> None:
+    corpus, scores = scored
+    result = select(corpus, scores, tmp_path / "sel", column="alpha_frac", keep=0.25, by=by)
+    kept = _kept(tmp_path / "sel")
+    assert kept.height == result.kept_docs
+    assert abs(result.kept_fraction - 0.25) < 0.01
+    assert sorted(p.name for p in (tmp_path / "sel").glob("*.jsonl.gz")) == sorted(
+        s.name for s in corpus.shards
+    )
+    all_scores = pl.concat([pl.read_parquet(p) for p in scores.glob("*.parquet")])
+    kept_scores = all_scores.filter(pl.col("id").is_in(kept.get_column("id").implode()))
+    dropped = all_scores.filter(~pl.col("id").is_in(kept.get_column("id").implode()))
+    assert kept_scores.get_column("alpha_frac").min() >= dropped.get_column("alpha_frac").max()
+    # selected shards keep every field of the input
+    assert kept.columns == ["id", "text", "domain", "source"]
+    summary = json.loads((tmp_path / "sel" / "_selection.json").read_text())
+    assert set(summary["groups"]) == {"news", "math", "code", "reference"}
+    assert sum(g["kept_docs"] for g in summary["groups"].values()) == result.kept_docs
+
+
+def test_select_is_deterministic_across_workers_and_resumes(
+    tmp_path: Path, scored: tuple[Corpus, Path]
+) -> None:
+    corpus, scores = scored
+    cfg = SelectConfig(column="unique_word_frac", policy="gumbel", keep=0.3, tau=0.1, seed=7)
+    a = select(corpus, scores, tmp_path / "a", cfg)
+    b = select(corpus, scores, tmp_path / "b", cfg, runner=LocalRunner(workers=2))
+    assert a.kept_docs == b.kept_docs
+    for shard in corpus.shards:
+        assert (tmp_path / "a" / shard.name).read_bytes() == (
+            tmp_path / "b" / shard.name
+        ).read_bytes()
+    again = select(corpus, scores, tmp_path / "a", cfg)
+    assert again.to_dict() == a.to_dict()
+    other_seed = select(
+        corpus,
+        scores,
+        tmp_path / "c",
+        SelectConfig(column="unique_word_frac", policy="gumbel", keep=0.3, tau=0.1, seed=8),
+    )
+    assert set(_kept(tmp_path / "c").get_column("id")) != set(
+        _kept(tmp_path / "a").get_column("id")
+    )
+    assert other_seed.kept_docs == pytest.approx(a.kept_docs, abs=2)
+
+
+def test_changed_settings_need_overwrite(tmp_path: Path, scored: tuple[Corpus, Path]) -> None:
+    corpus, scores = scored
+    select(corpus, scores, tmp_path / "s", column="alpha_frac", keep=0.5)
+    with pytest.raises(ValueError, match=r"other settings .*keep"):
+        select(corpus, scores, tmp_path / "s", column="alpha_frac", keep=0.2)
+    r = select(corpus, scores, tmp_path / "s", column="alpha_frac", keep=0.2, overwrite=True)
+    assert r.kept_docs == 72 and _kept(tmp_path / "s").height == 72
+
+
+def test_threshold_with_scores_and_format(tmp_path: Path, scored: tuple[Corpus, Path]) -> None:
+    corpus, scores = scored
+    r = select(
+        corpus,
+        scores,
+        tmp_path / "t",
+        column="n_chars",
+        policy="threshold",
+        threshold=2000,
+        with_scores=True,
+        format="parquet",
+    )
+    out = pl.concat([pl.read_parquet(p) for p in sorted((tmp_path / "t").glob("*.parquet"))])
+    assert out.height == r.kept_docs > 0
+    assert (out.get_column("n_chars") >= 2000).all()
+    assert {"alpha_frac", "n_chars", "dup_line_frac"} <= set(out.columns)
+    assert r.score_cutoff == 2000
+
+
+def test_documents_without_scores(
+    tmp_path: Path, scored: tuple[Corpus, Path], demo_dir: Path
+) -> None:
+    corpus, scores = scored
+    stale = tmp_path / "stale"
+    for p in scores.glob("*"):
+        if p.is_file():
+            (stale / p.name).parent.mkdir(parents=True, exist_ok=True)
+            data = pl.read_parquet(p).slice(1) if p.suffix == ".parquet" else None
+            if data is not None:
+                data.write_parquet(stale / p.name)
+            else:
+                (stale / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(ValueError, match="has no 'alpha_frac' score"):
+        select(corpus, stale, tmp_path / "x", column="alpha_frac", keep=0.5)
+    r = select(
+        Corpus(demo_dir / "train", on_error="skip"),
+        stale,
+        tmp_path / "y",
+        column="alpha_frac",
+        keep=0.5,
+    )
+    assert r.skipped == {"no_score": 4} and r.docs == 356
+    with pytest.raises(ValueError, match="no score column 'nope'"):
+        select(corpus, scores, tmp_path / "z", column="nope", keep=0.5)
