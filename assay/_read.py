@@ -143,11 +143,11 @@ def _line_blocks(path: str, block_bytes: int) -> Iterator[tuple[int, bytes]]:
 _END = object()
 
 
-def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
     """Run an iterator in a background thread, `depth` items ahead.
 
-    Decompression (zlib, ISA-L, zstd) and polars parsing both release the GIL, so reading the next
-    block while the current one is parsed uses a second core instead of waiting.
+    Decompression (zlib, ISA-L, zstd) and polars parsing release the GIL, so reading the next
+    block while the current one is parsed (or scored) uses a second core instead of waiting.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -189,7 +189,7 @@ def _read_jsonl_blocks(path: str, block_bytes: int) -> Iterator[RawBatch]:
         yield from _mapped_blocks(path, block_bytes)
         return
     records_before = 0
-    for offset, block in _prefetched(_line_blocks(path, block_bytes)):
+    for offset, block in prefetched(_line_blocks(path, block_bytes)):
         lines_before = lambda a=offset: _count_lines(path, a)  # noqa: E731
         raw, n_records = _parse_block(block, lines_before, records_before)
         records_before += n_records

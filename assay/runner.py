@@ -165,6 +165,17 @@ def execute_shard(
     return stats
 
 
+def _execute_in_ray_worker(
+    task: ShardTask, shard: Shard, final: str | None, stats_path: str | None
+) -> ShardStats:
+    """A Ray task holds one CPU: keep native thread pools to one thread before any work."""
+    if os.environ.get("POLARS_MAX_THREADS") != "1":
+        os.environ.update(_thread_env(1))
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+    return execute_shard(task, shard, final, stats_path)
+
+
 @dataclass
 class _Job:
     index: int
@@ -326,12 +337,12 @@ class RayRunner(Runner):
                 "logging_level": logging.WARNING,
                 "log_to_driver": True,
             }
+            # No runtime_env here: it would stop Ray from using the workers it prestarts at init,
+            # and every run would wait for fresh ones. Thread limits are set inside each task.
             if self.address:
                 kwargs["address"] = self.address
             else:
                 kwargs["num_cpus"] = self.workers
-                threads = (os.cpu_count() or 1) // self.workers
-                kwargs["runtime_env"] = {"env_vars": _thread_env(threads)}
             ray.init(**kwargs)
         return ray
 
@@ -339,7 +350,7 @@ class RayRunner(Runner):
         self, task: ShardTask, jobs: list[_Job], bar: _ProgressBar
     ) -> Iterator[tuple[_Job, ShardStats]]:
         ray = self._ensure_ray()
-        remote = ray.remote(num_cpus=1, max_retries=0)(execute_shard)
+        remote = ray.remote(num_cpus=1, max_retries=0)(_execute_in_ray_worker)
         task_ref = ray.put(task)
         pending = {remote.remote(task_ref, j.shard, j.final, j.stats_path): j for j in jobs}
         try:

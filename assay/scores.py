@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from assay._files import read_json, write_json
+from assay._read import prefetched
 from assay.corpus import Corpus, ReadOptions, Shard, ShardStats, ShardWriter
 from assay.runner import LocalRunner, Runner, RunResult, report_progress
 from assay.selection.base import Scorer
@@ -47,7 +48,8 @@ class ScoreTask:
         columns = self.scorer.columns
         writer = ShardWriter(out, fmt="parquet")
         ids: list[pl.Series] = []
-        for batch in shard.read(self.options, stats):
+        # Read the next batch while this one is scored.
+        for batch in prefetched(shard.read(self.options, stats)):
             texts = batch.get_column("text").to_list()
             table = self.scorer.score_table(texts)
             cols = {"id": batch.get_column("id")}
