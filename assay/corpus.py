@@ -1,10 +1,10 @@
 """Sharded corpora: discover shards, stream validated batches, write shards.
 
 A `Corpus` is a list of shards (files, or slices of a Hugging Face dataset) plus the options for
-reading them. Shards that fit comfortably in memory are parsed whole by polars (as fast as polars alone);
-larger ones are streamed in blocks of whole lines or parquet row groups, so memory stays bounded
-whatever the size of a shard (see `assay._read`). Every batch is a polars DataFrame whose first two columns are `id` and `text`, followed
-by the other fields of the records.
+reading them. Shards that fit comfortably in memory are parsed whole by polars (as fast as polars
+alone); larger ones are streamed in blocks of whole lines or parquet row groups, so memory stays
+bounded whatever the size of a shard (see `assay._read`). Every batch is a polars DataFrame whose
+first two columns are `id` and `text`, followed by the other fields of the records.
 
 Bad records are never silently dropped: under `on_error="fail"` (the default) the first one raises
 a `CorpusError` naming the file and line; under `on_error="skip"` it is counted, by reason, in the
