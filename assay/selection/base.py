@@ -29,6 +29,7 @@ _REGISTRY: dict[str, type[Scorer]] = {}
 _BUILTIN_MODULES = {
     "fasttext": "assay.selection.fasttext",
     "doc_stats": "assay.selection.doc_stats",
+    "perplexity": "assay.selection.perplexity",
 }
 
 

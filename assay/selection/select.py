@@ -48,6 +48,9 @@ Policy = Literal["topk", "gumbel", "threshold"]
 Measure = Literal["docs", "chars", "tokens"]
 Mode = Literal["top", "bottom", "middle"]
 
+#: Perplexity-pruning names (Ankner et al., 2024) for the same modes.
+MODE_ALIASES = {"high": "top", "low": "bottom", "medium": "middle"}
+
 SELECT_DIR = "_select"
 SELECTION_FILE = "_selection.json"
 
@@ -199,6 +202,11 @@ class SelectConfig:
     format: str | None = None
 
     def __post_init__(self) -> None:
+        self.mode = MODE_ALIASES.get(self.mode, self.mode)  # type: ignore[assignment]
+        if self.mode not in ("top", "bottom", "middle"):
+            raise ValueError(
+                f"mode must be top, bottom or middle (or high, low, medium), not {self.mode!r}"
+            )
         if self.policy not in ("topk", "gumbel", "threshold"):
             raise ValueError(f"policy must be topk, gumbel or threshold, not {self.policy!r}")
         if self.by not in ("docs", "chars", "tokens"):

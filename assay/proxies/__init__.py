@@ -1,0 +1,1 @@
+"""Proxy language models: tokenizers, presets, packed mixture data, training, the runs table."""

@@ -1,0 +1,446 @@
+"""Train a proxy LM on a mixture: `train_proxy(...) -> ProxyRun`.
+
+A loop you can read in one sitting (nanoGPT's shape) on top of accelerate, so the same call runs
+on this CPU or on a GPU with bf16 autocast:
+
+    for step in range(steps):
+        for micro in range(grad_accum):          # sequences are packed once, in training order
+            loss = model(x, labels=x).loss / grad_accum
+            accelerator.backward(loss)
+        clip; optimizer.step(); lr schedule; zero_grad
+        every eval_every steps: per-domain held-out bits per byte (the curve BiMix fits)
+        every checkpoint_every steps: save model (safetensors), optimizer and step, atomically
+
+Runs are deterministic on CPU for a seed: the data order is a function of the seed, the model
+initialisation too, and resuming from a checkpoint restores the optimizer state and continues
+with the very next batch, so a resumed run ends with the same loss as an uninterrupted one.
+A finished run directory is recognised and returned without training again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assay._files import config_hash, read_json, write_json
+from assay.corpus import Corpus
+from assay.mixing.mixture import Mixture, resolve_mixture
+from assay.proxies.data import TokenCache, pack_mixture, tokenizer_fingerprint
+from assay.proxies.model import build_model, count_parameters, get_preset, save_model
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; the defaults suit the tiny/xs presets at sequence length 256."""
+
+    seq_len: int = 256
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: float = 0.05  # fraction of steps (or a step count if >= 1)
+    schedule: str = "cosine"  # cosine | wsd | constant
+    decay_fraction: float = 0.2  # WSD: share of steps in the final linear decay
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 0  # steps; 0 evaluates only at the end
+    checkpoint_every: int = 0  # steps; 0 checkpoints only at the end
+    max_epochs: float = 4.0
+    on_cap: str = "redistribute"
+    arch: str = "llama"
+    eval_batch_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            raise ValueError(f"schedule must be cosine, wsd or constant, not {self.schedule!r}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.seq_len < 2:
+            raise ValueError("batch_size and grad_accum must be >= 1 and seq_len >= 2")
+        if self.lr <= 0:
+            raise ValueError("lr must be positive")
+
+
+@dataclass
+class ProxyRun:
+    """Everything a mixture search needs to know about one proxy run."""
+
+    run_id: str
+    out_dir: str
+    preset: str
+    seed: int
+    tokens: int
+    steps: int
+    params: dict[str, int]
+    mixture: dict[str, float]
+    effective_mixture: dict[str, float]
+    data: dict[str, Any]
+    train_loss: float
+    bpb: dict[str, float]
+    loss: dict[str, float]
+    curve: list[dict[str, Any]]
+    wall_seconds: float
+    tokens_per_second: float
+    config: dict[str, Any]
+    tasks: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def model_dir(self) -> str:
+        return str(Path(self.out_dir) / "model")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> ProxyRun:
+        return cls(**read_json(Path(out_dir) / RUN_FILE))
+
+
+def lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine / warmup-stable-decay / constant."""
+    warm = int(cfg.warmup) if cfg.warmup >= 1 else round(cfg.warmup * steps)
+    if warm and step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        progress = (step - warm) / max(steps - warm, 1)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    decay_start = int(steps * (1 - cfg.decay_fraction))
+    if step < decay_start:
+        return 1.0
+    return 1.0 - (1.0 - floor) * (step - decay_start + 1) / max(steps - decay_start, 1)
+
+
+def _resolve_tokenizer(
+    tokenizer: Any, corpus: Corpus | None, preset: str, out: Path, seed: int
+) -> Any:
+    from assay.proxies.tokenizer import load_tokenizer, train_tokenizer
+
+    if tokenizer is None:
+        if corpus is None:
+            raise ValueError("pass a tokenizer (a TokenCache was given, so none can be trained)")
+        tdir = out / "tokenizer"
+        if (tdir / "tokenizer.json").exists():
+            return load_tokenizer(tdir)
+        return train_tokenizer(corpus, get_preset(preset).vocab_size, tdir, seed=seed)
+    if isinstance(tokenizer, str | os.PathLike):
+        return load_tokenizer(tokenizer)
+    return tokenizer
+
+
+def train_proxy(
+    data: Corpus | TokenCache,
+    mixture: Mixture | dict[str, float] | str,
+    tokens: int,
+    preset: str = "tiny",
+    seed: int = 0,
+    *,
+    out_dir: str | os.PathLike,
+    tokenizer: Any = None,
+    heldout: Corpus | None = None,
+    eval_docs: int | None = 200,
+    config: TrainConfig | None = None,
+    tasks: list[str] | None = None,
+    runs_table: str | os.PathLike | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    **overrides: Any,
+) -> ProxyRun:
+    """Train one proxy on `tokens` tokens of `mixture` drawn from `data`; evaluate; save; report.
+
+    `data` is a Corpus with a `domain` column (tokenized once into `out_dir/tokens`) or a shared
+    TokenCache. `mixture` is a Mixture, a mapping, a file, or 'natural' / 'uniform'. Without a `tokenizer`, one is trained on the corpus at the preset's vocabulary
+    size. `heldout` (a Corpus with the same domains) gives the per-domain bits per byte;
+    `tasks` names local lm-eval tasks to run at the end. `stop_after` stops after that many
+    steps with a checkpoint (for tests of resumption); calling again resumes.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    cfg = config or TrainConfig()
+    if overrides:
+        cfg = TrainConfig(**{**asdict(cfg), **overrides})
+    get_preset(preset)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    corpus = data if isinstance(data, Corpus) else None
+    tok = _resolve_tokenizer(tokenizer, corpus, preset, out, seed)
+    cache = data if isinstance(data, TokenCache) else TokenCache.build(data, tok, out / "tokens")
+    mix = resolve_mixture(mixture, {d: t.n_tokens for d, t in cache.domains.items()})
+    identity = {
+        "preset": preset,
+        "seed": seed,
+        "tokens": tokens,
+        "mixture": mix.to_dict(),
+        "config": asdict(cfg),
+        "tokenizer": tokenizer_fingerprint(tok),
+        "data": cache.meta.get("identity"),
+        "tasks": tasks or [],
+        "eval_docs": eval_docs,
+    }
+    run_id = config_hash(identity)
+    if (out / RUN_FILE).exists():
+        done = read_json(out / RUN_FILE)
+        if done.get("run_id") == run_id:
+            run = ProxyRun(**done)
+            if runs_table is not None:
+                from assay.proxies.runs import RunsTable
+
+                RunsTable(runs_table).append(run)
+            return run
+        raise ValueError(f"{out} holds a finished run with other settings; use another folder")
+
+    packed = pack_mixture(
+        cache, mix, tokens, cfg.seq_len, seed=seed, max_epochs=cfg.max_epochs, on_cap=cfg.on_cap
+    )
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps = len(packed.input_ids) // per_step
+    if steps < 1:
+        raise ValueError(
+            f"{tokens:,} tokens make fewer than one step of {per_step} sequences x {cfg.seq_len} tokens"
+        )
+
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision="bf16" if torch.cuda.is_available() else "no",
+    )
+    model = build_model(preset, cache.vocab_size, cfg.seq_len, arch=cfg.arch, seed=seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=False,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    evalset = None
+    if heldout is not None:
+        from assay.eval.loss import build_eval_set
+
+        evalset = build_eval_set(heldout, tok, cfg.seq_len, max_docs_per_group=eval_docs, seed=seed)
+
+    start, curve = _restore(out, run_id, accelerator, model, optimizer)
+    data_t = torch.from_numpy(packed.input_ids.astype(np.int64))
+    bar = _TrainBar(steps, start, progress, label=f"proxy {preset}")
+    losses: list[float] = [c["train_loss"] for c in curve if "train_loss" in c]
+    model.train()
+    t_loop, tokens_done, side_seconds = time.perf_counter(), 0, 0.0  # side: evals, checkpoints
+    step = start
+    with bar:
+        for step in range(start, steps):
+            mult = lr_at(step, steps, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * mult
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                a = (step * cfg.grad_accum + micro) * cfg.batch_size
+                x = data_t[a : a + cfg.batch_size].to(accelerator.device)
+                loss = model(input_ids=x, labels=x).loss / cfg.grad_accum
+                accelerator.backward(loss)
+                total += float(loss.detach())
+            if cfg.grad_clip:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(total)
+            tokens_done += per_step * cfg.seq_len
+            bar.update(
+                step + 1,
+                total,
+                tokens_done / max(time.perf_counter() - t_loop - side_seconds, 1e-9),
+            )
+            last = step + 1 == steps
+            point: dict[str, Any] = {
+                "step": step + 1,
+                "tokens": (step + 1) * per_step * cfg.seq_len,
+                "train_loss": total,
+                "lr": cfg.lr * mult,
+            }
+            if evalset is not None and (
+                last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)
+            ):
+                t_side = time.perf_counter()
+                point["bpb"] = _eval(accelerator.unwrap_model(model), evalset, cfg)
+                side_seconds += time.perf_counter() - t_side
+            curve.append(point)
+            if not last and (
+                (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
+                or (stop_after is not None and step + 1 >= stop_after)
+            ):
+                t_side = time.perf_counter()
+                _checkpoint(out, run_id, step + 1, accelerator, model, optimizer, curve)
+                side_seconds += time.perf_counter() - t_side
+                if stop_after is not None and step + 1 >= stop_after:
+                    raise TrainingStopped(step + 1)
+    train_seconds = time.perf_counter() - t_loop - side_seconds
+
+    unwrapped = accelerator.unwrap_model(model)
+    final = (
+        curve[-1].get("bpb")
+        if curve and "bpb" in curve[-1]
+        else (_eval(unwrapped, evalset, cfg) if evalset else {})
+    )
+    task_results: dict[str, dict[str, float]] = {}
+    if tasks:
+        from assay.eval.harness import evaluate
+
+        task_results = evaluate(unwrapped, tok, tasks)
+    save_model(unwrapped, out / "model", tok)
+    tail = losses[-max(1, len(losses) // 10) :]
+    run = ProxyRun(
+        run_id=run_id,
+        out_dir=str(out),
+        preset=preset,
+        seed=seed,
+        tokens=steps * per_step * cfg.seq_len,
+        steps=steps,
+        params=count_parameters(unwrapped),
+        mixture=mix.to_dict(),
+        effective_mixture=packed.report["effective_mixture"],
+        data=packed.report,
+        train_loss=float(np.mean(tail)),
+        bpb={d: v["bpb"] for d, v in (final or {}).items()},
+        loss={d: v["loss"] for d, v in (final or {}).items()},
+        curve=_compact_curve(curve),
+        wall_seconds=round(time.perf_counter() - t_start, 3),
+        tokens_per_second=round(
+            (steps - start) * per_step * cfg.seq_len / max(train_seconds, 1e-9), 1
+        ),
+        config=asdict(cfg),
+        tasks=task_results,
+    )
+    write_json(out / RUN_FILE, run.to_dict())
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    if runs_table is not None:
+        from assay.proxies.runs import RunsTable
+
+        RunsTable(runs_table).append(run)
+    return run
+
+
+class TrainingStopped(RuntimeError):
+    """Raised by `stop_after`: the run was checkpointed and can be resumed."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped after step {step} with a checkpoint; call again to resume")
+        self.step = step
+
+
+def _eval(model: Any, evalset: Any, cfg: TrainConfig) -> dict[str, dict[str, float]]:
+    from assay.eval.loss import evaluate_bpb
+
+    return evaluate_bpb(model, evalset, batch_tokens=cfg.eval_batch_tokens)
+
+
+def _compact_curve(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep evaluation points and about 200 training-loss points (a run's JSON stays small)."""
+    keep_every = max(1, len(curve) // 200)
+    return [
+        c for i, c in enumerate(curve) if "bpb" in c or i % keep_every == 0 or i == len(curve) - 1
+    ]
+
+
+def _checkpoint(
+    out: Path, run_id: str, step: int, accelerator: Any, model: Any, optimizer: Any, curve: list
+) -> None:
+    """Model (safetensors), optimizer state and step, written to a temp folder then renamed."""
+    import torch
+
+    tmp = out / f".checkpoint.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(model).save_pretrained(str(tmp / "model"), safe_serialization=True)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    write_json(tmp / "state.json", {"run_id": run_id, "step": step, "curve": curve})
+    final = out / "checkpoint"
+    old = out / f".checkpoint.old-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore(
+    out: Path, run_id: str, accelerator: Any, model: Any, optimizer: Any
+) -> tuple[int, list]:
+    """Resume from `out/checkpoint` when it belongs to this run; otherwise start at step 0."""
+    import torch
+    from safetensors.torch import load_file
+
+    ck = out / "checkpoint"
+    if not (ck / "state.json").exists():
+        return 0, []
+    state = read_json(ck / "state.json")
+    if state.get("run_id") != run_id:
+        shutil.rmtree(ck)
+        return 0, []
+    weights = load_file(str(ck / "model" / "model.safetensors"))
+    unwrapped = accelerator.unwrap_model(model)
+    missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if "lm_head" in k}
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"checkpoint in {ck} does not match the model ({missing=}, {unexpected=})")
+    if tied:
+        unwrapped.tie_weights()
+    # weights_only: never unpickle arbitrary objects, even from our own folder.
+    optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
+    return int(state["step"]), list(state["curve"])
+
+
+class _TrainBar:
+    def __init__(self, steps: int, start: int, enabled: bool, label: str):
+        self.enabled = enabled and os.environ.get("ASSAY_PROGRESS", "1") != "0"
+        self.steps, self.start, self.label = steps, start, label
+        self._p: Any = None
+
+    def __enter__(self) -> _TrainBar:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._p = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps · loss {task.fields[loss]} · {task.fields[tps]} tok/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._p.__enter__()
+            self._t = self._p.add_task(
+                self.label, total=self.steps, completed=self.start, loss="-", tps="-"
+            )
+        return self
+
+    def update(self, step: int, loss: float, tps: float) -> None:
+        if self._p is not None:
+            self._p.update(self._t, completed=step, loss=f"{loss:.3f}", tps=f"{tps:,.0f}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
