@@ -373,7 +373,7 @@ def select_cmd(
     mode: Annotated[
         str,
         typer.Option(
-            help="'top' keeps high scores, 'bottom' low ones, 'middle' the band around the median (topk only)."
+            help="'top' (or 'high') keeps high scores, 'bottom' ('low') low ones, 'middle' ('medium') the band around the median (topk only)."
         ),
     ] = "top",
     threshold: Annotated[
@@ -471,6 +471,185 @@ def print_selection(r: dict[str, Any]) -> None:
         out.print(t)
 
 
+@app.command("train-tokenizer")
+def train_tokenizer_cmd(
+    paths: Paths,
+    tok_out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to save the tokenizer into.")
+    ],
+    vocab_size: Annotated[
+        int,
+        typer.Option(
+            "--vocab-size", help="Vocabulary size (small vocabularies keep CPU proxies fast)."
+        ),
+    ] = 2048,
+    sample_docs: Annotated[
+        int, typer.Option("--sample-docs", help="Documents sampled uniformly to train on.")
+    ] = 20_000,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    on_error: OnError = "fail",
+    max_chars: MaxChars = 10_000_000,
+) -> None:
+    """Train a byte-level BPE tokenizer on a sample of a corpus."""
+    from assay.proxies.tokenizer import train_tokenizer
+
+    corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    tok = train_tokenizer(corpus, vocab_size, tok_out, sample_docs=sample_docs, seed=seed)
+    out.print(f"trained a {len(tok):,}-token byte-level BPE tokenizer -> {tok_out}")
+
+
+@app.command("train-proxy")
+def train_proxy_cmd(
+    paths: Paths,
+    run_out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Run folder: model/, run.json, tokens/ (resumes if interrupted)."
+        ),
+    ],
+    tokens: Annotated[int, typer.Option(help="Training tokens (rounded down to whole batches).")],
+    mixture: Annotated[
+        str,
+        typer.Option(
+            help="'natural' (token-proportional), 'uniform', 'news=0.5,code=0.5', or a YAML/JSON file."
+        ),
+    ] = "natural",
+    preset: Annotated[
+        str, typer.Option(help="Model size: tiny (1M), xs (5M), s (36M), m (82M), l (138M).")
+    ] = "tiny",
+    seed: Annotated[
+        int, typer.Option(help="Seed of the model initialisation and the data order.")
+    ] = 0,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="Tokenizer folder (default: train one at the preset's vocabulary size)."),
+    ] = None,
+    heldout: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Held-out corpus with the same domains, for per-domain bits per byte. Repeatable."
+        ),
+    ] = None,
+    eval_docs: Annotated[
+        int, typer.Option("--eval-docs", help="Held-out documents per domain (a seeded sample).")
+    ] = 200,
+    tasks: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated lm-eval tasks to run at the end, e.g. assay_mmlu_dev,assay_champ."
+        ),
+    ] = None,
+    runs_table: Annotated[
+        Path | None,
+        typer.Option("--runs-table", help="Parquet runs table to append this run to."),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="Training setting key=value: lr, batch_size, seq_len, grad_accum, schedule (cosine|wsd|constant), warmup, eval_every, checkpoint_every, max_epochs, on_cap, arch. Repeatable.",
+        ),
+    ] = None,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    on_error: OnError = "fail",
+    max_chars: MaxChars = 10_000_000,
+    no_progress: NoProgress = False,
+) -> None:
+    """Train a proxy LM on a mixture of the corpus' domains (by its `domain` field) and measure it."""
+    from assay.proxies.train import TrainConfig, train_proxy
+
+    corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    held = _corpus(heldout, text_field, id_field, on_error, max_chars) if heldout else None
+    run_result = train_proxy(
+        corpus, mixture, tokens, preset, seed, out_dir=run_out, tokenizer=tokenizer, heldout=held, eval_docs=eval_docs,
+        config=TrainConfig(**_params(param)), tasks=[t for t in (tasks or "").split(",") if t] or None,
+        runs_table=runs_table, progress=not no_progress,
+    )  # fmt: skip
+    print_proxy_run(run_result.to_dict())
+
+
+def print_proxy_run(r: dict[str, Any]) -> None:
+    out.print(
+        f"trained {r['preset']} ({r['params']['total']:,} parameters) on {r['tokens']:,} tokens in {r['steps']} steps "
+        f"at {r['tokens_per_second']:,.0f} tokens/s; final train loss {r['train_loss']:.3f} -> {r['out_dir']}"
+    )
+    if r["data"].get("cap_note"):
+        out.print(f"[yellow]{r['data']['cap_note']}[/]")
+    if r["bpb"]:
+        t = Table(title="held-out bits per byte")
+        for c in ("domain", "weight", "bits per byte"):
+            t.add_column(c)
+        for d, b in r["bpb"].items():
+            t.add_row(d, f"{r['effective_mixture'].get(d, 0.0):.3f}", f"{b:.3f}")
+        out.print(t)
+    for task, m in r.get("tasks", {}).items():
+        out.print(f"{task}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A local model folder (safetensors), or a folder holding one .gguf file."
+        ),
+    ],
+    heldout: Annotated[
+        list[str] | None,
+        typer.Option(help="Held-out corpus for per-domain bits per byte. Repeatable."),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated lm-eval tasks (assay_mmlu_dev, assay_champ)."),
+    ] = None,
+    gguf_file: Annotated[
+        str | None, typer.Option("--gguf-file", help="GGUF file inside the model folder.")
+    ] = None,
+    eval_docs: Annotated[
+        int, typer.Option("--eval-docs", help="Held-out documents per domain.")
+    ] = 200,
+    limit: Annotated[int | None, typer.Option(help="At most this many items per task.")] = None,
+    seq_len: Annotated[
+        int, typer.Option("--seq-len", help="Context for bits per byte (capped by the model's).")
+    ] = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    on_error: OnError = "fail",
+    max_chars: MaxChars = 10_000_000,
+) -> None:
+    """Measure a model: held-out bits per byte per domain, and benchmark tasks through lm-eval."""
+    from assay.eval import evaluate_model
+
+    if not heldout and not tasks:
+        raise typer.BadParameter("give --heldout and/or --tasks")
+    held = _corpus(heldout, text_field, id_field, on_error, max_chars) if heldout else None
+    result = evaluate_model(
+        model, heldout=held, tasks=[t for t in (tasks or "").split(",") if t], gguf_file=gguf_file,
+        eval_docs=eval_docs, limit=limit, seq_len=seq_len,
+    )  # fmt: skip
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print_eval(result)
+
+
+def print_eval(r: dict[str, Any]) -> None:
+    out.print(f"{r['model']}: {r['params']['total']:,} parameters")
+    if "bpb" in r:
+        t = Table(title=f"held-out bits per byte (mean {r['bpb_mean']:.3f})")
+        for c in ("domain", "bits per byte", "loss per token", "docs"):
+            t.add_column(c)
+        for d, v in r["heldout"].items():
+            t.add_row(d, f"{v['bpb']:.3f}", f"{v['loss']:.3f}", f"{v['docs']}")
+        out.print(t)
+    for task, m in r.get("tasks", {}).items():
+        out.print(f"{task}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
+
+
 @app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
@@ -520,6 +699,14 @@ def run(
         if s.kind == "select":
             out.print(f"[bold]{s.name}[/]:", end=" ")
             print_selection(s.summary)
+        if s.kind == "train_proxy":
+            from assay.proxies.train import ProxyRun
+
+            out.print(f"[bold]{s.name}[/]:", end=" ")
+            print_proxy_run(ProxyRun.load(s.outputs["run"]).to_dict())
+        if s.kind == "eval":
+            out.print(f"[bold]{s.name}[/]:", end=" ")
+            print_eval(s.summary)
 
 
 def main() -> None:

@@ -27,10 +27,13 @@ from assay.corpus import Corpus, corpus_stats
 from assay.recipe import (
     CorpusSpec,
     DemoCorpusStep,
+    EvalStep,
     Recipe,
     ScoreStep,
     SelectStep,
     StatsStep,
+    TokenizerStep,
+    TrainProxyStep,
     dump_recipe,
     load_recipe,
 )
@@ -76,7 +79,11 @@ class _Context:
     def corpus(self, spec: CorpusSpec | None) -> tuple[Corpus, list[dict[str, Any]]]:
         spec = spec or self.recipe.corpus
         assert spec is not None  # the recipe validator guarantees it
-        corpus = spec.open()
+        paths = None
+        if spec.step is not None:
+            outputs = self.outputs[spec.step]
+            paths = [outputs.get("selected") or outputs["train"]]
+        corpus = spec.open(paths)
         fp = corpus.fingerprint()
         for entry in fp:
             self.inputs[entry.get("path", entry["name"])] = entry
@@ -277,9 +284,108 @@ def _stats(step: StatsStep, ctx: _Context, step_dir: Path) -> Any:
     return {"corpus": fp}, prepare
 
 
+def _tokenizer(step: TokenizerStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.proxies.tokenizer import train_tokenizer
+
+    corpus, fp = ctx.corpus(step.corpus)
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        folder = step_dir / "tokenizer"
+        if not (folder / "tokenizer.json").exists():
+            train_tokenizer(
+                corpus,
+                step.vocab_size,
+                folder,
+                sample_docs=step.sample_docs,
+                seed=ctx.seed(step.seed),
+            )
+        return {"tokenizer": str(folder)}, {"vocab_size": step.vocab_size}
+
+    return {"corpus": fp}, prepare
+
+
+def _ref(ctx: _Context, name: str | None, key: str) -> str | None:
+    """An earlier step's output by step name, or the value itself (a path)."""
+    if name is None:
+        return None
+    return ctx.outputs[name][key] if name in ctx.outputs else name
+
+
+def _train_proxy(step: TrainProxyStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.proxies.train import TrainConfig, train_proxy
+
+    corpus, fp = ctx.corpus(step.corpus)
+    heldout, heldout_fp = ctx.corpus(step.heldout) if step.heldout else (None, None)
+    identity = {
+        "corpus": fp,
+        "heldout": heldout_fp,
+        "upstream": ctx.hashes.get(step.tokenizer or "", step.tokenizer),
+    }
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        run = train_proxy(
+            corpus,
+            step.mixture,
+            step.tokens,
+            step.preset,
+            ctx.seed(step.seed),
+            out_dir=step_dir / "run",
+            tokenizer=_ref(ctx, step.tokenizer, "tokenizer"),
+            heldout=heldout,
+            eval_docs=step.eval_docs,
+            config=TrainConfig(**step.train),
+            tasks=step.tasks or None,
+            runs_table=step.runs_table or ctx.run_dir / "runs.parquet",
+            progress=ctx.runner.progress,
+        )
+        summary = {
+            "bpb": run.bpb,
+            "tasks": run.tasks,
+            "params": run.params,
+            "tokens": run.tokens,
+            "tokens_per_second": run.tokens_per_second,
+            "train_loss": run.train_loss,
+            "effective_mixture": run.effective_mixture,
+            "cap_note": run.data.get("cap_note"),
+        }
+        return {
+            "run": run.out_dir,
+            "model": run.model_dir,
+            "runs_table": str(step.runs_table or ctx.run_dir / "runs.parquet"),
+        }, summary
+
+    return identity, prepare
+
+
+def _eval(step: EvalStep, ctx: _Context, step_dir: Path) -> Any:
+    heldout, heldout_fp = ctx.corpus(step.heldout) if step.heldout else (None, None)
+    model_path = _ref(ctx, step.model, "model")
+    identity = {"heldout": heldout_fp, "upstream": ctx.hashes.get(step.model, step.model)}
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        from assay.eval import evaluate_model
+
+        result = evaluate_model(
+            model_path,
+            heldout=heldout,
+            tasks=step.tasks,
+            gguf_file=step.gguf_file,
+            eval_docs=step.eval_docs,
+            limit=step.limit,
+            seq_len=step.seq_len,
+        )
+        write_json(step_dir / "eval.json", result)
+        return {"eval": str(step_dir / "eval.json")}, result
+
+    return identity, prepare
+
+
 _EXECUTORS: dict[type, Any] = {
     DemoCorpusStep: _demo_corpus,
     ScoreStep: _score,
     SelectStep: _select,
     StatsStep: _stats,
+    TokenizerStep: _tokenizer,
+    TrainProxyStep: _train_proxy,
+    EvalStep: _eval,
 }

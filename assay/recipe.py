@@ -17,6 +17,7 @@ Unknown keys are errors (a typo never silently falls back to a default).
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,9 +33,10 @@ class _Strict(BaseModel):
 
 
 class CorpusSpec(_Strict):
-    """Where a corpus is and how to read it."""
+    """Where a corpus is (files, folders, globs, or the output of an earlier step) and how to read it."""
 
-    paths: list[str]
+    paths: list[str] = Field(default_factory=list)
+    step: str | None = None  # an earlier demo_corpus (its train split) or select step
     text_field: str = "text"
     id_field: str | None = "id"
     on_error: Literal["fail", "skip"] = "fail"
@@ -45,9 +47,15 @@ class CorpusSpec(_Strict):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
-    def open(self) -> Corpus:
+    @model_validator(mode="after")
+    def _paths_or_step(self) -> CorpusSpec:
+        if bool(self.paths) == bool(self.step):
+            raise ValueError("a corpus gives either paths or step (the name of an earlier step)")
+        return self
+
+    def open(self, paths: list[str] | None = None) -> Corpus:
         return Corpus(
-            self.paths,
+            paths or self.paths,
             text_field=self.text_field,
             id_field=self.id_field,
             on_error=self.on_error,
@@ -111,7 +119,7 @@ class SelectStep(_Step):
     policy: Literal["topk", "gumbel", "threshold"] = "topk"
     keep: float | None = Field(default=None, gt=0, le=1)
     by: Literal["docs", "chars", "tokens"] = "docs"
-    mode: Literal["top", "bottom", "middle"] = "top"
+    mode: Literal["top", "bottom", "middle", "high", "low", "medium"] = "top"
     threshold: float | None = None
     tau: float = Field(default=1.0, gt=0)
     seed: int | None = None
@@ -135,8 +143,82 @@ class StatsStep(_Step):
     group_by: str | None = "domain"
 
 
-Step = Annotated[DemoCorpusStep | ScoreStep | SelectStep | StatsStep, Field(discriminator="kind")]
-STEP_KINDS = ("demo_corpus", "score", "select", "stats")
+class TokenizerStep(_Step):
+    """Train a byte-level BPE tokenizer on a sample of a corpus (shared by later proxy steps)."""
+
+    kind: Literal["tokenizer"] = "tokenizer"
+    corpus: CorpusSpec | None = None
+    vocab_size: int = Field(default=2048, ge=258)
+    sample_docs: int = Field(default=20_000, ge=1)
+    seed: int | None = None
+
+
+class TrainProxyStep(_Step):
+    """Train one proxy LM on a mixture of the corpus' domains and measure it."""
+
+    kind: Literal["train_proxy"] = "train_proxy"
+    corpus: CorpusSpec | None = None
+    mixture: dict[str, float] | str = "natural"
+    tokens: int = Field(ge=1)
+    preset: str = "tiny"
+    seed: int | None = None
+    tokenizer: str | None = None  # a tokenizer step, a folder, or none (train one)
+    heldout: CorpusSpec | None = None
+    eval_docs: int | None = Field(default=200, ge=1)
+    tasks: list[str] = Field(default_factory=list)
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields: lr, batch_size, ...
+    runs_table: str | None = None
+
+    @field_validator("train")
+    @classmethod
+    def _train_config(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from dataclasses import fields
+
+        from assay.proxies.train import TrainConfig
+
+        known = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown training settings {unknown}; known: {', '.join(sorted(known))}"
+            )
+        TrainConfig(**v)  # range checks
+        return v
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        from assay.proxies.model import get_preset
+
+        get_preset(v)
+        return v
+
+
+class EvalStep(_Step):
+    """Per-domain bits per byte and lm-eval tasks for a model (a train_proxy step or a folder)."""
+
+    kind: Literal["eval"] = "eval"
+    model: str
+    gguf_file: str | None = None
+    heldout: CorpusSpec | None = None
+    eval_docs: int | None = Field(default=200, ge=1)
+    tasks: list[str] = Field(default_factory=list)
+    limit: int | None = None
+    seq_len: int = Field(default=256, ge=2)
+
+
+Step = Annotated[
+    DemoCorpusStep | ScoreStep | SelectStep | StatsStep | TokenizerStep | TrainProxyStep | EvalStep,
+    Field(discriminator="kind"),
+]
+STEP_KINDS = ("demo_corpus", "score", "select", "stats", "tokenizer", "train_proxy", "eval")
+#: which kinds of earlier step another step's field may name
+_REFERENCES = {
+    "corpus.step": ("demo_corpus", "select"),
+    "heldout.step": ("demo_corpus", "select"),
+    "tokenizer": ("tokenizer",),
+    "model": ("train_proxy",),
+}
 
 
 class Recipe(_Strict):
@@ -170,18 +252,41 @@ class Recipe(_Strict):
                         raise ValueError(
                             f"step {step.name!r}: {ref!r} is a {seen[ref]} step, not a score step"
                         )
-            needs_corpus = (
-                isinstance(step, ScoreStep | SelectStep | StatsStep) and step.corpus is None
-            )
-            if needs_corpus and self.corpus is None:
+            corpus_steps = ScoreStep | SelectStep | StatsStep | TokenizerStep | TrainProxyStep
+            if isinstance(step, corpus_steps) and step.corpus is None and self.corpus is None:
                 raise ValueError(
                     f"step {step.name!r} needs a corpus: set the recipe's corpus or the step's"
                 )
+            for field_path, kinds in _REFERENCES.items():
+                ref = _get(step, field_path)
+                if ref is None:
+                    continue
+                if ref in seen and ref != step.name:
+                    if seen[ref] not in kinds:
+                        raise ValueError(
+                            f"step {step.name!r}: {field_path} names {ref!r}, a {seen[ref]} step; "
+                            f"it must be a {' or '.join(kinds)} step"
+                        )
+                elif field_path.endswith(".step"):
+                    raise ValueError(
+                        f"step {step.name!r}: {field_path} names {ref!r}, which is not an earlier step"
+                    )
+        if self.corpus is not None and self.corpus.step is not None:
+            raise ValueError("the recipe-level corpus cannot name a step; give paths")
         return self
 
     @property
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")
+
+
+def _get(step: Any, dotted: str) -> Any:
+    node = step
+    for part in dotted.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node if isinstance(node, str) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +365,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def parse_recipe(data: Any, overrides: list[str] | None = None, source: str = "<recipe>") -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping with 'name' and 'steps'")
-    data = dict(data)
+    data = copy.deepcopy(data)  # overrides must never reach the caller's mapping
     data["steps"] = _normalise_steps(data.get("steps", []), source)
     apply_overrides(data, list(overrides or []))
     try:

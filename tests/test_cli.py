@@ -119,3 +119,49 @@ def test_missing_inputs_are_one_line_errors(tmp_path: Path) -> None:
     )
     result = _assay("run", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2 and "recipe not found" in result.stderr
+
+
+def test_train_tokenizer_train_proxy_and_eval(tmp_path: Path, demo_dir: Path) -> None:
+    _ok(
+        [
+            "train-tokenizer",
+            str(demo_dir / "train"),
+            "--vocab-size",
+            "512",
+            "--out",
+            str(tmp_path / "tok"),
+        ]
+    )
+    out = _ok([
+        "train-proxy", str(demo_dir / "train"), "--out", str(tmp_path / "run"), "--tokens", "20480",
+        "--mixture", "news=0.5,code=0.5", "--tokenizer", str(tmp_path / "tok"), "--heldout", str(demo_dir / "heldout"),
+        "--eval-docs", "5", "--param", "batch_size=8", "--param", "seq_len=128", "--runs-table", str(tmp_path / "runs.parquet"),
+    ])  # fmt: skip
+    assert "held-out bits per byte" in out and "news" in out and "20,480 tokens" in out
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists() and (
+        tmp_path / "runs.parquet"
+    ).exists()
+    args = ["eval", str(tmp_path / "run" / "model"), "--heldout", str(demo_dir / "heldout")]
+    done = runner.invoke(
+        app, [*args, "--eval-docs", "5", "--tasks", "assay_champ", "--limit", "8", "--json"]
+    )
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)  # progress bars go to stderr
+    assert set(result["bpb"]) == {"code", "math", "news", "reference"}
+    assert result["tasks"]["assay_champ"]["n"] == 8
+    bad = runner.invoke(
+        app,
+        [
+            "train-proxy",
+            str(demo_dir / "train"),
+            "--out",
+            str(tmp_path / "r2"),
+            "--tokens",
+            "20480",
+            "--mixture",
+            "poetry=1",
+            "--tokenizer",
+            str(tmp_path / "tok"),
+        ],
+    )
+    assert bad.exit_code != 0 and "unknown domains ['poetry']" in str(bad.exception)

@@ -113,3 +113,34 @@ def test_same_seed_same_selection_bit_for_bit(tmp_path: Path, demo_dir: Path) ->
 def test_overrides_need_a_recipe_file(tmp_path: Path, demo_dir: Path) -> None:
     with pytest.raises(ValueError, match="overrides apply to recipe files"):
         run_recipe(parse_recipe(_recipe(demo_dir, tmp_path)), ["seed=1"])
+
+
+def test_tokenizer_train_proxy_and_eval_steps(tmp_path: Path, demo_dir: Path) -> None:
+    data = {
+        "name": "proxy",
+        "corpus": {"paths": [str(demo_dir / "train")]},
+        "steps": [
+            {"select": {"scores": ["doc_stats"], "column": "alpha_frac", "keep": 0.8}},
+            {"tokenizer": {"vocab_size": 512}},
+            {
+                "train_proxy": {
+                    "corpus": {"step": "select"},
+                    "tokens": 16 * 8 * 128,
+                    "tokenizer": "tokenizer",
+                    "heldout": {"paths": [str(demo_dir / "heldout")]},
+                    "eval_docs": 5,
+                    "train": {"batch_size": 8, "seq_len": 128},
+                }
+            },
+            {"eval": {"model": "train_proxy", "tasks": ["assay_mmlu_dev"], "limit": 8}},
+        ],
+    }
+    data["steps"].insert(0, {"score": {"name": "doc_stats", "scorer": "doc_stats"}})
+    outcome = run_recipe(parse_recipe(data), run_dir=tmp_path / "run", progress=False)
+    proxy = outcome.step("train_proxy")
+    assert set(proxy.summary["bpb"]) == {"code", "math", "news", "reference"}
+    assert proxy.summary["tokens"] == 16 * 8 * 128
+    assert outcome.step("eval").summary["tasks"]["assay_mmlu_dev"]["n"] == 8
+    assert (tmp_path / "run" / "runs.parquet").exists()
+    again = run_recipe(parse_recipe(data), run_dir=tmp_path / "run", progress=False)
+    assert [s.status for s in again.steps] == ["reused"] * 5

@@ -113,3 +113,29 @@ def test_load_dump_roundtrip(tmp_path: Path) -> None:
 def test_shipped_recipes_parse() -> None:
     for recipe in sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml")):
         load_recipe(recipe)
+
+
+def test_proxy_steps_and_references() -> None:
+    data = {
+        "name": "p",
+        "corpus": {"paths": ["data/x"]},
+        "steps": [
+            {"tokenizer": {"vocab_size": 1024}},
+            {"train_proxy": {"tokens": 1000, "tokenizer": "tokenizer", "train": {"lr": 0.01}}},
+            {"eval": {"model": "train_proxy", "tasks": ["assay_champ"]}},
+        ],
+    }
+    r = parse_recipe(data, ["train_proxy.train.batch_size=4", "train_proxy.mixture=uniform"])
+    assert r.steps[1].train == {"lr": 0.01, "batch_size": 4} and r.steps[1].mixture == "uniform"
+    with pytest.raises(RecipeError, match=r"unknown training settings \['learning_rate'\]"):
+        parse_recipe(data, ["train_proxy.train.learning_rate=1"])
+    with pytest.raises(RecipeError, match="unknown proxy preset 'huge'"):
+        parse_recipe(data, ["train_proxy.preset=huge"])
+    with pytest.raises(RecipeError, match="model names 'tokenizer', a tokenizer step"):
+        parse_recipe(data, ["eval.model=tokenizer"])
+    with pytest.raises(
+        RecipeError, match=r"corpus\.step names 'nowhere', which is not an earlier step"
+    ):
+        parse_recipe(data, ["train_proxy.corpus.step=nowhere"])
+    with pytest.raises(RecipeError, match="either paths or step"):
+        parse_recipe(data, ["train_proxy.corpus.step=tokenizer", "train_proxy.corpus.paths=[a]"])
