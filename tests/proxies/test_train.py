@@ -139,8 +139,11 @@ def test_runs_table_and_bpb_across_tokenizers(
     # bits per byte of the same held-out text stay close.
     loss_ratio = np.mean([other.loss[d] / trained_proxy.loss[d] for d in other.loss])
     bpb_ratio = np.mean([other.bpb[d] / trained_proxy.bpb[d] for d in other.bpb])
-    assert loss_ratio > 1.15
-    assert abs(bpb_ratio - 1) < 0.12
+    # Measured here: loss per token 1.17x, bits per byte 0.89x (the 4k model is also a better
+    # model: a larger vocabulary helps at this scale). The metric moves less than the loss does.
+    assert loss_ratio > 1.1
+    assert abs(bpb_ratio - 1) < 0.15
+    assert abs(bpb_ratio - 1) < abs(loss_ratio - 1)
 
 
 def test_bad_input(tmp_path: Path, token_cache, proxy_tokenizer) -> None:
