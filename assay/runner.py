@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from assay._files import read_json, remove_stale_temps, temp_path_for, write_json
+from assay._progress import ProgressBar
 from assay.corpus import Shard, ShardStats
 
 STATS_DIR = "_stats"
@@ -270,6 +271,7 @@ class LocalRunner(Runner):
 
         import multiprocessing as mp
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
 
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
@@ -291,6 +293,14 @@ class LocalRunner(Runner):
                 for f in done:
                     yield futures[f], f.result()
             _drain(q, bar)
+        except BrokenProcessPool as e:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise RuntimeError(
+                "a worker process died: out of memory, a crash in native code, or a script run "
+                "with workers > 1 whose top-level code is not under `if __name__ == '__main__':` "
+                "(worker processes are spawned and import the main module); finished shards are "
+                "kept, run again to resume"
+            ) from e
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
@@ -390,48 +400,31 @@ def make_runner(
 
 
 class _ProgressBar:
+    """Shards done, documents and documents per second of one runner call."""
+
     def __init__(self, label: str, total: int, done: int, enabled: bool):
-        self.enabled = enabled and os.environ.get("ASSAY_PROGRESS", "1") != "0"
-        self.label, self.total, self.n_docs, self.t0 = label, total, 0, time.perf_counter()
-        self._done = done
-        self._progress: Any = None
+        self.n_docs, self.t0 = 0, time.perf_counter()
+        self._bar = ProgressBar(
+            label,
+            total,
+            done,
+            "shards · {task.fields[docs]:,} docs · {task.fields[rate]} docs/s",
+            enabled,
+            docs=0,
+            rate="-",
+        )
 
     def __enter__(self) -> _ProgressBar:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("shards · {task.fields[docs]:,} docs · {task.fields[rate]} docs/s"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task(
-                self.label, total=self.total, completed=self._done, docs=0, rate="-"
-            )
+        self._bar.__enter__()
         return self
 
     def docs(self, n: int) -> None:
         self.n_docs += n
-        if self._progress is not None:
-            rate = self.n_docs / max(time.perf_counter() - self.t0, 1e-9)
-            self._progress.update(self._task, docs=self.n_docs, rate=f"{rate:,.0f}")
+        rate = self.n_docs / max(time.perf_counter() - self.t0, 1e-9)
+        self._bar.update(docs=self.n_docs, rate=f"{rate:,.0f}")
 
     def shard_done(self) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task)
+        self._bar.update(advance=1)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
+        self._bar.__exit__(*exc)

@@ -168,3 +168,21 @@ def test_ray_runner_matches_local_and_reports_errors(
             )
     finally:
         ray.shutdown()
+
+
+class DyingTask:
+    """A task whose worker process exits abruptly, as an out-of-memory kill would."""
+
+    def output_name(self, shard):
+        return f"{shard.stem}.txt"
+
+    def __call__(self, shard, out):
+        os._exit(3)
+
+
+def test_a_dead_worker_is_explained(tmp_path: Path, demo_dir: Path) -> None:
+    with pytest.raises(RuntimeError, match="a worker process died"):
+        LocalRunner(workers=2, progress=False).run(
+            DyingTask(), Corpus(demo_dir / "train").shards, tmp_path / "out"
+        )
+    assert not list((tmp_path / "out").glob("*.txt"))

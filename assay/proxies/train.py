@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from assay._files import config_hash, read_json, write_json
+from assay._progress import ProgressBar
 from assay.corpus import Corpus
 from assay.mixing.mixture import Mixture, resolve_mixture
 from assay.proxies.data import TokenCache, pack_mixture, tokenizer_fingerprint
@@ -239,7 +240,7 @@ def train_proxy(
 
     start, curve = _restore(out, run_id, accelerator, model, optimizer)
     data_t = torch.from_numpy(packed.input_ids.astype(np.int64))
-    bar = _TrainBar(steps, start, progress, label=f"proxy {preset}")
+    bar = _train_bar(steps, start, progress, label=f"proxy {preset}")
     losses: list[float] = [c["train_loss"] for c in curve if "train_loss" in c]
     model.train()
     t_loop, tokens_done, side_seconds = time.perf_counter(), 0, 0.0  # side: evals, checkpoints
@@ -262,11 +263,8 @@ def train_proxy(
             optimizer.zero_grad(set_to_none=True)
             losses.append(total)
             tokens_done += per_step * cfg.seq_len
-            bar.update(
-                step + 1,
-                total,
-                tokens_done / max(time.perf_counter() - t_loop - side_seconds, 1e-9),
-            )
+            tps = tokens_done / max(time.perf_counter() - t_loop - side_seconds, 1e-9)
+            bar.update(step + 1, loss=f"{total:.3f}", tps=f"{tps:,.0f}")
             last = step + 1 == steps
             point: dict[str, Any] = {
                 "step": step + 1,
@@ -404,43 +402,13 @@ def _restore(
     return int(state["step"]), list(state["curve"])
 
 
-class _TrainBar:
-    def __init__(self, steps: int, start: int, enabled: bool, label: str):
-        self.enabled = enabled and os.environ.get("ASSAY_PROGRESS", "1") != "0"
-        self.steps, self.start, self.label = steps, start, label
-        self._p: Any = None
-
-    def __enter__(self) -> _TrainBar:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._p = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("steps · loss {task.fields[loss]} · {task.fields[tps]} tok/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self._p.__enter__()
-            self._t = self._p.add_task(
-                self.label, total=self.steps, completed=self.start, loss="-", tps="-"
-            )
-        return self
-
-    def update(self, step: int, loss: float, tps: float) -> None:
-        if self._p is not None:
-            self._p.update(self._t, completed=step, loss=f"{loss:.3f}", tps=f"{tps:,.0f}")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
+def _train_bar(steps: int, start: int, enabled: bool, label: str) -> ProgressBar:
+    return ProgressBar(
+        label,
+        steps,
+        start,
+        "steps · loss {task.fields[loss]} · {task.fields[tps]} tok/s",
+        enabled,
+        loss="-",
+        tps="-",
+    )
