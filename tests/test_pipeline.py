@@ -21,7 +21,7 @@ def _recipe(demo_dir: Path, run_dir: Path, **select: object) -> dict:
                 "score": {
                     "name": "quality",
                     "scorer": "fasttext",
-                    "params": {"column": "quality", "params": {"lr": 0.5, "epoch": 10}},
+                    "params": {"column": "quality", "params": {"lr": 0.3, "epoch": 15}},
                     "fit": {
                         "positive": {"paths": [str(demo_dir / "heldout" / "math.jsonl.gz")]},
                         "n": 300,

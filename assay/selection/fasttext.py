@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 MIN_DOCS_PER_CLASS = 10
+#: fastText diverges (NaN) when the learning rate is too high for the data, and near that edge
+#: the outcome can depend on the process's floating-point history. Each retry halves the rate.
+DIVERGENCE_RETRIES = 3
 
 
 def _fasttext() -> Any:
@@ -76,6 +80,7 @@ class FastTextScorer(Scorer):
         self.params = {**DEFAULT_PARAMS, **(params or {})}
         self.model: Any = None
         self.report: dict[str, Any] = {}
+        self.lr_used: float = float(self.params["lr"])
 
     def get_config(self) -> dict[str, Any]:
         return {"column": self.column, "params": self.params}
@@ -136,6 +141,8 @@ class FastTextScorer(Scorer):
                 report["validation"] = _binary_report(self.score(val_p), self.score(val_n))
         self.model = self._train(pos, neg, seed, rng)
         report["train_seconds"] = round(time.perf_counter() - t0, 3)
+        if self.lr_used != self.params["lr"]:
+            report["lr_used"] = self.lr_used  # lowered after divergence
         self.report = report
         return self
 
@@ -153,14 +160,29 @@ class FastTextScorer(Scorer):
                 f.write("\n")
             path = f.name
         try:
-            return ft.train_supervised(input=path, seed=seed, verbose=0, **self.params)
-        except RuntimeError as e:
-            if "NaN" in str(e):
-                raise ValueError(
-                    "fastText training diverged (NaN). The training text is probably degenerate "
-                    "(very few distinct words); use real documents, more of them, or a lower lr."
-                ) from e
-            raise
+            lr = float(self.params["lr"])
+            for attempt in range(DIVERGENCE_RETRIES + 1):
+                try:
+                    model = ft.train_supervised(
+                        input=path, seed=seed, verbose=0, **{**self.params, "lr": lr}
+                    )
+                except RuntimeError as e:
+                    if "NaN" not in str(e):
+                        raise
+                    if attempt == DIVERGENCE_RETRIES:
+                        raise ValueError(
+                            f"fastText training diverged (NaN) even at lr={lr:g}. The training text "
+                            "is probably degenerate (very few distinct words); use real documents "
+                            "or more of them."
+                        ) from e
+                    warnings.warn(
+                        f"fastText diverged at lr={lr:g}; training again at lr={lr / 2:g}",
+                        stacklevel=3,
+                    )
+                    lr /= 2
+                    continue
+                self.lr_used = lr
+                return model
         finally:
             os.unlink(path)
 

@@ -17,7 +17,7 @@ from assay.selection.fasttext import FastTextScorer, train_quality_classifier
 
 pytest.importorskip("fasttext")
 
-SMALL_DATA = {"lr": 0.5, "epoch": 15}
+SMALL_DATA = {"lr": 0.3, "epoch": 20}
 
 
 def _domain(records: list[dict], domain: str) -> list[str]:
@@ -115,16 +115,38 @@ def test_bad_parameters_and_unfitted_use() -> None:
         FastTextScorer().score(["text"])
 
 
-def test_divergence_gets_a_clear_message(
+def test_divergence_retries_at_lower_rates_then_explains(
     monkeypatch: pytest.MonkeyPatch, demo_records: list[dict]
 ) -> None:
     import fasttext
 
-    def diverge(**kwargs):
-        raise RuntimeError("Encountered NaN.")
+    real = fasttext.train_supervised
+    rates: list[float] = []
 
-    monkeypatch.setattr(fasttext, "train_supervised", diverge)
-    with pytest.raises(ValueError, match="fastText training diverged"):
-        FastTextScorer().fit(
+    def diverge_above(limit: float):
+        def train(**kwargs):
+            rates.append(kwargs["lr"])
+            if kwargs["lr"] > limit:
+                raise RuntimeError("Encountered NaN.")
+            return real(**kwargs)
+
+        return train
+
+    monkeypatch.setattr(fasttext, "train_supervised", diverge_above(0.2))
+    math, code = _domain(demo_records, "math"), _domain(demo_records, "code")
+    with pytest.warns(UserWarning) as caught:
+        scorer = FastTextScorer(params={"lr": 0.5, "epoch": 5}).fit(math, code, validation=0)
+    assert [str(w.message) for w in caught] == [
+        "fastText diverged at lr=0.5; training again at lr=0.25",
+        "fastText diverged at lr=0.25; training again at lr=0.125",
+    ]
+    assert rates == [0.5, 0.25, 0.125]
+    assert scorer.report["lr_used"] == 0.125 and scorer.params["lr"] == 0.5
+    monkeypatch.setattr(fasttext, "train_supervised", diverge_above(0.0))
+    with (
+        pytest.raises(ValueError, match=r"diverged \(NaN\) even at lr=0.0625"),
+        pytest.warns(UserWarning),
+    ):
+        FastTextScorer(params={"lr": 0.5}).fit(
             _domain(demo_records, "math"), _domain(demo_records, "code"), validation=0
         )
