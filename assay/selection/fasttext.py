@@ -10,11 +10,12 @@ The score is P(positive) under the classifier, in [0, 1].
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,12 @@ NEGATIVE = "__label__neg"
 #: `bucket` 200k instead of 2M (the n-gram hash table dominates the model size: 800 MB at 2M x
 #: 100 floats, for no accuracy gain at the sample sizes a quality classifier is trained on), and
 #: one thread, because fastText's Hogwild training is only deterministic single-threaded.
+#:
+#: Single-threaded, fastText initialises only the first tenth of its input matrix at random
+#: (`DenseMatrix::uniform` splits the matrix into ten blocks, one per thread) and relies on the
+#: rest being zero. Since its 2024 AlignedVector change (in every numpy-2 build on PyPI) that
+#: storage comes from `posix_memalign` uninitialised: in a process whose heap holds garbage the
+#: same data and seed train differently, or diverge. `zeroed_allocations` below restores the zeros.
 DEFAULT_PARAMS: dict[str, Any] = {
     "lr": 0.1,
     "epoch": 5,
@@ -57,6 +64,41 @@ def _fasttext() -> Any:
     # fastText prints a warning on every load_model call; it says nothing useful here.
     fasttext.FastText.eprint = lambda *a, **k: None
     return fasttext
+
+
+@contextlib.contextmanager
+def zeroed_allocations() -> Iterator[None]:
+    """While fastText trains, make the C heap hand out zero-filled memory (glibc's M_PERTURB).
+
+    With a perturb byte of 0xFF, glibc fills every allocation with its complement, 0x00 (and
+    freed memory with 0xFF). Large allocations served by mmap are zero anyway. On other C
+    libraries this is a no-op; their large allocations come from fresh, zeroed pages.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_PERTURB, 0xFF)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_PERTURB, 0)
+
+
+M_PERTURB = -6  # from glibc's malloc.h
+
+
+def _glibc() -> Any:
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def to_line(text: str) -> str:
@@ -163,9 +205,10 @@ class FastTextScorer(Scorer):
             lr = float(self.params["lr"])
             for attempt in range(DIVERGENCE_RETRIES + 1):
                 try:
-                    model = ft.train_supervised(
-                        input=path, seed=seed, verbose=0, **{**self.params, "lr": lr}
-                    )
+                    with zeroed_allocations():
+                        model = ft.train_supervised(
+                            input=path, seed=seed, verbose=0, **{**self.params, "lr": lr}
+                        )
                 except RuntimeError as e:
                     if "NaN" not in str(e):
                         raise

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +153,47 @@ def test_divergence_retries_at_lower_rates_then_explains(
         FastTextScorer(params={"lr": 0.5}).fit(
             _domain(demo_records, "math"), _domain(demo_records, "code"), validation=0
         )
+
+
+DIRTY_HEAP_SCRIPT = """
+import ctypes, json, sys
+import numpy as np
+from assay.corpus import Corpus
+from assay.selection.fasttext import FastTextScorer
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[2] == "dirty":
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: large blocks from the heap, as in a long process
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep freed memory in the heap
+    size = 200 << 20
+    block = libc.malloc(size)
+    np.frombuffer((ctypes.c_char * size).from_address(block), dtype=np.float32)[:] = 1e30
+    libc.free(block)  # the heap now holds garbage for the next large allocation
+recs = [r for b in Corpus(sys.argv[1]).iter_batches() for r in b.to_dicts()]
+math = [r["text"] for r in recs if r["domain"] == "math"]
+code = [r["text"] for r in recs if r["domain"] == "code"]
+scorer = FastTextScorer(params={"lr": 0.3, "epoch": 20}).fit(math, code, seed=0, validation=0)
+print(json.dumps({"lr_used": scorer.lr_used, "scores": scorer.score(math[:20]).tolist()}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="dirties glibc's heap through ctypes")
+def test_training_does_not_depend_on_the_heap(tmp_path: Path, demo_dir: Path) -> None:
+    """Regression: fastText trains from uninitialised memory unless assay zeroes allocations."""
+    script = tmp_path / "dirty.py"
+    script.write_text(DIRTY_HEAP_SCRIPT)
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, str(script), str(demo_dir / "train"), state],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        for state in ("clean", "dirty")
+    ]
+    assert runs[0] == runs[1]
+    assert runs[0]["lr_used"] == 0.3
