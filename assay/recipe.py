@@ -207,16 +207,108 @@ class EvalStep(_Step):
     seq_len: int = Field(default=256, ge=2)
 
 
+class TargetSpec(_Strict):
+    """Target examples: a built-in benchmark (assay_champ, assay_mmlu_dev) or a file."""
+
+    source: str
+    fields: list[str] | None = None
+    max_items: int | None = Field(default=None, ge=1)
+
+
+class BETRStep(_Step):
+    """Fit BETR (benchmark-targeted ranking -> fastText) on a pool sample, score the corpus."""
+
+    kind: Literal["betr"] = "betr"
+    targets: TargetSpec
+    sample: int = Field(default=10_000, ge=1)
+    embedder: str | None = None  # None: all-MiniLM-L6-v2; "static": distilled from it; a folder
+    long_docs: Literal["truncate", "mean"] = "truncate"
+    aggregation: Literal["max", "mean"] = "max"
+    positive_fraction: float = Field(default=0.1, gt=0, lt=1)
+    params: dict[str, Any] = Field(default_factory=dict)  # fastText settings
+    column: str = "betr"
+    seed: int | None = None
+    corpus: CorpusSpec | None = None
+
+
+class FamilyModel(_Strict):
+    path: str
+    score: float | None = None  # benchmark score, higher is better; else from the targets
+    gguf_file: str | None = None
+    name: str | None = None
+
+
+class FamilySpec(_Strict):
+    """PreSelect's model family: given models, or proxies that assay trains on the corpus."""
+
+    models: list[FamilyModel] = Field(default_factory=list)
+    vary: Literal["tokens", "preset", "mixture"] = "mixture"
+    n: int = Field(default=5, ge=3)
+    tokens: int = Field(default=200_000, ge=1)
+    preset: str = "tiny"
+    presets: list[str] = Field(default_factory=lambda: ["tiny", "xs", "s"])
+    concentration: float = Field(default=1.0, gt=0)
+    tokenizer: str | None = None  # a tokenizer step or folder (default: train one)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class PreSelectStep(_Step):
+    """Fit PreSelect (predictive strength over a model family -> fastText), score the corpus."""
+
+    kind: Literal["preselect"] = "preselect"
+    family: FamilySpec = Field(default_factory=FamilySpec)
+    targets: TargetSpec | None = None
+    calibration: int = Field(default=2_000, ge=1)
+    positive_fraction: float = Field(default=0.1, gt=0, le=0.5)
+    params: dict[str, Any] = Field(default_factory=dict)
+    column: str = "preselect"
+    seed: int | None = None
+    corpus: CorpusSpec | None = None
+
+    @model_validator(mode="after")
+    def _scores_or_targets(self) -> PreSelectStep:
+        if self.targets is None and (
+            not self.family.models or any(m.score is None for m in self.family.models)
+        ):
+            raise ValueError(
+                "preselect needs each family model's benchmark score, or targets to compute them from"
+            )
+        return self
+
+
+class CompareStep(_Step):
+    """Print and save the held-out metrics of several train_proxy steps side by side."""
+
+    kind: Literal["compare"] = "compare"
+    runs: list[str]
+    target: str | None = None  # the domain (bits per byte) the comparison is about
+
+
 Step = Annotated[
-    DemoCorpusStep | ScoreStep | SelectStep | StatsStep | TokenizerStep | TrainProxyStep | EvalStep,
+    DemoCorpusStep
+    | ScoreStep
+    | SelectStep
+    | StatsStep
+    | TokenizerStep
+    | TrainProxyStep
+    | EvalStep
+    | BETRStep
+    | PreSelectStep
+    | CompareStep,
     Field(discriminator="kind"),
 ]
-STEP_KINDS = ("demo_corpus", "score", "select", "stats", "tokenizer", "train_proxy", "eval")
+STEP_KINDS = (
+    "demo_corpus", "score", "select", "stats", "tokenizer", "train_proxy", "eval", "betr",
+    "preselect", "compare",
+)  # fmt: skip
+#: steps that write a scores folder a select step can use
+SCORE_KINDS = ("score", "betr", "preselect")
 #: which kinds of earlier step another step's field may name
 _REFERENCES = {
     "corpus.step": ("demo_corpus", "select"),
     "heldout.step": ("demo_corpus", "select"),
     "tokenizer": ("tokenizer",),
+    "family.tokenizer": ("tokenizer",),
     "model": ("train_proxy",),
 }
 
@@ -246,13 +338,27 @@ class Recipe(_Strict):
                     if ref not in seen and not os.path.isdir(ref):
                         raise ValueError(
                             f"step {step.name!r}: scores entry {ref!r} is neither an earlier score step "
-                            f"({', '.join(n for n, k in seen.items() if k == 'score') or 'none'}) nor a folder"
+                            f"({', '.join(n for n, k in seen.items() if k in SCORE_KINDS) or 'none'}) nor a folder"
                         )
-                    if ref in seen and seen[ref] != "score":
+                    if ref in seen and seen[ref] not in SCORE_KINDS:
                         raise ValueError(
                             f"step {step.name!r}: {ref!r} is a {seen[ref]} step, not a score step"
                         )
-            corpus_steps = ScoreStep | SelectStep | StatsStep | TokenizerStep | TrainProxyStep
+            if isinstance(step, CompareStep):
+                for ref in step.runs:
+                    if seen.get(ref) != "train_proxy":
+                        raise ValueError(
+                            f"step {step.name!r}: runs entry {ref!r} is not an earlier train_proxy step"
+                        )
+            corpus_steps = (
+                ScoreStep
+                | SelectStep
+                | StatsStep
+                | TokenizerStep
+                | TrainProxyStep
+                | BETRStep
+                | PreSelectStep
+            )
             if isinstance(step, corpus_steps) and step.corpus is None and self.corpus is None:
                 raise ValueError(
                     f"step {step.name!r} needs a corpus: set the recipe's corpus or the step's"

@@ -95,3 +95,14 @@ def trained_proxy(
         token_cache, "natural", 200 * 8 * 128, "tiny", 0, out_dir=tmp_path_factory.mktemp("proxy") / "run",
         tokenizer=proxy_tokenizer, heldout=Corpus(demo_dir / "heldout"), progress=False, **PROXY_SETTINGS,
     )  # fmt: skip
+
+
+# -- embeddings ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def static_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A static (model2vec-format) embedder distilled from the bundled MiniLM (~15 s)."""
+    from assay.embed import distill_static
+
+    return distill_static(None, tmp_path_factory.mktemp("static") / "minilm-static")

@@ -30,6 +30,9 @@ _BUILTIN_MODULES = {
     "fasttext": "assay.selection.fasttext",
     "doc_stats": "assay.selection.doc_stats",
     "perplexity": "assay.selection.perplexity",
+    "random": "assay.selection.random_scorer",
+    "betr": "assay.selection.betr",
+    "preselect": "assay.selection.preselect",
 }
 
 

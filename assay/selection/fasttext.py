@@ -101,6 +101,26 @@ def _glibc() -> Any:
         return None
 
 
+def adapt_to_sample(params: dict[str, Any], n_docs: int, large: int = 10_000) -> dict[str, Any]:
+    """fastText settings published for million-document training sets, fitted to a small one.
+
+    BETR's (lr 0.03, 5 epochs, minCount 5) and PreSelect's (lr 0.1, 3 epochs) settings were
+    chosen for 400K-2M training documents. On a few hundred they underfit: every probability
+    stays within about 1e-4 of 0.5 (a few hundred distinct values for thousands of documents,
+    so selection falls back on tie-breaking) and minCount 5 drops most of the vocabulary. Below
+    `large` documents, the epochs grow as large / n (at most 50, never fewer than published)
+    and minCount falls to 2 (1 below 2,000 documents). Nothing changes at the published scale.
+    """
+    out = dict(params)
+    if n_docs >= large:
+        return out
+    if "minCount" in out:
+        out["minCount"] = min(int(out["minCount"]), 2 if n_docs >= 2_000 else 1)
+    epochs = int(out.get("epoch", DEFAULT_PARAMS["epoch"]))
+    out["epoch"] = max(epochs, min(50, round(epochs * large / max(n_docs, 1))))
+    return out
+
+
 def to_line(text: str) -> str:
     """fastText reads one example per line: newlines become spaces (as DCLM does)."""
     return text.replace("\n", " ").replace("\r", " ")

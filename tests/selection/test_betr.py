@@ -1,0 +1,111 @@
+"""BETR: rank labels against brute force, the distilled classifier on real text, persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from assay.corpus import Corpus
+from assay.runner import LocalRunner
+from assay.scores import score_corpus
+from assay.selection.base import load_scorer
+from assay.selection.betr import BETRScorer, betr_keep_rate, rank_scores
+from assay.selection.fasttext import _binary_report, adapt_to_sample
+from assay.selection.targets import load_targets
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_max_aggregation_matches_full_ranks() -> None:
+    rng = np.random.default_rng(1)
+    targets, sample = _unit(rng.normal(size=(9, 8))), _unit(rng.normal(size=(400, 8)))
+    out = rank_scores(targets, sample, aggregation="max", min_ranked=60)
+    sims = targets @ sample.T
+    ranks = np.argsort(np.argsort(-sims, axis=1, kind="stable"), axis=1) + 1
+    best = ranks.min(axis=0)
+    k = int(out["k"])
+    ranked = best <= k
+    assert ranked.sum() >= 60
+    np.testing.assert_array_equal(out["best_rank"][ranked], best[ranked])
+    assert (out["best_rank"][~ranked] == len(sample) + 1).all()
+    # best first, then the higher cosine at that rank
+    expect = np.lexsort((-sims.max(axis=0), best))[:60]
+    assert set(np.argsort(-out["score"], kind="stable")[:60]) == set(expect)
+
+
+def test_mean_aggregation_matches_full_ranks() -> None:
+    rng = np.random.default_rng(2)
+    targets, sample = _unit(rng.normal(size=(5, 8))), _unit(rng.normal(size=(50, 8)))
+    out = rank_scores(targets, sample, aggregation="mean")
+    ranks = np.argsort(np.argsort(-(targets @ sample.T), axis=1, kind="stable"), axis=1) + 1
+    np.testing.assert_allclose(out["score"], np.log2(1 / ranks).mean(axis=0), rtol=1e-9)
+    with pytest.raises(ValueError, match="aggregation"):
+        rank_scores(targets, sample, aggregation="median")
+
+
+def test_small_samples_get_fitting_fasttext_settings() -> None:
+    base = {"minCount": 5, "epoch": 5, "lr": 0.03}
+    assert adapt_to_sample(base, 2_000_000) == base
+    assert adapt_to_sample(base, 400) == {"minCount": 1, "epoch": 50, "lr": 0.03}
+    assert adapt_to_sample(base, 5_000) == {"minCount": 2, "epoch": 10, "lr": 0.03}
+    assert 0.025 < betr_keep_rate(1e20) < 0.045 and betr_keep_rate(1e30) == 1.0
+
+
+@pytest.fixture(scope="module")
+def champ_betr(demo_dir: Path, static_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    corpus = Corpus(demo_dir / "train")
+    sample = pl.concat(list(corpus.iter_batches()), how="diagonal_relaxed")
+    scorer = BETRScorer(embedder={"model": str(static_model), "cache": False})
+    scorer.fit(
+        load_targets("assay_champ"),
+        sample.get_column("text").to_list(),
+        ids=sample.get_column("id").to_list(),
+        seed=0,
+    )
+    return scorer, sample
+
+
+def test_betr_labels_and_classifier_find_the_target_domain(champ_betr, demo_dir: Path) -> None:
+    scorer, sample = champ_betr
+    label = scorer.labels["label"]
+    domains = np.array(sample.get_column("domain").to_list())
+    assert label.sum() == round(0.1 * len(sample))
+    assert (domains[label == 1] == "math").mean() > 0.7  # competition-math targets
+    assert scorer.report["fasttext"]["validation"]["auc"] > 0.8
+    held = pl.concat(list(Corpus(demo_dir / "heldout").iter_batches()), how="diagonal_relaxed")
+    s = scorer.score(held.get_column("text").to_list())
+    is_math = np.array(held.get_column("domain").to_list()) == "math"
+    assert _binary_report(s[is_math], s[~is_math])["auc"] > 0.75
+
+
+def test_save_load_and_scoring_a_corpus(champ_betr, demo_dir: Path, tmp_path: Path) -> None:
+    scorer, sample = champ_betr
+    texts = sample.get_column("text").to_list()[:50]
+    scorer.save(tmp_path / "betr")
+    labels = pl.read_parquet(tmp_path / "betr" / "labels.parquet")
+    assert {"id", "label", "best_rank", "best_cosine", "best_target", "score"} <= set(
+        labels.columns
+    )
+    assert labels.height == len(sample)
+    again = load_scorer(tmp_path / "betr")
+    np.testing.assert_array_equal(again.score(texts), scorer.score(texts))
+    assert again.report["targets"] == scorer.report["targets"]
+    result = score_corpus(again, Corpus(demo_dir / "train"), tmp_path / "s", runner=LocalRunner(2))
+    assert result.docs_out == len(sample)
+
+
+def test_bad_input_is_a_clear_error(real_texts: list[str], static_model: Path) -> None:
+    scorer = BETRScorer(embedder={"model": str(static_model), "cache": False})
+    with pytest.raises(ValueError, match="target set is empty"):
+        scorer.fit([], real_texts)
+    with pytest.raises(ValueError, match=r"too small.*at least 100"):
+        scorer.fit(["a target"], real_texts[:60])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        scorer.score(["x"])
+    with pytest.raises(ValueError, match="positive_fraction"):
+        BETRScorer(positive_fraction=1.5)

@@ -1,0 +1,93 @@
+"""Embeddings: both kinds of model, the on-disk cache, long documents and blocked top-k."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assay.embed import Embedder, EmbeddingCache, cosine_topk, is_static_model
+
+PAIRS = ["eating food", "eating bread", "the stock market fell sharply today"]
+
+
+def test_static_model_is_a_model2vec_folder_with_meaningful_similarities(
+    static_model: Path, tmp_path: Path
+) -> None:
+    assert is_static_model(static_model)
+    emb = Embedder(str(static_model), cache=str(tmp_path))
+    assert emb.kind == "static"
+    v = emb.embed(PAIRS)
+    assert v.shape == (3, 256) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    assert v[0] @ v[1] > 0.5 > v[0] @ v[2]
+
+
+def test_minilm_embeddings_and_long_documents(real_texts: list[str], tmp_path: Path) -> None:
+    long_doc = max(real_texts, key=len)
+    short_doc = min((t for t in real_texts if len(t) > 50), key=len)
+    trunc = Embedder(None, cache=False, long_docs="truncate")
+    mean = Embedder(None, cache=False, long_docs="mean", max_chunks=4)
+    assert trunc.kind == "sentence-transformers"
+    a, b = trunc.embed([long_doc, short_doc]), mean.embed([long_doc, short_doc])
+    assert a.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-5)  # fits one window: the same vector
+    assert float(a[0] @ b[0]) < 0.999  # the other chunks moved the long document's vector
+    v = trunc.embed(PAIRS)
+    assert v[0] @ v[1] > 0.5 > v[0] @ v[2]
+
+
+def test_cache_returns_the_same_vectors_without_encoding(
+    static_model: Path, tmp_path: Path
+) -> None:
+    texts = [*PAIRS, PAIRS[0], ""]  # a duplicate and an empty text
+    first = Embedder(str(static_model), cache=str(tmp_path)).embed(texts)
+    np.testing.assert_array_equal(first[0], first[3])
+    assert not first[4].any()  # nothing to embed: a zero vector
+
+    again = Embedder(str(static_model), cache=str(tmp_path))
+    again._load().encode = lambda *a, **k: pytest.fail("a cached text was embedded again")
+    np.testing.assert_array_equal(again.embed(texts), first)
+    # a new text next to cached ones: only it is encoded
+    fresh = Embedder(str(static_model), cache=str(tmp_path))
+    calls: list[int] = []
+    enc = fresh._load()
+    real = enc.encode
+    enc.encode = lambda t, b: calls.append(len(t)) or real(t, b)
+    out = fresh.embed([PAIRS[1], "a brand new sentence"])
+    assert calls == [1]
+    np.testing.assert_array_equal(out[0], first[1])
+
+
+def test_cache_chunks_are_whole_files(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    keys = np.array([5, 1, 9], dtype=np.uint64)
+    cache.put(keys, np.eye(3, dtype=np.float32))
+    found, vecs = EmbeddingCache(tmp_path).get(np.array([9, 2, 1], dtype=np.uint64))
+    assert found.tolist() == [True, False, True]
+    np.testing.assert_array_equal(vecs, np.eye(3, dtype=np.float32)[[2, 1]])
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_cosine_topk_matches_brute_force_in_blocks() -> None:
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(7, 16)).astype(np.float32)
+    d = rng.normal(size=(1000, 16)).astype(np.float32)
+    d[500] = d[10]  # an exact tie: the lower index comes first
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    idx, sim = cosine_topk(q, d, 12, block=64)
+    full = q @ d.T
+    for i in range(len(q)):
+        expect = np.lexsort((np.arange(len(d)), -full[i]))[:12]
+        assert idx[i].tolist() == expect.tolist()
+        np.testing.assert_allclose(sim[i], full[i, expect], rtol=1e-6)
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        Embedder(str(tmp_path / "nope")).embed(["x"])
+    with pytest.raises(ValueError, match="long_docs"):
+        Embedder(long_docs="split")
