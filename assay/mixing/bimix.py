@@ -1,0 +1,233 @@
+"""BiMix: a bivariate scaling law of domain proportion and training steps (Ge et al., "Data
+Mixing Made Efficient: A Bivariate Scaling Law for Language Model Pretraining").
+
+Per domain i, with proportion r_i and training step (or tokens) s:
+
+    L_i(r_i, s) = (A_i / r_i^alpha_i) * (B_i / s^beta_i + C_i)
+
+The law is separable (domain i's loss depends on its own share only), so each domain is
+fitted on its own from (r, s, loss) points: every evaluation step of a few proxy runs' curves.
+
+A_i only ever appears multiplied by B_i and C_i, so the five coefficients have one degree of
+freedom too many: scaling A_i by k and B_i, C_i by 1/k changes nothing. The fit fixes A_i = 1
+(B_i and C_i absorb it); predictions are unaffected. It minimises relative error (residuals
+of log L) with SciPy's bounded trust-region-reflective least squares, the paper's solver.
+
+Optimal proportions for a budget s minimise sum_i w_i L_i(r_i, s) on the simplex. Setting the
+gradient to zero gives r_i = (w_i alpha_i A_i K_i(s) / lambda)^(1 / (1 + alpha_i)) with
+K_i(s) = B_i s^-beta_i + C_i; lambda is found by a 1-D root find on sum_i r_i = 1, and the
+result is checked against a numerical optimiser.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from assay.mixing.mixture import Mixture
+
+MIN_POINTS = 5  # five coefficients (four free)
+
+
+@dataclass
+class DomainLaw:
+    A: float
+    alpha: float
+    B: float
+    beta: float
+    C: float
+    points: int = 0
+    rmse_log: float = float("nan")
+
+    def predict(self, r: Any, s: Any) -> np.ndarray:
+        r, s = np.asarray(r, dtype=np.float64), np.asarray(s, dtype=np.float64)
+        return self.A / r**self.alpha * (self.B / s**self.beta + self.C)
+
+
+def _fit_domain(r: np.ndarray, s: np.ndarray, loss: np.ndarray, name: str) -> DomainLaw:
+    from scipy.optimize import least_squares
+
+    if len(loss) < MIN_POINTS:
+        raise ValueError(
+            f"domain {name!r}: {len(loss)} points; the law needs at least {MIN_POINTS} "
+            "(several eval steps of at least 2 runs with different proportions)"
+        )
+    if not (np.isfinite(loss).all() and np.isfinite(r).all() and np.isfinite(s).all()):
+        raise ValueError(
+            f"domain {name!r}: non-finite losses, proportions or steps in the fit data"
+        )
+    if (loss <= 0).any() or (r <= 0).any() or (s <= 0).any():
+        raise ValueError(f"domain {name!r}: losses, proportions and steps must be positive")
+    if len(np.unique(r)) < 2:
+        raise ValueError(f"domain {name!r}: every point has the same proportion; alpha is not identifiable")  # fmt: skip
+    if len(np.unique(s)) < 3:
+        raise ValueError(f"domain {name!r}: fewer than 3 distinct steps; beta is not identifiable")  # fmt: skip
+    log_loss = np.log(loss)
+    log_r, log_s = np.log(r), np.log(s)
+
+    def residual(p: np.ndarray) -> np.ndarray:
+        alpha, beta, log_b, log_c = p
+        k = np.exp(log_b - beta * log_s) + np.exp(log_c)
+        return -alpha * log_r + np.log(k) - log_loss
+
+    best = None
+    for beta0 in (0.3, 0.6, 1.0):  # a few starts: the landscape in beta is not convex
+        c0 = np.log(max(loss.min() * 0.8, 1e-6))
+        b0 = np.log(max(loss.max() - loss.min(), 1e-3)) + beta0 * log_s.min()
+        fit = least_squares(
+            residual,
+            x0=np.array([0.05, beta0, b0, c0]),
+            bounds=([0.0, 0.0, -50.0, -50.0], [5.0, 5.0, 50.0, 50.0]),
+            method="trf",
+        )
+        if best is None or fit.cost < best.cost:
+            best = fit
+    alpha, beta, log_b, log_c = best.x
+    rmse = float(np.sqrt(np.mean(best.fun**2)))
+    return DomainLaw(1.0, float(alpha), float(np.exp(log_b)), float(beta), float(np.exp(log_c)), len(loss), rmse)  # fmt: skip
+
+
+class BiMix:
+    """The fitted law for every domain: `fit(points)`, `predict`, `optimal_mixture`."""
+
+    def __init__(self, laws: Mapping[str, DomainLaw] | None = None):
+        self.laws: dict[str, DomainLaw] = dict(laws or {})
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted(self.laws)
+
+    def fit(self, points: Any) -> BiMix:
+        """`points`: rows with `domain`, `r` (proportion), `s` (steps or tokens), `loss`
+        (a polars/pandas frame, a mapping of columns, or a list of dicts)."""
+        cols = _columns(points)
+        domains = np.asarray(cols["domain"]).astype(str)
+        r, s, loss = (np.asarray(cols[k], dtype=np.float64) for k in ("r", "s", "loss"))
+        if not len(domains):
+            raise ValueError("no points to fit the law on")
+        self.laws = {
+            d: _fit_domain(r[domains == d], s[domains == d], loss[domains == d], d)
+            for d in sorted(set(domains))
+        }
+        return self
+
+    def predict(self, mixture: Mapping[str, float], s: float) -> dict[str, float]:
+        out = {}
+        for d in self.domains:
+            r = float(mixture.get(d, 0.0))
+            out[d] = float(self.laws[d].predict(r, s)) if r > 0 else float("inf")
+        return out
+
+    def total_loss(self, mixture: Mapping[str, float], s: float, weights: Mapping[str, float] | None = None) -> float:  # fmt: skip
+        pred = self.predict(mixture, s)
+        return float(sum((weights or {}).get(d, 1.0) * v for d, v in pred.items()))
+
+    def optimal_mixture(
+        self, s: float, weights: Mapping[str, float] | None = None, *, check: bool = True
+    ) -> Mixture:
+        """Proportions minimising the (weighted) sum of domain losses at budget `s`."""
+        from scipy.optimize import brentq
+
+        d = self.domains
+        w = np.array([(weights or {}).get(x, 1.0) for x in d], dtype=np.float64)
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError("domain weights must be non-negative with a positive sum")
+        alpha = np.array([self.laws[x].alpha for x in d])
+        a = np.array([self.laws[x].A for x in d])
+        k = np.array([self.laws[x].B * s ** -self.laws[x].beta + self.laws[x].C for x in d])
+        g = w * alpha * a * k  # r_i = (g_i / lambda)^(1/(1+alpha_i))
+        active = g > 0
+        if not active.any():
+            raise ValueError("no domain's loss depends on its proportion (all alpha = 0)")
+
+        def excess(log_lam: float) -> float:
+            return float(np.sum(np.exp((np.log(g[active]) - log_lam) / (1 + alpha[active]))) - 1)
+
+        lo, hi = -50.0, 50.0
+        while excess(lo) < 0:
+            lo -= 50
+        while excess(hi) > 0:
+            hi += 50
+        log_lam = brentq(excess, lo, hi, xtol=1e-14)
+        r = np.zeros(len(d))
+        r[active] = np.exp((np.log(g[active]) - log_lam) / (1 + alpha[active]))
+        mix = Mixture.from_vector(d, r)
+        if check:
+            numeric = self._numeric_optimum(s, w)
+            if self.total_loss(numeric, s, dict(zip(d, w, strict=True))) < self.total_loss(mix, s, dict(zip(d, w, strict=True))) - 1e-6:  # fmt: skip
+                raise RuntimeError("the closed-form optimum is worse than the numerical one")
+        return mix
+
+    def _numeric_optimum(self, s: float, w: np.ndarray) -> Mixture:
+        from scipy.optimize import minimize
+
+        d = self.domains
+        weights = dict(zip(d, w, strict=True))
+
+        def objective(z: np.ndarray) -> float:
+            r = np.exp(z - z.max())
+            return self.total_loss(dict(zip(d, r / r.sum(), strict=True)), s, weights)
+
+        res = minimize(objective, np.zeros(len(d)), method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 20_000})  # fmt: skip
+        r = np.exp(res.x - res.x.max())
+        return Mixture.from_vector(d, r)
+
+    def budget_curve(self, budgets: Sequence[float], weights: Mapping[str, float] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        """Optimal mixture and its predicted losses at each budget (to choose a budget)."""
+        rows = []
+        for s in budgets:
+            mix = self.optimal_mixture(s, weights, check=False)
+            pred = self.predict(mix, s)
+            rows.append({"s": float(s), "mixture": mix.to_dict(), "loss": pred, "total": float(sum(pred.values()))})  # fmt: skip
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {d: asdict(law) for d, law in sorted(self.laws.items())}
+
+    def save(self, path: Any) -> None:
+        from assay._files import write_json
+
+        write_json(path, {"law": "bimix", "domains": self.to_dict()})
+
+    @classmethod
+    def load(cls, path: Any) -> BiMix:
+        from assay._files import read_json
+
+        return cls({d: DomainLaw(**v) for d, v in read_json(path)["domains"].items()})
+
+
+def _columns(points: Any) -> dict[str, Any]:
+    if hasattr(points, "to_dict") and hasattr(points, "columns"):  # polars or pandas
+        try:
+            return {c: list(points[c]) for c in points.columns}
+        except Exception:  # pragma: no cover
+            pass
+    if isinstance(points, Mapping):
+        return dict(points)
+    rows = list(points)
+    return {k: [row[k] for row in rows] for k in ("domain", "r", "s", "loss")}
+
+
+def points_from_runs(
+    runs: Any, *, x: str = "tokens", mixture_prefix: str = "ew."
+) -> dict[str, list]:
+    """(domain, r, s, loss) fit points from a runs table: every evaluated step of each run's
+    curve, with the run's effective mixture (`ew.<domain>`) as r and bits per byte as loss."""
+    frame = runs.read() if hasattr(runs, "read") else runs
+    out: dict[str, list] = {"domain": [], "r": [], "s": [], "loss": []}
+    for row in frame.iter_rows(named=True):
+        curve = json.loads(row["curve"]) if isinstance(row.get("curve"), str) else row.get("curve") or []  # fmt: skip
+        for point in curve:
+            for d, loss in point.get("bpb", {}).items():
+                r = row.get(f"{mixture_prefix}{d}")
+                if r is None or not r > 0:
+                    continue
+                out["domain"].append(d)
+                out["r"].append(float(r))
+                out["s"].append(float(point[x]))
+                out["loss"].append(float(loss))
+    return out

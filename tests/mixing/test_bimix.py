@@ -1,0 +1,84 @@
+"""BiMix: the law is recovered from noisy points, the closed-form optimum is the optimum, and
+bad fit data is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from assay.mixing.bimix import BiMix, DomainLaw
+
+TRUE = {
+    "code": DomainLaw(1.0, 0.08, 6.0, 0.45, 1.6),
+    "news": DomainLaw(1.0, 0.15, 9.0, 0.35, 2.4),
+    "math": DomainLaw(1.0, 0.25, 8.0, 0.40, 2.0),
+}
+
+
+def _points(
+    mixtures: list[dict[str, float]], steps: np.ndarray, noise: float = 0.003, seed: int = 0
+):
+    rng = np.random.default_rng(seed)
+    rows = {"domain": [], "r": [], "s": [], "loss": []}
+    for mix in mixtures:
+        for d, law in TRUE.items():
+            for s in steps:
+                rows["domain"].append(d)
+                rows["r"].append(mix[d])
+                rows["s"].append(float(s))
+                rows["loss"].append(float(law.predict(mix[d], s)) * np.exp(rng.normal(0, noise)))
+    return rows
+
+
+MIXES = [
+    {"code": 0.6, "news": 0.2, "math": 0.2},
+    {"code": 0.2, "news": 0.6, "math": 0.2},
+    {"code": 0.2, "news": 0.2, "math": 0.6},
+    {"code": 1 / 3, "news": 1 / 3, "math": 1 / 3},
+]
+STEPS = np.array([50, 100, 200, 400, 800, 1600])
+
+
+def test_fit_recovers_the_law_and_extrapolates() -> None:
+    law = BiMix().fit(_points(MIXES, STEPS[:-1]))  # fit without the last step
+    for d, true in TRUE.items():
+        for mix in MIXES:
+            pred = law.laws[d].predict(mix[d], STEPS[-1])
+            assert pred == pytest.approx(float(true.predict(mix[d], STEPS[-1])), rel=0.01)
+        assert law.laws[d].alpha == pytest.approx(true.alpha, abs=0.03)
+    unseen = {"code": 0.1, "news": 0.45, "math": 0.45}
+    got = law.predict(unseen, 800)
+    assert got == pytest.approx(
+        {d: float(t.predict(unseen[d], 800)) for d, t in TRUE.items()}, rel=0.01
+    )
+
+
+def test_closed_form_optimum_matches_a_numerical_optimiser() -> None:
+    law = BiMix(TRUE)
+    for s in (100, 10_000):
+        best = law.optimal_mixture(s)  # check=True compares with Nelder-Mead on the simplex
+        numeric = law._numeric_optimum(s, np.ones(3))
+        np.testing.assert_allclose(best.vector(law.domains), numeric.vector(law.domains), atol=2e-3)
+    # a larger alpha (loss more sensitive to the domain's share) earns a larger share
+    best = law.optimal_mixture(1000)
+    assert best["math"] > best["news"] > best["code"]
+    # weighting a domain up moves proportion to it
+    assert law.optimal_mixture(1000, {"code": 5.0})["code"] > best["code"]
+    curve = law.budget_curve([100, 1000, 10_000])
+    assert [c["total"] for c in curve] == sorted((c["total"] for c in curve), reverse=True)
+
+
+def test_bad_fit_data_is_refused(tmp_path) -> None:
+    rows = _points(MIXES[:1], STEPS)
+    with pytest.raises(ValueError, match="same proportion"):
+        BiMix().fit(rows)
+    few = _points(MIXES, STEPS[:1])
+    with pytest.raises(ValueError, match=r"at least 5|distinct steps"):
+        BiMix().fit(few)
+    bad = _points(MIXES, STEPS)
+    bad["loss"][3] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        BiMix().fit(bad)
+    law = BiMix(TRUE)
+    law.save(tmp_path / "law.json")
+    assert str(BiMix.load(tmp_path / "law.json").to_dict()) == str(law.to_dict())
