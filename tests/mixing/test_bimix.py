@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from assay.mixing.bimix import BiMix, DomainLaw
+from assay.mixing.bimix import BiMix, DomainLaw, evaluate_fit
 
 TRUE = {
     "code": DomainLaw(1.0, 0.08, 6.0, 0.45, 1.6),
@@ -82,3 +82,12 @@ def test_bad_fit_data_is_refused(tmp_path) -> None:
     law = BiMix(TRUE)
     law.save(tmp_path / "law.json")
     assert str(BiMix.load(tmp_path / "law.json").to_dict()) == str(law.to_dict())
+
+
+def test_fit_quality_report() -> None:
+    rows = _points(MIXES, STEPS)
+    rows["run"] = [f"run{i // (len(TRUE) * len(STEPS))}" for i in range(len(rows["loss"]))]
+    report = evaluate_fit(rows)
+    for d in TRUE:
+        assert report["extrapolation"][d]["mean_rel_error"] < 0.02
+        assert report["heldout_r2"][d] > 0.9
