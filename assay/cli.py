@@ -112,6 +112,27 @@ def _fmt_pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _model_spec(item: str) -> dict[str, Any]:
+    """`PATH[:SCORE]` as a family model: split on the last ':' only when the rest is a number."""
+    path, sep, tail = item.rpartition(":")
+    if sep and path:
+        try:
+            return {"path": path, "score": float(tail)}
+        except ValueError:
+            pass
+    return {"path": item}
+
+
+def _print_validation(fasttext_report: dict[str, Any]) -> None:
+    val = fasttext_report.get("validation", {})
+    if val:
+        out.print(
+            f"classifier held-out accuracy {val['accuracy']:.3f}, ROC AUC {val['auc']:.3f} (n={val['n']})"
+        )
+    else:
+        out.print("too few documents for a held-out check of the classifier")
+
+
 # -- verbs ---------------------------------------------------------------------------------------
 
 
@@ -273,6 +294,207 @@ def train_classifier(
     else:
         out.print("too few documents for a held-out check (need 20 per class)")
     out.print(f"saved to {model_out}")
+
+
+Targets = Annotated[
+    str,
+    typer.Option(
+        "--targets",
+        "-t",
+        help="Target examples: a built-in benchmark (assay_champ, assay_mmlu_dev) or a .jsonl/.json/.parquet file of records.",
+    ),
+]
+TargetFields = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--field",
+        help="Record field joined into a target example, in order (default: text if the records have it, else question and answer). Repeatable.",
+    ),
+]
+MaxTargets = Annotated[
+    int | None,
+    typer.Option("--max-targets", help="Use a seeded sample of at most this many target examples."),
+]
+PositiveFraction = Annotated[
+    float,
+    typer.Option(
+        "--positive-fraction",
+        help="Share of the ranked sample labelled positive for the classifier.",
+    ),
+]
+FastTextParams = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        help="fastText setting as key=value (lr, epoch, wordNgrams, dim, minCount, bucket, ...). Repeatable.",
+    ),
+]
+
+
+@app.command()
+def betr(
+    paths: Paths,
+    targets: Targets,
+    model_out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to save the BETR scorer into.")
+    ],
+    field: TargetFields = None,
+    max_targets: MaxTargets = None,
+    sample: Annotated[
+        int,
+        typer.Option(
+            help="Pool documents ranked against the targets (uniformly, by seeded hash of the id)."
+        ),
+    ] = 10_000,
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedding model: a local sentence-transformers or model2vec folder, or 'static' (distilled from the bundled MiniLM once, cached); default all-MiniLM-L6-v2."
+        ),
+    ] = None,
+    long_docs: Annotated[
+        str,
+        typer.Option(
+            "--long-docs",
+            help="Documents longer than the embedder's context: 'truncate' or 'mean' (average of chunk embeddings).",
+        ),
+    ] = "truncate",
+    aggregation: Annotated[
+        str,
+        typer.Option(
+            help="'max' (a document's best rank over target examples, as in the paper) or 'mean' (mean log inverse rank)."
+        ),
+    ] = "max",
+    positive_fraction: PositiveFraction = 0.1,
+    column: Annotated[
+        str, typer.Option(help="Name of the score column the scorer writes.")
+    ] = "betr",
+    param: FastTextParams = None,
+    seed: Annotated[int, typer.Option(help="Seed of the samples, labels and fastText.")] = 0,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    on_error: OnError = "fail",
+    max_chars: MaxChars = 10_000_000,
+    no_progress: NoProgress = False,
+) -> None:
+    """Fit BETR: rank a pool sample by embedding similarity to target examples, distil into fastText."""
+    from assay.selection.betr import fit_betr
+
+    corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    scorer = fit_betr(
+        corpus, targets, sample=sample, fields=field or None, max_targets=max_targets, seed=seed,
+        progress=not no_progress, column=column, embedder={"model": embedder, "long_docs": long_docs},
+        aggregation=aggregation, positive_fraction=positive_fraction, params=_params(param),
+    )  # fmt: skip
+    scorer.save(model_out)
+    print_betr(scorer.report)
+    out.print(
+        f"saved to {model_out}; score the corpus with: assay score {' '.join(paths)} --model {model_out} --out SCORES",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def print_betr(rep: dict[str, Any]) -> None:
+    out.print(
+        f"{rep['targets']:,} target examples ranked {rep['sample']:,} sampled documents "
+        f"({rep['aggregation']} aggregation); {rep['positives']:,} positives"
+        + (
+            f" (worst positive rank {rep['worst_positive_rank']:,})"
+            if "worst_positive_rank" in rep
+            else ""
+        )
+    )
+    _print_validation(rep["fasttext"])
+
+
+@app.command()
+def preselect(
+    paths: Paths,
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="A model of the family as PATH[:SCORE]: a local causal LM folder and, optionally, its benchmark score (higher is better). At least 3. Repeatable.",
+        ),
+    ],
+    model_out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to save the PreSelect scorer into.")
+    ],
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            "--targets",
+            "-t",
+            help="Target examples that give models without a SCORE one (minus bits per character on them): assay_champ, assay_mmlu_dev or a .jsonl/.json/.parquet file.",
+        ),
+    ] = None,
+    field: TargetFields = None,
+    max_targets: MaxTargets = None,
+    calibration: Annotated[
+        int,
+        typer.Option(
+            help="Pool documents every model scores (uniformly, by seeded hash of the id)."
+        ),
+    ] = 2_000,
+    positive_fraction: Annotated[
+        float,
+        typer.Option(
+            "--positive-fraction",
+            help="Share labelled positive when too few documents have perfect predictive strength.",
+        ),
+    ] = 0.1,
+    column: Annotated[
+        str, typer.Option(help="Name of the score column the scorer writes.")
+    ] = "preselect",
+    param: FastTextParams = None,
+    seed: Annotated[int, typer.Option(help="Seed of the samples, labels and fastText.")] = 0,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    on_error: OnError = "fail",
+    max_chars: MaxChars = 10_000_000,
+) -> None:
+    """Fit PreSelect: keep text whose losses rank a model family as its benchmarks do, distil into fastText."""
+    from assay.selection.preselect import MIN_MODELS, fit_preselect
+
+    if len(model) < MIN_MODELS:
+        raise typer.BadParameter(
+            f"PreSelect needs at least {MIN_MODELS} models (got {len(model)})",
+            param_hint="'--model'",
+        )
+    corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    scorer = fit_preselect(
+        corpus, [_model_spec(m) for m in model], targets=targets, fields=field or None,
+        max_targets=max_targets, calibration=calibration, seed=seed, column=column,
+        positive_fraction=positive_fraction, params=_params(param),
+    )  # fmt: skip
+    scorer.save(model_out)
+    print_preselect(scorer.report, scorer.family)
+    out.print(
+        f"saved to {model_out}; score the corpus with: assay score {' '.join(paths)} --model {model_out} --out SCORES",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def print_preselect(rep: dict[str, Any], family: dict[str, Any] | None = None) -> None:
+    p = rep["preselect"]
+    if family:
+        t = Table(title="model family, worst to best")
+        for c in ("model", "benchmark score", "bits per char (calibration)"):
+            t.add_column(c)
+        for m in sorted(family["models"], key=lambda m: m["rank"]):
+            t.add_row(m["name"], f"{m['benchmark_score']:.4g}", f"{m['mean_bpc']:.3f}")
+        out.print(t)
+    else:
+        out.print("model family, worst to best: " + ", ".join(p["order"]))
+    out.print(
+        f"{p['perfect']:,} of {p['usable_docs']:,} calibration documents have perfect predictive "
+        f"strength ({p['pairs']}/{p['pairs']} model pairs); {p['positives']:,} positives "
+        f"({p['positive_rule'].replace('_', ' ')}) and {p['negatives']:,} negatives"
+    )
+    _print_validation(rep["fasttext"])
 
 
 @app.command()
@@ -707,6 +929,31 @@ def run(
         if s.kind == "eval":
             out.print(f"[bold]{s.name}[/]:", end=" ")
             print_eval(s.summary)
+        if s.kind == "betr":
+            out.print(f"[bold]{s.name}[/]:", end=" ")
+            print_betr(s.summary["fit"])
+        if s.kind == "preselect":
+            out.print(f"[bold]{s.name}[/]:", end=" ")
+            print_preselect(s.summary["fit"])
+        if s.kind == "compare":
+            print_compare(s.name, s.summary)
+
+
+def print_compare(name: str, r: dict[str, Any]) -> None:
+    cols = sorted(
+        {k for row in r["runs"].values() for k in row}, key=lambda c: (c == "bpb.mean", c)
+    )
+    t = Table(
+        title=f"{name}: held-out bits per byte"
+        + (f", target {r['target']}" if r.get("target") else "")
+    )
+    t.add_column("run")
+    for c in cols:
+        t.add_column(c.removeprefix("bpb."))
+    for run_name, row in r["runs"].items():
+        label = f"{run_name} (best)" if run_name == r.get("best") else run_name
+        t.add_row(label, *(f"{row[c]:.4g}" if c in row else "" for c in cols))
+    out.print(t)
 
 
 def main() -> None:

@@ -58,7 +58,9 @@ def is_static_model(path: str | os.PathLike) -> bool:
 
 
 def model_fingerprint(path: str | os.PathLike) -> str:
-    """A short id of a model folder's weights and settings (sizes and mtimes, plus config text)."""
+    """A short id of a model folder: file names and sizes plus the text of its configs.
+
+    Not mtimes: reinstalling the same package must not throw the embedding cache away."""
     folder = Path(path)
     h = hashlib.blake2b(digest_size=8)
     for f in sorted(folder.rglob("*")):

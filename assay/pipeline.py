@@ -262,6 +262,19 @@ def _score_all(
     return outputs, summary
 
 
+def _folder_id(path: str) -> str | None:
+    """A model folder's content fingerprint, so that retraining into it redoes the step."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    files = sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".gguf"}
+    )
+    return config_hash([fingerprint(f) for f in files])
+
+
 def _targets_identity(spec: Any) -> dict[str, Any]:
     source = spec.source
     fp = fingerprint(source) if os.path.isfile(source) else source
@@ -273,7 +286,11 @@ def _betr(step: BETRStep, ctx: _Context, step_dir: Path) -> Any:
     from assay.selection.betr import fit_betr
 
     corpus, fp = ctx.corpus(step.corpus)
-    identity = {"corpus": fp, "targets": _targets_identity(step.targets)}
+    identity = {
+        "corpus": fp,
+        "targets": _targets_identity(step.targets),
+        "embedder": _folder_id(step.embedder) if step.embedder else None,
+    }
 
     def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
         model_dir = step_dir / "model"
@@ -309,7 +326,7 @@ def _preselect(step: PreSelectStep, ctx: _Context, step_dir: Path) -> Any:
     identity: dict[str, Any] = {
         "corpus": fp,
         "targets": _targets_identity(step.targets) if step.targets else None,
-        "models": [m.model_dump() for m in fam.models],
+        "models": [{**m.model_dump(), "weights": _folder_id(m.path)} for m in fam.models],
         "family": fam.model_dump(exclude={"models"}),
         "upstream": ctx.hashes.get(fam.tokenizer or "", fam.tokenizer),
     }

@@ -76,9 +76,21 @@ def test_demo_stats_train_score_select(tmp_path: Path) -> None:
 
 
 def test_help_explains_every_option() -> None:
-    for verb in ("demo-corpus", "stats", "train-classifier", "score", "select", "run"):
+    verbs = (
+        "demo-corpus",
+        "stats",
+        "train-classifier",
+        "betr",
+        "preselect",
+        "score",
+        "select",
+        "run",
+    )
+    for verb in verbs:
         text = _ok([verb, "--help"])
         assert "Usage" in text
+    assert {"betr", "preselect", "random", "fasttext"} <= set(_ok(["scorers"]).split())
+    assert "PATH[:SCORE]" in _ok(["preselect", "--help"])
     assert "--on-error" in _ok(["score", "--help"]) and "'skip' counts them" in _ok(
         ["score", "--help"]
     )
@@ -165,3 +177,176 @@ def test_train_tokenizer_train_proxy_and_eval(tmp_path: Path, demo_dir: Path) ->
         ],
     )
     assert bad.exit_code != 0 and "unknown domains ['poetry']" in str(bad.exception)
+
+
+# -- target-driven scorers -------------------------------------------------------------------------
+
+
+def _short_pool(folder: Path, records: list[dict], chars: int) -> Path:
+    """The demo documents cut to `chars` characters: a pool a tiny LM family scores in seconds."""
+    rows = [{**r, "text": r["text"][:chars]} for r in records]
+    return write_jsonl(folder / "pool.jsonl", rows).parent
+
+
+def test_betr_verb(
+    tmp_path: Path, demo_dir: Path, static_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from assay.selection.base import load_scorer
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))  # the embedding cache
+    train = str(demo_dir / "train")
+    out = _ok([
+        "betr", train, "--targets", "assay_champ", "--out", str(tmp_path / "betr"), "--sample", "300",
+        "--embedder", str(static_model), "--param", "lr=0.3", "--param", "epoch=20", "--no-progress",
+    ])  # fmt: skip
+    assert "270 target examples ranked 300 sampled documents" in out
+    assert "30 positives" in out and "worst positive rank" in out and "ROC AUC" in out
+    assert f"assay score {train} --model {tmp_path / 'betr'}" in out
+    scorer = load_scorer(tmp_path / "betr")
+    assert scorer.kind == "betr" and scorer.columns == ["betr"]
+    assert scorer.report["targets"] == 270 and scorer.report["sample"] == 300
+    assert "scored 360 documents" in _ok(
+        ["score", train, "--model", str(tmp_path / "betr"), "--out", str(tmp_path / "s")]
+    )
+
+    # a target file with chosen fields, a subset of it, mean aggregation and a column name
+    items = [{"question": f"What is {i} + {i}?", "solution": f"It is {2 * i}."} for i in range(30)]
+    write_jsonl(tmp_path / "t" / "targets.jsonl", items)
+    out = _ok([
+        "betr", train, "--targets", str(tmp_path / "t" / "targets.jsonl"), "--field", "question",
+        "--field", "solution", "--max-targets", "12", "--out", str(tmp_path / "b2"), "--sample", "200",
+        "--embedder", str(static_model), "--aggregation", "mean", "--positive-fraction", "0.2",
+        "--column", "arith", "--param", "lr=0.3", "--seed", "1", "--no-progress",
+    ])  # fmt: skip
+    assert "12 target examples ranked 200 sampled documents (mean aggregation); 40 positives" in out
+    assert "worst positive rank" not in out  # only max aggregation has one
+    again = load_scorer(tmp_path / "b2")
+    assert again.columns == ["arith"] and again.get_config()["aggregation"] == "mean"
+    assert again.get_config()["params"]["lr"] == 0.3
+
+    # an unknown field names the record's fields
+    bad = runner.invoke(app, [
+        "betr", train, "--targets", str(tmp_path / "t" / "targets.jsonl"), "--field", "answer",
+        "--out", str(tmp_path / "b3"), "--embedder", str(static_model),
+    ])  # fmt: skip
+    assert bad.exit_code != 0 and "no field 'answer'" in str(bad.exception)
+    assert not (tmp_path / "b3").exists()
+
+
+def test_betr_empty_targets_is_a_one_line_error(tmp_path: Path, demo_dir: Path) -> None:
+    (tmp_path / "empty.jsonl").write_text("\n")
+    result = _assay(
+        "betr", str(demo_dir / "train"), "--targets", str(tmp_path / "empty.jsonl"),
+        "--out", str(tmp_path / "b"), "--embedder", "static",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "error:" in result.stderr and "no target examples" in result.stderr
+    assert "empty.jsonl" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "b").exists()
+    result = _assay(
+        "betr", str(demo_dir / "train"), "--targets", str(tmp_path / "nope.jsonl"),
+        "--out", str(tmp_path / "b"),
+    )  # fmt: skip
+    assert result.returncode == 2 and "target file" in result.stderr
+    assert "does not exist" in result.stderr
+
+
+def test_preselect_model_specs() -> None:
+    from assay.cli import _model_spec
+
+    assert _model_spec("runs/a/model") == {"path": "runs/a/model"}
+    assert _model_spec("runs/a/model:0.42") == {"path": "runs/a/model", "score": 0.42}
+    assert _model_spec("m:-1e-3") == {"path": "m", "score": -0.001}
+    # a ':' that is not followed by a number belongs to the path
+    assert _model_spec("C:/models/x") == {"path": "C:/models/x"}
+    assert _model_spec("a:b/model:2") == {"path": "a:b/model", "score": 2.0}
+    assert _model_spec(":0.5") == {"path": ":0.5"}
+
+
+def test_preselect_bad_input(tmp_path: Path, demo_dir: Path) -> None:
+    train = str(demo_dir / "train")
+    # fewer than three models: a usage error before any model is loaded
+    two = runner.invoke(app, [
+        "preselect", train, "-m", str(tmp_path / "a:0.1"), "-m", str(tmp_path / "b:0.2"), "--out", str(tmp_path / "p"),
+    ])  # fmt: skip
+    assert two.exit_code == 2 and "at least 3 models (got 2)" in two.output
+    assert "--model" in two.output
+    # a model without a score and no --targets to compute one
+    args = [
+        "preselect",
+        train,
+        "-m",
+        "x:0.1",
+        "-m",
+        "y:0.2",
+        "-m",
+        "z",
+        "--out",
+        str(tmp_path / "p"),
+    ]
+    result = _assay(*args)
+    assert result.returncode == 2 and "needs a benchmark score per model" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "p").exists()
+
+
+@pytest.fixture(scope="module")
+def proxy_family(
+    tmp_path_factory: pytest.TempPathFactory, trained_proxy, token_cache, proxy_tokenizer
+) -> list[str]:
+    """Three tiny proxies of different data: natural (200 steps), math-heavy, code-heavy (40)."""
+    from assay.proxies.train import train_proxy
+
+    root = tmp_path_factory.mktemp("family")
+    dirs = [trained_proxy.model_dir]
+    for heavy in ("math", "code"):
+        mix = {d: 0.7 if d == heavy else 0.1 for d in ("math", "news", "code", "reference")}
+        run = train_proxy(
+            token_cache, mix, 40 * 8 * 128, "tiny", 0, out_dir=root / heavy, tokenizer=proxy_tokenizer,
+            progress=False, batch_size=8, seq_len=128,
+        )  # fmt: skip
+        dirs.append(run.model_dir)
+    return dirs
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*perfect predictive strength:UserWarning")  # tiny family
+def test_preselect_verb(tmp_path: Path, demo_records: list[dict], proxy_family: list[str]) -> None:
+    import polars as pl
+
+    from assay.selection.base import load_scorer
+
+    pool = str(_short_pool(tmp_path / "pool", demo_records, 300))
+    nat, math, code = proxy_family
+    out = _ok([
+        "preselect", pool, "-m", f"{nat}:0.5", "-m", f"{math}:0.7", "--model", f"{code}:0.2",
+        "--calibration", "100", "--out", str(tmp_path / "ps"), "--param", "lr=0.3", "--param", "epoch=20",
+    ])  # fmt: skip
+    assert "model family, worst to best" in out and "perfect predictive strength" in out
+    assert "positives" in out and "negatives" in out
+    assert f"--model {tmp_path / 'ps'}" in out
+    scorer = load_scorer(tmp_path / "ps")
+    assert scorer.kind == "preselect" and scorer.columns == ["preselect"]
+    fam = scorer.family
+    assert fam["order"] == ["code", "run", "math"]  # worst to best by the given scores
+    assert [m["benchmark_score"] for m in fam["models"]] == [0.5, 0.7, 0.2]
+    rep = scorer.report["preselect"]
+    assert rep["calibration_docs"] == 100 and rep["models"] == 3 and rep["pairs"] == 3
+    assert rep["positives"] == rep["negatives"] >= 10
+    assert f"{rep['perfect']:,} of 100 calibration documents" in out
+    calib = pl.read_parquet(tmp_path / "ps" / "calibration.parquet")
+    assert calib.height == 100 and {"bpc.run", "bpc.math", "bpc.code"} <= set(calib.columns)
+    assert scorer.score(["a sentence about numbers"]).shape == (1,)
+
+    # scores from target examples instead: minus bits per character on them
+    out = _ok([
+        "preselect", pool, "-m", nat, "-m", math, "-m", code, "--targets", "assay_champ",
+        "--max-targets", "40", "--calibration", "100", "--out", str(tmp_path / "ps2"),
+        "--column", "pre", "--positive-fraction", "0.2", "--param", "lr=0.3", "--seed", "1",
+    ])  # fmt: skip
+    again = load_scorer(tmp_path / "ps2")
+    assert again.columns == ["pre"]
+    scores = {m["name"]: m["benchmark_score"] for m in again.family["models"]}
+    assert all(s < 0 for s in scores.values())  # minus bits per character
+    assert scores["math"] > scores["code"]  # the math-heavy proxy predicts competition math better
+    for name, s in scores.items():
+        assert f"{s:.4g}" in out and name in out

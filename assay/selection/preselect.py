@@ -400,6 +400,12 @@ class PreSelectScorer(Scorer):
         if losses is None:
             if specs is None:
                 raise ValueError("give the model family (models=) or precomputed losses (losses=)")
+            # validate the family before minutes of scoring with it
+            if len(benchmark_scores) != len(specs):
+                raise ValueError(
+                    f"{len(benchmark_scores)} benchmark scores for {len(specs)} models"
+                )
+            _check_scores(benchmark_scores, model_names or _default_names(specs, len(specs)))
             losses = family_losses(specs, texts, batch_tokens=batch_tokens, seq_len=seq_len)
         losses = np.asarray(losses, dtype=np.float64)
         if losses.ndim != 2 or losses.shape[1] != n_docs:
@@ -622,6 +628,11 @@ def fit_preselect(
     """
     specs = [_spec(m) for m in models]
     given = [m.get("score") if isinstance(m, Mapping) else None for m in models]
+    if len(specs) < MIN_MODELS:
+        raise ValueError(
+            f"PreSelect needs at least {MIN_MODELS} models (got {len(specs)}): with fewer, every "
+            "document's predictive strength is 0 or 1"
+        )
     if all(g is not None for g in given):
         scores = np.asarray(given, dtype=np.float64)
     else:
@@ -633,10 +644,9 @@ def fit_preselect(
         from assay.selection.targets import load_targets
 
         examples = load_targets(targets, fields, max_items=max_targets, seed=seed)
-        computed = family_benchmark_scores(specs, examples)
-        scores = np.asarray(
-            [computed[i] if g is None else g for i, g in enumerate(given)], dtype=np.float64
-        )
+        missing = [i for i, g in enumerate(given) if g is None]
+        computed = dict(zip(missing, family_benchmark_scores([specs[i] for i in missing], examples), strict=True))  # fmt: skip
+        scores = np.asarray([computed.get(i, g) for i, g in enumerate(given)], dtype=np.float64)
     frame = corpus.sample(calibration, seed=seed)
     return PreSelectScorer(**params).fit(
         frame.get_column("text").to_list(),

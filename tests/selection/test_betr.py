@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from assay.corpus import Corpus
-from assay.runner import LocalRunner
+from assay.runner import LocalRunner, RayRunner
 from assay.scores import score_corpus
 from assay.selection.base import load_scorer
 from assay.selection.betr import BETRScorer, betr_keep_rate, rank_scores
@@ -97,6 +97,21 @@ def test_save_load_and_scoring_a_corpus(champ_betr, demo_dir: Path, tmp_path: Pa
     assert again.report["targets"] == scorer.report["targets"]
     result = score_corpus(again, Corpus(demo_dir / "train"), tmp_path / "s", runner=LocalRunner(2))
     assert result.docs_out == len(sample)
+
+
+@pytest.mark.slow
+def test_a_saved_betr_scorer_runs_on_ray_unchanged(champ_betr, demo_dir: Path, tmp_path: Path):
+    ray = pytest.importorskip("ray")
+    scorer, _ = champ_betr
+    scorer.save(tmp_path / "betr")
+    corpus = Corpus(demo_dir / "train")
+    try:
+        score_corpus(scorer, corpus, tmp_path / "ray", runner=RayRunner(workers=1, progress=False))
+    finally:
+        ray.shutdown()
+    score_corpus(scorer, corpus, tmp_path / "local")
+    read = lambda d: pl.concat([pl.read_parquet(p) for p in sorted(d.glob("*.parquet"))])  # noqa: E731
+    assert read(tmp_path / "ray").equals(read(tmp_path / "local"))
 
 
 def test_bad_input_is_a_clear_error(real_texts: list[str], static_model: Path) -> None:
