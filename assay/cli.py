@@ -941,7 +941,7 @@ def run(
 
 def print_compare(name: str, r: dict[str, Any]) -> None:
     cols = sorted(
-        {k for row in r["runs"].values() for k in row}, key=lambda c: (c == "bpb.mean", c)
+        {k for row in r["runs"].values() for k in row}, key=lambda c: (c == "bpb.domain_mean", c)
     )
     t = Table(
         title=f"{name}: held-out bits per byte"

@@ -409,7 +409,7 @@ def _compare(step: CompareStep, ctx: _Context, step_dir: Path) -> Any:
         for name in step.runs:
             run = ProxyRun.load(ctx.outputs[name]["run"])
             row: dict[str, float] = {f"bpb.{d}": v for d, v in sorted(run.bpb.items())}
-            row["bpb.mean"] = sum(run.bpb.values()) / max(len(run.bpb), 1)
+            row["bpb.domain_mean"] = sum(run.bpb.values()) / max(len(run.bpb), 1)  # unweighted
             for task, metrics in (run.tasks or {}).items():
                 for metric, value in metrics.items():
                     if isinstance(value, (int, float)):

@@ -89,7 +89,7 @@ def test_betr_random_proxies_and_compare(
     assert set(compare["runs"]) == {"proxy_betr", "proxy_random"}
     for row in compare["runs"].values():
         assert row["bpb.competition_math"] > 0
-        assert {"bpb.math", "bpb.news", "bpb.code", "bpb.reference", "bpb.mean"} <= set(row)
+        assert {"bpb.math", "bpb.news", "bpb.code", "bpb.reference", "bpb.domain_mean"} <= set(row)
     assert compare["target"] == "competition_math"
     assert compare["best"] == min(
         compare["runs"], key=lambda n: compare["runs"][n]["bpb.competition_math"]
