@@ -1,0 +1,268 @@
+"""From an unlabeled corpus to domains: CLIMB's stage A (Diao et al. 2025).
+
+1. Embed a uniform sample of the corpus (`assay.embed`: MiniLM, or a static model for speed).
+2. k-means with K_init clusters on the sample (faiss when installed, else scikit-learn).
+3. Optionally prune clusters whose mean quality (any side-car score column) is below a
+   threshold: CLIMB drops clusters scored under 3.0 of 5 by its quality classifiers.
+4. Merge clusters whose centroids are close into the final domains: single-linkage under a
+   distance (CLIMB merges centroids closer than 1.5) or, with `n_domains`, Ward agglomeration
+   down to that many (average and single linkage leave outlier clusters as their own domains
+   and lump the rest together).
+5. Assign every document of the corpus to its nearest centroid (through the runner).
+
+Outputs, under `out_dir`:
+- `domains/<shard>.parquet`: the side-car, `id`, `cluster` (k-means cluster) and `domain`
+  (its final domain, or `pruned`);
+- `corpus/<shard>`: the corpus with `domain` set to the cluster domain (the original, if any,
+  kept as `source_domain`), because every mixing tool keys on the `domain` field;
+- `_clusters.json`: per domain its documents, characters and estimated tokens, its member
+  clusters and its top terms (class-based TF-IDF), so a user can name it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from assay._files import atomic_path, read_json, write_json
+from assay.corpus import Corpus, ReadOptions, Shard, ShardStats, ShardWriter, output_name
+from assay.embed import Embedder
+from assay.runner import Runner, report_progress
+
+PRUNED = "pruned"
+
+
+def default_k(n_docs: int) -> int:
+    """K_init scaled to the sample: ~sqrt(n/2), between 2 and 1,000 (CLIMB's K_init)."""
+    return int(np.clip(round(np.sqrt(n_docs / 2)), 2, 1000))
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int = 0, n_iter: int = 100) -> np.ndarray:
+    """Centroids (k x dim), with faiss when it is installed, else scikit-learn."""
+    if k > len(x):
+        raise ValueError(f"cannot make {k} clusters from {len(x)} documents")
+    try:
+        import faiss  # type: ignore[import-not-found]
+
+        km = faiss.Kmeans(x.shape[1], k, niter=n_iter, seed=seed, verbose=False)
+        km.train(np.ascontiguousarray(x, dtype=np.float32))
+        return np.asarray(km.centroids, dtype=np.float32)
+    except ImportError:
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=k, n_init=3, max_iter=n_iter, random_state=seed).fit(x)
+        return km.cluster_centers_.astype(np.float32)
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    d = (x * x).sum(1)[:, None] - 2 * x @ centroids.T + (centroids * centroids).sum(1)[None, :]
+    return np.argmin(d, axis=1)
+
+
+def merge_centroids(
+    centroids: np.ndarray, *, distance: float | None = None, n_domains: int | None = None
+) -> np.ndarray:
+    """A domain index per centroid: connected components under `distance` (single linkage),
+    or Ward agglomeration to `n_domains`."""
+    if len(centroids) == 1:
+        return np.zeros(1, dtype=np.int64)
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if n_domains is not None:
+        if n_domains > len(centroids):
+            raise ValueError(f"n_domains={n_domains} is more than the {len(centroids)} clusters")
+        tree = linkage(centroids, method="ward")
+        labels = fcluster(tree, t=n_domains, criterion="maxclust")
+    elif distance is not None:
+        tree = linkage(centroids, method="single")
+        labels = fcluster(tree, t=distance, criterion="distance")
+    else:
+        return np.arange(len(centroids))
+    # number domains by their first centroid, so that labels do not depend on scipy's order
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return rank[inverse].astype(np.int64)
+
+
+def top_terms(texts: list[str], labels: np.ndarray, n: int = 10) -> dict[int, list[str]]:
+    """Class-based TF-IDF: terms frequent in a class and rare across classes."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    classes = np.unique(labels)
+    vec = CountVectorizer(stop_words="english", max_features=30_000, token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b")  # fmt: skip
+    counts = vec.fit_transform(texts)
+    per_class = np.vstack([np.asarray(counts[labels == c].sum(axis=0)).ravel() for c in classes])
+    tf = per_class / np.maximum(per_class.sum(axis=1, keepdims=True), 1)
+    avg_words = per_class.sum() / len(classes)
+    idf = np.log1p(avg_words / np.maximum(per_class.sum(axis=0), 1))
+    score = np.where(per_class > 0, tf * idf, -np.inf)
+    vocab = np.asarray(vec.get_feature_names_out())
+    return {int(c): vocab[np.argsort(-score[i])[:n]].tolist() for i, c in enumerate(classes)}
+
+
+@dataclass
+class AssignTask:
+    """Per shard: embed, assign to the nearest centroid, write the side-car and the relabelled
+    shard."""
+
+    embedder: Embedder
+    centroids: np.ndarray
+    domain_of: list[str]  # per centroid: its final domain (or PRUNED)
+    side_dir: str
+    options: ReadOptions
+    fmt: str | None = None
+
+    def output_name(self, shard: Shard) -> str:
+        return output_name(shard, self.fmt)
+
+    def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
+        assert out is not None
+        stats = ShardStats(shard.name)
+        writer = ShardWriter(out, self.options)
+        sides = []
+        names = np.asarray(self.domain_of, dtype=object)
+        for batch in shard.read(self.options, stats):
+            vecs = self.embedder.embed(batch.get_column("text").to_list())
+            cluster = nearest(vecs, self.centroids)
+            domain = pl.Series("domain", names[cluster].tolist(), dtype=pl.String)
+            sides.append(pl.DataFrame({"id": batch.get_column("id"), "cluster": cluster.astype(np.int32), "domain": domain}))  # fmt: skip
+            if "domain" in batch.columns:
+                batch = batch.rename({"domain": "source_domain"})
+            writer.write(batch.with_columns(domain))
+            stats.docs_out += batch.height
+            report_progress(batch.height)
+        writer.close()
+        side = pl.concat(sides) if sides else pl.DataFrame(schema={"id": pl.String, "cluster": pl.Int32, "domain": pl.String})  # fmt: skip
+        with atomic_path(Path(self.side_dir) / f"{shard.stem}.parquet") as tmp:
+            side.write_parquet(tmp)
+        return stats
+
+
+@dataclass
+class ClusterResult:
+    out_dir: str
+    k_init: int
+    domains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pruned: list[int] = field(default_factory=list)
+    sample: int = 0
+
+    @property
+    def corpus(self) -> str:
+        return str(Path(self.out_dir) / "corpus")
+
+
+def cluster_corpus(
+    corpus: Corpus,
+    out_dir: str | os.PathLike,
+    *,
+    embedder: Embedder | dict[str, Any] | str | None = None,
+    k_init: int | None = None,
+    sample: int = 20_000,
+    merge_distance: float | None = None,
+    n_domains: int | None = None,
+    prune_scores: str | os.PathLike | None = None,
+    prune_column: str | None = None,
+    prune_below: float | None = None,
+    seed: int = 0,
+    runner: Runner | None = None,
+    overwrite: bool = False,
+) -> ClusterResult:
+    """Discover domains in `corpus` and write the side-car, the relabelled corpus and a report."""
+    from assay.runner import LocalRunner
+
+    out = Path(out_dir)
+    if isinstance(embedder, Embedder):
+        emb = embedder
+    else:
+        emb = Embedder(**embedder) if isinstance(embedder, dict) else Embedder(embedder)
+    frame = corpus.sample(sample, seed=seed)
+    if frame.height < 2:
+        raise ValueError(f"the corpus has {frame.height} documents: too few to cluster")
+    k = k_init or default_k(frame.height)
+    vecs = emb.embed(frame.get_column("text").to_list())
+    centroids = kmeans(vecs, k, seed=seed)
+    labels = nearest(vecs, centroids)
+
+    keep = np.ones(k, dtype=bool)
+    if prune_scores is not None:
+        if prune_column is None or prune_below is None:
+            raise ValueError("pruning needs prune_column and prune_below as well as prune_scores")
+        from assay.scores import read_scores
+
+        scores = read_scores(str(prune_scores), corpus, [prune_column]).select("id", prune_column)
+        joined = (
+            frame.select("id")
+            .with_columns(pl.Series("c", labels))
+            .join(scores, on="id", how="left")
+        )
+        if joined.get_column(prune_column).null_count():
+            raise ValueError(
+                f"{prune_scores} has no {prune_column!r} score for some sampled documents"
+            )
+        means = joined.group_by("c").agg(pl.col(prune_column).mean())
+        for c, m in means.iter_rows():
+            keep[c] = m >= prune_below
+        if not keep.any():
+            raise ValueError(f"every cluster's mean {prune_column} is below {prune_below}")
+    kept = np.flatnonzero(keep)
+    merged = merge_centroids(centroids[kept], distance=merge_distance, n_domains=n_domains)
+    domain_of = [PRUNED] * k
+    for c, d in zip(kept, merged, strict=True):
+        domain_of[c] = f"cluster_{d:02d}"
+
+    side = out / "domains"
+    side.mkdir(parents=True, exist_ok=True)
+    task = AssignTask(emb, centroids, domain_of, str(side), corpus.options)
+    runner = runner or LocalRunner(workers=1)
+    runner.run(task, corpus.shards, out / "corpus", overwrite=overwrite, label="cluster")
+
+    report = _report(out, corpus, frame, labels, domain_of, k, kept, seed)
+    return ClusterResult(str(out), k, report["domains"], [int(c) for c in np.flatnonzero(~keep)], frame.height)  # fmt: skip
+
+
+def _report(
+    out: Path, corpus: Corpus, frame: pl.DataFrame, labels: np.ndarray, domain_of: list[str],
+    k: int, kept: np.ndarray, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    from assay.selection.select import count_tokens
+
+    sides = pl.concat([pl.read_parquet(p) for p in sorted((out / "domains").glob("*.parquet"))])
+    texts = pl.concat([b.select("id", "text") for b in Corpus(out / "corpus").iter_batches()])
+    table = sides.join(texts, on="id")
+    table = table.with_columns(
+        pl.col("text").str.len_chars().alias("chars"),
+        pl.Series("tokens", count_tokens(table.get_column("text"), None)),
+    )
+    names = np.asarray(domain_of, dtype=object)
+    sample_domains = names[labels]
+    codes, inverse = np.unique(sample_domains, return_inverse=True)
+    terms = top_terms(frame.get_column("text").to_list(), inverse)
+    domains: dict[str, dict[str, Any]] = {}
+    for name, g in table.group_by("domain"):
+        name = name[0]
+        domains[name] = {
+            "docs": g.height,
+            "chars": int(g.get_column("chars").sum()),
+            "tokens_estimate": int(g.get_column("tokens").sum()),
+            "clusters": sorted(int(c) for c in np.flatnonzero(names == name)),
+            "top_terms": terms.get(int(np.flatnonzero(codes == name)[0]), [])
+            if name in codes
+            else [],
+        }
+    report = {
+        "k_init": k,
+        "kept_clusters": len(kept),
+        "seed": seed,
+        "domains": dict(sorted(domains.items())),
+    }
+    write_json(out / "_clusters.json", report)
+    return report
+
+
+def read_clusters(out_dir: str | os.PathLike) -> dict[str, Any]:
+    return read_json(Path(out_dir) / "_clusters.json")

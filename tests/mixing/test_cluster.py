@@ -1,0 +1,82 @@
+"""Clustering an unlabeled corpus into domains (CLIMB stage A) on real text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from assay.corpus import Corpus
+from assay.mixing.cluster import PRUNED, cluster_corpus, merge_centroids, top_terms
+from assay.scores import score_corpus
+from assay.selection.doc_stats import DocStatsScorer
+
+
+def _side(out: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in sorted((out / "domains").glob("*.parquet"))])
+
+
+@pytest.fixture(scope="module")
+def clustered(demo_dir: Path, static_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("clusters")
+    embedder = {"model": str(static_model), "cache": False}
+    result = cluster_corpus(Corpus(demo_dir / "train"), out, embedder=embedder, k_init=12, n_domains=6, seed=0)  # fmt: skip
+    return result, out, embedder
+
+
+def test_domains_follow_the_real_sources(clustered, demo_records: list[dict]) -> None:
+    result, out, _ = clustered
+    side = _side(out)
+    assert side.height == len(demo_records) and side.get_column("id").n_unique() == side.height
+    assert set(result.domains) == set(side.get_column("domain").unique())
+    assert len(result.domains) == 6
+    truth = pl.DataFrame({"id": [r["id"] for r in demo_records], "src": [r["domain"] for r in demo_records]})  # fmt: skip
+    joined = side.join(truth, on="id")
+    # purity: most documents share their cluster with documents of their own source domain
+    majority = joined.group_by("domain", "src").len().group_by("domain").agg(pl.col("len").max())
+    assert majority.get_column("len").sum() / joined.height > 0.8  # measured 0.87
+    news = joined.filter(pl.col("src") == "news").get_column("domain").unique()
+    assert news.len() == 1  # BBC news is one domain of its own
+    for info in result.domains.values():
+        assert info["docs"] > 0 and info["tokens_estimate"] > 0 and len(info["top_terms"]) > 0
+    relabelled = pl.concat(list(Corpus(out / "corpus").iter_batches()), how="diagonal_relaxed")
+    assert {"domain", "source_domain"} <= set(relabelled.columns)
+    assert relabelled.join(side, on="id").filter(pl.col("domain") != pl.col("domain_right")).height == 0  # fmt: skip
+
+
+def test_same_seed_same_domains(clustered, demo_dir: Path, tmp_path: Path) -> None:
+    _, out, embedder = clustered
+    cluster_corpus(Corpus(demo_dir / "train"), tmp_path, embedder=embedder, k_init=12, n_domains=6, seed=0)  # fmt: skip
+    assert _side(tmp_path).equals(_side(out))
+
+
+def test_pruning_by_a_quality_score(clustered, demo_dir: Path, tmp_path: Path) -> None:
+    _, _, embedder = clustered
+    corpus = Corpus(demo_dir / "train")
+    score_corpus(DocStatsScorer(), corpus, tmp_path / "stats")
+    result = cluster_corpus(
+        corpus, tmp_path / "c", embedder=embedder, k_init=12, merge_distance=0.0, seed=0,
+        prune_scores=tmp_path / "stats", prune_column="alpha_frac", prune_below=0.6,
+    )  # fmt: skip
+    side = _side(tmp_path / "c")
+    assert result.pruned and PRUNED in set(side.get_column("domain"))
+    assert len(result.domains) == 12 - len(result.pruned) + 1  # no merging; plus "pruned"
+    with pytest.raises(ValueError, match="every cluster's mean"):
+        cluster_corpus(
+            corpus, tmp_path / "d", embedder=embedder, k_init=4, seed=0,
+            prune_scores=tmp_path / "stats", prune_column="alpha_frac", prune_below=2.0,
+        )  # fmt: skip
+
+
+def test_merging_and_terms() -> None:
+    c = np.array([[0, 0], [0.1, 0], [5, 5], [5.1, 5], [10, 0]], dtype=np.float32)
+    assert merge_centroids(c, distance=0.5).tolist() == [0, 0, 1, 1, 2]
+    assert len(set(merge_centroids(c, n_domains=2).tolist())) == 2
+    assert merge_centroids(c).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="more than"):
+        merge_centroids(c, n_domains=9)
+    texts = ["the cat sat on the mat", "a cat and a kitten", "stocks fell on the market", "market prices"]  # fmt: skip
+    terms = top_terms(texts, np.array([0, 0, 1, 1]), n=2)
+    assert "cat" in terms[0] and "market" in terms[1]
