@@ -1,0 +1,114 @@
+"""Mixture proposals for a search: Dirichlet draws around a prior, as RegMix and CLIMB do.
+
+- prior: the natural token distribution raised to a temperature (RegMix: 0.5) and renormalised
+- strength: each draw's Dirichlet concentration is prior x strength, the strength sampled from
+  log-spaced values (RegMix: 15 values in [0.1, 5]); small strengths give sparse mixtures,
+  large ones mixtures close to the prior
+- caps: a draw is rejected when a domain would be repeated more than `max_epochs` times for
+  the token budget (or, without a budget, exceed `max_ratio` times its natural share: RegMix's
+  15x)
+- floor: weights below `floor` become 0 and the rest are rounded to that grid (RegMix: 2e-4)
+- deduplication: identical mixtures (after rounding) are proposed once
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from assay.mixing.mixture import Mixture
+
+
+class MixtureProposer:
+    """Seeded, deduplicated Dirichlet proposals over fixed domains."""
+
+    def __init__(
+        self,
+        tokens_per_domain: Mapping[str, float],
+        *,
+        temperature: float = 0.5,
+        strengths: tuple[float, float, int] = (0.1, 5.0, 15),
+        budget: float | None = None,
+        max_epochs: float | None = None,
+        max_ratio: float | None = 15.0,
+        floor: float = 2e-4,
+        seed: int = 0,
+    ):
+        self.domains = sorted(tokens_per_domain)
+        n = np.array([float(tokens_per_domain[d]) for d in self.domains])
+        if len(self.domains) < 2 or (n <= 0).any():
+            raise ValueError(
+                f"proposals need at least 2 domains with tokens: {dict(tokens_per_domain)}"
+            )
+        if not temperature > 0:
+            raise ValueError("temperature must be positive")
+        self.tokens = n
+        self.natural = n / n.sum()
+        prior = self.natural**temperature
+        self.prior = prior / prior.sum()
+        lo, hi, k = strengths
+        self.strengths = np.geomspace(lo, hi, int(k))
+        self.budget, self.max_epochs, self.max_ratio = budget, max_epochs, max_ratio
+        self.floor = floor
+        self.rng = np.random.default_rng(seed)
+        self.seen: set[tuple[float, ...]] = set()
+        if budget is not None and max_epochs is not None and budget > n.sum() * max_epochs:
+            raise ValueError(
+                f"a budget of {budget:,.0f} tokens needs more than {max_epochs:g} epochs of the "
+                f"whole corpus ({n.sum():,.0f} tokens): no mixture can satisfy the cap"
+            )
+
+    def _allowed(self, w: np.ndarray) -> bool:
+        if self.budget is not None and self.max_epochs is not None:
+            if (w * self.budget > self.tokens * self.max_epochs * (1 + 1e-9)).any():
+                return False
+        elif self.max_ratio is not None and (w > self.natural * self.max_ratio).any():
+            return False
+        return True
+
+    def _round(self, w: np.ndarray) -> np.ndarray | None:
+        if self.floor > 0:
+            w = np.where(w < self.floor, 0.0, w)
+            if w.sum() <= 0:
+                return None
+            w = np.round(w / w.sum() / self.floor) * self.floor
+            if w.sum() <= 0:
+                return None
+        return w / w.sum()
+
+    def propose(self, n: int, *, max_tries: int = 1000) -> list[Mixture]:
+        """`n` new mixtures (never one proposed before by this proposer)."""
+        out: list[Mixture] = []
+        tries = 0
+        while len(out) < n:
+            tries += 1
+            if tries > max_tries * max(n, 1):
+                raise ValueError(
+                    f"only {len(out)} of {n} distinct mixtures satisfy the caps after {tries - 1} "
+                    "draws: loosen max_epochs / max_ratio or the floor"
+                )
+            s = self.rng.choice(self.strengths)
+            w = self.rng.dirichlet(np.maximum(self.prior * s, 1e-6))
+            w = self._round(w)
+            if w is None or not self._allowed(w):
+                continue
+            key = tuple(np.round(w, 10))
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            out.append(Mixture.from_vector(self.domains, w))
+        return out
+
+    def candidates(self, n: int) -> np.ndarray:
+        """A large matrix of allowed draws (rows) for a predictor to rank; not deduplicated
+        against earlier proposals, and not remembered."""
+        rows = []
+        while len(rows) < n:
+            s = self.rng.choice(self.strengths, size=n)
+            w = np.vstack([self.rng.dirichlet(np.maximum(self.prior * x, 1e-6)) for x in s])
+            for row in w:
+                r = self._round(row)
+                if r is not None and self._allowed(r):
+                    rows.append(r)
+        return np.vstack(rows[:n])
