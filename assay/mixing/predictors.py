@@ -1,0 +1,148 @@
+"""Mixture -> metric regressors, the surrogate that RegMix and CLIMB search with.
+
+Both predictors are scikit-learn-style: `fit(X, y)`, `predict(X)`, with X the mixture weights
+(one column per domain, in a fixed order) and y the proxy metric (lower is better, e.g. bits
+per byte; negate accuracies).
+
+- `LightGBMPredictor`: gradient-boosted trees with CLIMB's settings (L1 and L2
+  regularisation, max depth 4, at least 5 samples per leaf) and RegMix's (learning rate 0.01,
+  up to 1,000 rounds), with early stopping on a held-out share of the runs (CLIMB: after 20
+  rounds without improvement). The held-out share is also where its Spearman correlation is
+  measured when it is fitted.
+- `LinearPredictor`: least squares on the weights (RegMix's linear baseline), with a small
+  ridge so that collinear weights (they sum to 1) do not break it.
+
+`heldout_spearman(predictor, X, y)` reports what the issue of any mixture search is: does the
+predictor rank unseen mixtures as the proxies do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def _split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * share)) if n >= 8 else 0
+    return order[n_val:], order[:n_val]
+
+
+class LinearPredictor:
+    def __init__(self, alpha: float = 1e-6):
+        self.alpha = alpha
+        self.model: Any = None
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> LinearPredictor:
+        from sklearn.linear_model import Ridge
+
+        X, y = _check(X, y)
+        self.model = Ridge(alpha=self.alpha).fit(X, y)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model.predict(np.asarray(X, dtype=np.float64))
+
+
+class LightGBMPredictor:
+    def __init__(
+        self,
+        *,
+        learning_rate: float = 0.01,
+        rounds: int = 1000,
+        max_depth: int = 4,
+        min_child_samples: int = 5,
+        reg_alpha: float = 0.1,
+        reg_lambda: float = 0.1,
+        early_stopping: int = 20,
+        validation: float = 0.2,
+        seed: int = 0,
+    ):
+        self.params = {
+            "learning_rate": learning_rate,
+            "n_estimators": rounds,
+            "max_depth": max_depth,
+            "num_leaves": 2**max_depth,
+            "min_child_samples": min_child_samples,
+            "reg_alpha": reg_alpha,
+            "reg_lambda": reg_lambda,
+            "random_state": seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "n_jobs": 1,
+            "verbose": -1,
+        }
+        self.early_stopping, self.validation, self.seed = early_stopping, validation, seed
+        self.model: Any = None
+        self.validation_spearman: float = float("nan")
+        self.best_rounds: int = 0
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> LightGBMPredictor:
+        try:
+            import lightgbm as lgb
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ImportError("the LightGBM predictor needs lightgbm: pip install 'assay[mixing]'") from e  # fmt: skip
+        X, y = _check(X, y)
+        train, val = _split(len(y), self.validation, self.seed)
+        self.model = lgb.LGBMRegressor(**self.params)
+        if len(val):
+            import inspect
+
+            # lightgbm 4.6 renamed eval_set to eval_X / eval_y
+            if "eval_X" in inspect.signature(self.model.fit).parameters:
+                evaluation = {"eval_X": (X[val],), "eval_y": (y[val],)}
+            else:  # pragma: no cover - older lightgbm
+                evaluation = {"eval_set": [(X[val], y[val])]}
+            self.model.fit(
+                X[train], y[train], **evaluation,
+                callbacks=[lgb.early_stopping(self.early_stopping, verbose=False)],
+            )  # fmt: skip
+            self.validation_spearman = spearman(self.model.predict(X[val]), y[val])
+            self.best_rounds = int(self.model.best_iteration_ or self.params["n_estimators"])
+        else:
+            self.model.fit(X, y)
+            self.best_rounds = int(self.params["n_estimators"])
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model.predict(np.asarray(X, dtype=np.float64))
+
+
+def _check(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"X must be (runs, domains) and y one value per run: {X.shape}, {y.shape}")
+    if len(y) < 2:
+        raise ValueError(f"{len(y)} proxy runs: too few to fit a predictor")
+    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+        raise ValueError("mixtures and metrics must be finite to fit a predictor")
+    return X, y
+
+
+def make_predictor(kind: str, **params: Any) -> Any:
+    if kind == "lightgbm":
+        return LightGBMPredictor(**params)
+    if kind == "linear":
+        return LinearPredictor(**params)
+    raise ValueError(f"predictor must be 'lightgbm' or 'linear', not {kind!r}")
+
+
+def heldout_spearman(kind: str, X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, **params: Any) -> float:  # fmt: skip
+    """Spearman correlation of out-of-fold predictions with the measured metric (k-fold)."""
+    X, y = _check(X, y)
+    order = np.random.default_rng(seed).permutation(len(y))
+    pred = np.empty(len(y))
+    for f in range(folds):
+        test = order[f::folds]
+        train = np.setdiff1d(order, test)
+        pred[test] = make_predictor(kind, **params).fit(X[train], y[train]).predict(X[test])
+    return spearman(pred, y)
