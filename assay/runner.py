@@ -248,6 +248,12 @@ class Runner:
     ) -> Iterator[tuple[_Job, ShardStats]]:
         raise NotImplementedError
 
+    def map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        """`[fn(x) for x in items]`, the calls run in parallel (independent jobs that are not
+        shards, such as the proxy runs of one mixture-search iteration). `fn` must be a
+        module-level function and the items picklable."""
+        raise NotImplementedError
+
 
 class LocalRunner(Runner):
     """One machine. `workers=1` runs in this process; more uses a spawn-based process pool."""
@@ -308,6 +314,26 @@ class LocalRunner(Runner):
             pool.shutdown(wait=True)
         finally:
             q.close()
+
+    def map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        if self.workers == 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")
+        env = _thread_env((os.cpu_count() or 1) // min(self.workers, len(items)))
+        with ProcessPoolExecutor(
+            max_workers=min(self.workers, len(items)),
+            mp_context=ctx,
+            initializer=_init_map_worker,
+            initargs=(env,),
+        ) as pool:
+            return list(pool.map(fn, items))
+
+
+def _init_map_worker(env: dict[str, str]) -> None:
+    os.environ.update(env)
 
 
 def _drain(q: Any, bar: _ProgressBar) -> None:
@@ -379,6 +405,16 @@ class RayRunner(Runner):
             for ref in pending:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)
+
+    def map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        ray = self._ensure_ray()
+        remote = ray.remote(num_cpus=1, max_retries=0)(fn)
+        refs = [remote.remote(x) for x in items]
+        try:
+            return list(ray.get(refs))
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            raise (cause if isinstance(cause, BaseException) else e) from None
 
 
 def make_runner(

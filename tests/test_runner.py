@@ -186,3 +186,9 @@ def test_a_dead_worker_is_explained(tmp_path: Path, demo_dir: Path) -> None:
             DyingTask(), Corpus(demo_dir / "train").shards, tmp_path / "out"
         )
     assert not list((tmp_path / "out").glob("*.txt"))
+
+
+def test_map_runs_independent_jobs_in_a_pool_in_order() -> None:
+    items = [-3, 1, -2, 5]
+    assert LocalRunner(workers=1).map(abs, items) == [3, 1, 2, 5]
+    assert LocalRunner(workers=2).map(abs, items) == [3, 1, 2, 5]

@@ -1,0 +1,245 @@
+"""Mixture search by proxies and a predictor: CLIMB's iterative bootstrapping (Diao et al.
+2025), with RegMix (Liu et al. 2025) as its one-iteration case.
+
+CLIMB, stage B:
+- iteration 1 trains proxies on Dirichlet proposals around the token prior;
+- each later iteration fits the predictor on every (mixture, metric) pair so far, scores a
+  large candidate set with it, takes the top N and trains proxies on M of them, sampled;
+- the proxy budget is split over iterations 4:2:1 by default (the paper's 64/32/16);
+- the answer is the best candidate under the final predictor.
+
+RegMix: one iteration of proposals, then predict over many candidates and average the top-k
+predicted mixtures (more robust than the single argmin).
+
+`ClimbSearch` is the ask/tell core (`propose(n)`, `observe(mixture, metric)`, `best()`), with no
+training in it. `search_mixture` drives it with real proxies: every run of an iteration is
+independent and goes through `runner.map` (a local process pool or Ray). Runs land in a runs
+table, and a killed search resumes without redoing finished runs (a finished proxy folder is
+recognised by `train_proxy`). The objective is any column of the runs table, minimised:
+`bpb.<domain>`, `bpb.mean`, or a negated task metric (`-task.assay_champ.logprob`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assay._files import write_json
+from assay.mixing.mixture import Mixture
+from assay.mixing.predictors import heldout_spearman, make_predictor
+from assay.mixing.propose import MixtureProposer
+
+
+def split_budget(runs: int, split: Sequence[float]) -> list[int]:
+    """Proxy runs per iteration, proportional to `split`, each at least 1."""
+    if runs < len(split):
+        raise ValueError(
+            f"a search of {runs} proxy runs is too small for {len(split)} iterations "
+            "(each needs at least one run); add runs or use fewer iterations"
+        )
+    raw = np.asarray(split, dtype=np.float64) / np.sum(split) * runs
+    out = np.maximum(1, np.floor(raw)).astype(int)
+    while out.sum() < runs:  # hand the remainder to the largest fractional parts
+        out[int(np.argmax(raw - out))] += 1
+    while out.sum() > runs:
+        out[int(np.argmax(out))] -= 1
+    return out.tolist()
+
+
+class ClimbSearch:
+    """Ask/tell: `propose(n)` mixtures, `observe(mixture, metric)` (lower is better), `best()`."""
+
+    def __init__(
+        self,
+        tokens_per_domain: Mapping[str, float],
+        *,
+        predictor: str = "lightgbm",
+        candidates: int = 10_000,
+        top_n: int | None = None,
+        regmix_top_k: int | None = None,
+        seed: int = 0,
+        **proposer: Any,
+    ):
+        self.proposer = MixtureProposer(tokens_per_domain, seed=seed, **proposer)
+        self.domains = self.proposer.domains
+        self.predictor_kind = predictor
+        self.n_candidates, self.top_n, self.regmix_top_k = candidates, top_n, regmix_top_k
+        self.rng = np.random.default_rng(seed + 1)
+        self.seed = seed
+        self.X: list[np.ndarray] = []
+        self.y: list[float] = []
+        self.predictor: Any = None
+
+    def observe(self, mixture: Mapping[str, float], metric: float) -> None:
+        if not np.isfinite(metric):
+            raise ValueError(f"metric for {dict(mixture)} is not finite: {metric}")
+        w = Mixture(mixture, normalize=True).vector(self.domains)
+        self.X.append(w)
+        self.y.append(float(metric))
+        key = tuple(np.round(w, 10))
+        self.proposer.seen.add(key)
+
+    def fit(self) -> Any:
+        if len(self.y) < 3:
+            raise ValueError(f"{len(self.y)} observed runs: the predictor needs at least 3")
+        self.predictor = make_predictor(self.predictor_kind, **({"seed": self.seed} if self.predictor_kind == "lightgbm" else {}))  # fmt: skip
+        self.predictor.fit(np.vstack(self.X), np.asarray(self.y))
+        return self.predictor
+
+    def propose(self, n: int) -> list[Mixture]:
+        """The first call samples the prior; later calls sample from the predictor's top N."""
+        if not self.y:
+            return self.proposer.propose(n)
+        self.fit()
+        cand = self.proposer.candidates(self.n_candidates)
+        seen = {tuple(np.round(r, 10)) for r in self.X}
+        fresh = np.array([tuple(np.round(r, 10)) not in seen for r in cand])
+        cand = cand[fresh]
+        pred = self.predictor.predict(cand)
+        top_n = min(len(cand), self.top_n or max(4 * n, len(cand) // 20))
+        top = cand[np.argsort(pred, kind="stable")[:top_n]]
+        pick = self.rng.choice(len(top), size=min(n, len(top)), replace=False)
+        out = []
+        for row in top[np.sort(pick)]:
+            self.proposer.seen.add(tuple(np.round(row, 10)))
+            out.append(Mixture.from_vector(self.domains, row))
+        return out
+
+    def best(self, *, average_top_k: int | None = None) -> Mixture:
+        """The predictor's best candidate, or (RegMix) the mean of its top-k candidates."""
+        self.fit()
+        cand = np.vstack([self.proposer.candidates(self.n_candidates), *self.X])
+        pred = self.predictor.predict(cand)
+        k = average_top_k or 1
+        top = cand[np.argsort(pred, kind="stable")[:k]]
+        return Mixture.from_vector(self.domains, top.mean(axis=0))
+
+    def spearman(self, kind: str | None = None) -> float:
+        """k-fold held-out Spearman of the predictor on the observed runs."""
+        folds = min(5, len(self.y))
+        return heldout_spearman(kind or self.predictor_kind, np.vstack(self.X), np.asarray(self.y), folds=folds)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving the search with real proxies
+
+
+def _train_one(job: dict[str, Any]) -> dict[str, Any]:
+    """One proxy run in a worker: reopen the shared token cache, train, return the run."""
+    from assay.corpus import Corpus
+    from assay.proxies.data import TokenCache
+    from assay.proxies.train import TrainConfig, train_proxy
+
+    run = train_proxy(
+        TokenCache.open(job["cache"]), job["mixture"], job["tokens"], job["preset"], job["seed"],
+        out_dir=job["out_dir"], tokenizer=job["tokenizer"],
+        heldout=Corpus(job["heldout"]) if job["heldout"] else None, eval_docs=job["eval_docs"],
+        config=TrainConfig(**job["train"]), tasks=job["tasks"] or None, progress=False,
+    )  # fmt: skip
+    return run.to_dict()
+
+
+@dataclass
+class SearchResult:
+    best: Mixture
+    objective: str
+    runs: list[dict[str, Any]] = field(default_factory=list)  # per run: iteration, mixture, metric
+    spearman: dict[str, float] = field(default_factory=dict)
+    iterations: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best.to_dict(),
+            "objective": self.objective,
+            "iterations": self.iterations,
+            "spearman": self.spearman,
+            "runs": self.runs,
+        }
+
+
+def objective_value(row: Mapping[str, Any], objective: str) -> float:
+    """A runs-table row's objective: a column name, negated with a leading '-'."""
+    sign, name = (-1.0, objective[1:]) if objective.startswith("-") else (1.0, objective)
+    if name not in row or row[name] is None:
+        raise ValueError(f"objective {name!r} is not a column of the runs table (columns: {sorted(row)})")  # fmt: skip
+    return sign * float(row[name])
+
+
+def search_mixture(
+    cache_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    objective: str,
+    tokenizer: str,
+    tokens: int,
+    runs: int = 14,
+    split: Sequence[float] = (4, 2, 1),
+    method: str = "climb",
+    preset: str = "tiny",
+    heldout: Sequence[str] | str | None = None,
+    eval_docs: int | None = None,
+    tasks: Sequence[str] = (),
+    train: Mapping[str, Any] | None = None,
+    predictor: str = "lightgbm",
+    candidates: int = 10_000,
+    regmix_top_k: int = 16,
+    seed: int = 0,
+    runner: Any = None,
+    **proposer: Any,
+) -> SearchResult:
+    """Search a mixture over the domains of a TokenCache (built once with `TokenCache.build`).
+
+    method 'climb' spends `runs` proxies over the iterations of `split`; 'regmix' spends them
+    in one iteration and averages the predictor's top `regmix_top_k` candidates.
+    """
+    from assay.proxies.data import TokenCache
+    from assay.proxies.runs import RunsTable, run_row
+    from assay.runner import LocalRunner
+
+    if method not in ("climb", "regmix"):
+        raise ValueError(f"method must be 'climb' or 'regmix', not {method!r}")
+    per_iter = split_budget(runs, (1,) if method == "regmix" else split)
+    if per_iter[0] < 3:
+        raise ValueError(f"the first iteration has {per_iter[0]} runs; the predictor needs at least 3")  # fmt: skip
+    cache = TokenCache.open(cache_dir)
+    counts = {d: t.n_tokens for d, t in cache.domains.items()}
+    search = ClimbSearch(counts, predictor=predictor, candidates=candidates, seed=seed, budget=tokens, **proposer)  # fmt: skip
+    out = Path(out_dir)
+    table = RunsTable(out / "runs.parquet")
+    runner = runner or LocalRunner(workers=1)
+    held = [heldout] if isinstance(heldout, str) else list(heldout or [])
+    result_runs: list[dict[str, Any]] = []
+    for it, n in enumerate(per_iter):
+        mixtures = search.propose(n)
+        jobs = [
+            {
+                "cache": str(cache_dir),
+                "mixture": m.to_dict(),
+                "tokens": tokens,
+                "preset": preset,
+                "seed": seed,
+                "out_dir": str(out / "proxies" / f"it{it}-{k:03d}"),
+                "tokenizer": tokenizer,
+                "heldout": held or None,
+                "eval_docs": eval_docs,
+                "train": dict(train or {}),
+                "tasks": list(tasks),
+            }
+            for k, m in enumerate(mixtures)
+        ]
+        for mix, done in zip(mixtures, runner.map(_train_one, jobs), strict=True):
+            table.append(done)
+            value = objective_value(run_row(done), objective)
+            search.observe(mix, value)
+            result_runs.append({"iteration": it, "mixture": mix.to_dict(), "metric": value, "run": done["out_dir"]})  # fmt: skip
+    best = search.best(average_top_k=regmix_top_k if method == "regmix" else None)
+    spearman = {"lightgbm": search.spearman("lightgbm"), "linear": search.spearman("linear")}
+    result = SearchResult(best, objective, result_runs, spearman, per_iter)
+    write_json(out / "search.json", result.to_dict())
+    best.save(out / "mixture.yaml")
+    return result
