@@ -11,8 +11,8 @@
 5. Assign every document of the corpus to its nearest centroid (through the runner).
 
 Outputs, under `out_dir`:
-- `domains/<shard>.parquet`: the side-car, `id`, `cluster` (k-means cluster) and `domain`
-  (its final domain, or `pruned`);
+- `domains/<shard>.parquet`: the side-car, `id`, `cluster` (k-means cluster), `domain`
+  (its final domain, or `pruned`), `chars` and `tokens` (a GPT-2 pre-token estimate);
 - `corpus/<shard>`: the corpus with `domain` set to the cluster domain (the original, if any,
   kept as `source_domain`), because every mixing tool keys on the `domain` field;
 - `_clusters.json`: per domain its documents, characters and estimated tokens, its member
@@ -33,6 +33,7 @@ from assay._files import atomic_path, read_json, write_json
 from assay.corpus import Corpus, ReadOptions, Shard, ShardStats, ShardWriter, output_name
 from assay.embed import Embedder
 from assay.runner import Runner, report_progress
+from assay.selection.select import count_tokens
 
 PRUNED = "pruned"
 
@@ -130,14 +131,26 @@ class AssignTask:
             vecs = self.embedder.embed(batch.get_column("text").to_list())
             cluster = nearest(vecs, self.centroids)
             domain = pl.Series("domain", names[cluster].tolist(), dtype=pl.String)
-            sides.append(pl.DataFrame({"id": batch.get_column("id"), "cluster": cluster.astype(np.int32), "domain": domain}))  # fmt: skip
+            text = batch.get_column("text")
+            sides.append(
+                pl.DataFrame(
+                    {
+                        "id": batch.get_column("id"),
+                        "cluster": cluster.astype(np.int32),
+                        "domain": domain,
+                        "chars": text.str.len_chars(),
+                        "tokens": count_tokens(text, None).astype(np.int64),
+                    }
+                )
+            )
             if "domain" in batch.columns:
                 batch = batch.rename({"domain": "source_domain"})
             writer.write(batch.with_columns(domain))
             stats.docs_out += batch.height
             report_progress(batch.height)
         writer.close()
-        side = pl.concat(sides) if sides else pl.DataFrame(schema={"id": pl.String, "cluster": pl.Int32, "domain": pl.String})  # fmt: skip
+        schema = {"id": pl.String, "cluster": pl.Int32, "domain": pl.String, "chars": pl.UInt32, "tokens": pl.Int64}  # fmt: skip
+        side = pl.concat(sides) if sides else pl.DataFrame(schema=schema)
         with atomic_path(Path(self.side_dir) / f"{shard.stem}.parquet") as tmp:
             side.write_parquet(tmp)
         return stats
@@ -221,22 +234,20 @@ def cluster_corpus(
     runner = runner or LocalRunner(workers=1)
     runner.run(task, corpus.shards, out / "corpus", overwrite=overwrite, label="cluster")
 
-    report = _report(out, corpus, frame, labels, domain_of, k, kept, seed)
+    report = _report(out, frame, labels, domain_of, k, kept, seed)
     return ClusterResult(str(out), k, report["domains"], [int(c) for c in np.flatnonzero(~keep)], frame.height)  # fmt: skip
 
 
 def _report(
-    out: Path, corpus: Corpus, frame: pl.DataFrame, labels: np.ndarray, domain_of: list[str],
+    out: Path, frame: pl.DataFrame, labels: np.ndarray, domain_of: list[str],
     k: int, kept: np.ndarray, seed: int,
 ) -> dict[str, Any]:  # fmt: skip
-    from assay.selection.select import count_tokens
-
-    sides = pl.concat([pl.read_parquet(p) for p in sorted((out / "domains").glob("*.parquet"))])
-    texts = pl.concat([b.select("id", "text") for b in Corpus(out / "corpus").iter_batches()])
-    table = sides.join(texts, on="id")
-    table = table.with_columns(
-        pl.col("text").str.len_chars().alias("chars"),
-        pl.Series("tokens", count_tokens(table.get_column("text"), None)),
+    # the side-cars carry each document's size, so the report never reads the texts again
+    table = pl.concat(
+        [
+            pl.read_parquet(p, columns=["domain", "chars", "tokens"])
+            for p in sorted((out / "domains").glob("*.parquet"))
+        ]
     )
     names = np.asarray(domain_of, dtype=object)
     sample_domains = names[labels]
