@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(
@@ -17,95 +16,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
-
-# -- shared options ------------------------------------------------------------------------------
-Paths = Annotated[
-    list[str],
-    typer.Argument(
-        help="Corpus files, folders (searched recursively) or globs: .jsonl, .jsonl.gz, .jsonl.zst, .parquet."
-    ),
-]
-TextField = Annotated[
-    str, typer.Option("--text-field", help="Record field holding the document text.")
-]
-IdField = Annotated[
-    str,
-    typer.Option(
-        "--id-field",
-        help="Record field holding a unique document id; '' to always generate '<shard>:<line>' ids.",
-    ),
-]
-OnError = Annotated[
-    str,
-    typer.Option(
-        "--on-error",
-        help="Bad records (malformed JSON, missing or empty text, bad UTF-8, too long): 'fail' stops with file and line; 'skip' counts them in the stats.",
-    ),
-]
-MaxChars = Annotated[
-    int,
-    typer.Option(
-        "--max-chars", help="Documents longer than this are bad input; 0 disables the limit."
-    ),
-]
-RunnerKind = Annotated[
-    str, typer.Option("--runner", help="'local' (process pool on this machine) or 'ray'.")
-]
-Workers = Annotated[
-    int | None,
-    typer.Option(
-        "--workers",
-        "-j",
-        help="Parallel shard workers (local: processes, 1 = in this process; ray: CPUs of the local instance).",
-    ),
-]
-Address = Annotated[
-    str | None,
-    typer.Option(
-        "--address",
-        help="Ray cluster address (e.g. 'auto' or 'ray://host:10001'); default starts a local Ray instance.",
-    ),
-]
-Overwrite = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite",
-        help="Redo shards whose outputs already exist (default: resume and skip them).",
-    ),
-]
-NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
-
-
-def _corpus(paths: list[str], text_field: str, id_field: str, on_error: str, max_chars: int) -> Any:
-    from assay.corpus import Corpus
-
-    return Corpus(
-        paths,
-        text_field=text_field,
-        id_field=id_field or None,
-        on_error=on_error,
-        max_chars=max_chars or None,
-    )
-
-
-def _runner(kind: str, workers: int | None, address: str | None, no_progress: bool) -> Any:
-    from assay.runner import make_runner
-
-    return make_runner(kind, workers, address, progress=not no_progress)
-
-
-def _params(items: list[str] | None) -> dict[str, Any]:
-    import yaml
-
-    params: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"{item!r} must look like key=value")
-        k, v = item.split("=", 1)
-        params[k] = yaml.safe_load(v)
-    return params
+from assay._cli_common import (  # noqa: E402  (shared with the mixing verbs)
+    Address,
+    IdField,
+    MaxChars,
+    NoProgress,
+    OnError,
+    Overwrite,
+    Paths,
+    RunnerKind,
+    TextField,
+    Workers,
+    _corpus,
+    _params,
+    _runner,
+    err,
+    out,
+)
 
 
 def _fmt_pct(x: float) -> str:
@@ -937,6 +864,20 @@ def run(
             print_preselect(s.summary["fit"])
         if s.kind == "compare":
             print_compare(s.name, s.summary)
+        if s.kind == "cluster":
+            for d, info in s.summary["domains"].items():
+                out.print(f"  {d}: {info['docs']:,} docs; {', '.join(info['top_terms'][:6])}")
+        if s.kind in ("search", "bimix", "mixture"):
+            mix = ", ".join(f"{d} {w:.3f}" for d, w in s.summary["mixture"].items())
+            out.print(f"[bold]{s.name}[/] mixture: {mix}", highlight=False)
+        if s.kind == "search":
+            sp = ", ".join(f"{k} {v:.2f}" for k, v in s.summary["spearman"].items())
+            out.print(f"  predictor held-out Spearman: {sp}")
+        if s.kind == "bimix":
+            err_ = s.summary["extrapolation_mean_rel_error"]
+            out.print(
+                "  law extrapolation error: " + ", ".join(f"{d} {v:.2%}" for d, v in err_.items())
+            )
 
 
 def print_compare(name: str, r: dict[str, Any]) -> None:
@@ -966,6 +907,11 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(2)
 
+
+# the mixing verbs live in their own module
+from assay.cli_mixing import register as _register_mixing  # noqa: E402
+
+_register_mixing(app)
 
 if __name__ == "__main__":
     main()

@@ -34,13 +34,17 @@ from assay._files import (
 from assay.corpus import Corpus, corpus_stats
 from assay.recipe import (
     BETRStep,
+    BiMixStep,
+    ClusterStep,
     CompareStep,
     CorpusSpec,
     DemoCorpusStep,
     EvalStep,
+    MixtureStep,
     PreSelectStep,
     Recipe,
     ScoreStep,
+    SearchStep,
     SelectStep,
     StatsStep,
     TokenizerStep,
@@ -93,7 +97,14 @@ class _Context:
         paths = None
         if spec.step is not None:
             outputs = self.outputs[spec.step]
-            paths = [outputs.get("selected") or outputs["train"]]
+            if spec.output is not None:
+                if spec.output not in outputs:
+                    raise ValueError(
+                        f"step {spec.step!r} has no output {spec.output!r}; it has {sorted(outputs)}"
+                    )
+                paths = [outputs[spec.output]]
+            else:
+                paths = [outputs.get("selected") or outputs.get("corpus") or outputs["train"]]
         corpus = spec.open(paths)
         fp = corpus.fingerprint()
         for entry in fp:
@@ -511,10 +522,15 @@ def _train_proxy(step: TrainProxyStep, ctx: _Context, step_dir: Path) -> Any:
         "upstream": ctx.hashes.get(step.tokenizer or "", step.tokenizer),
     }
 
+    mixture = step.mixture
+    if isinstance(mixture, str) and mixture in ctx.outputs:
+        mixture = ctx.outputs[mixture]["mixture"]
+        identity["mixture"] = ctx.hashes.get(step.mixture)
+
     def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
         run = train_proxy(
             corpus,
-            step.mixture,
+            mixture,
             step.tokens,
             step.preset,
             ctx.seed(step.seed),
@@ -569,6 +585,169 @@ def _eval(step: EvalStep, ctx: _Context, step_dir: Path) -> Any:
     return identity, prepare
 
 
+def _token_cache(ctx: _Context, step: Any, corpus: Corpus, step_dir: Path, vocab_size: int) -> tuple[Any, str]:  # fmt: skip
+    """The corpus tokenized once for a mixing step, and the tokenizer folder it used."""
+    from assay.mixing.proxy_runs import token_cache_for
+
+    tokenizer = _ref(ctx, step.tokenizer, "tokenizer")
+    return token_cache_for(corpus, step_dir, tokenizer=tokenizer, vocab_size=vocab_size, seed=ctx.seed(step.seed))  # fmt: skip
+
+
+def _shard_paths(corpus: Corpus | None) -> list[str] | None:
+    """The files of a corpus, for proxy workers that reopen it in another process."""
+    if corpus is None:
+        return None
+    return [str(getattr(s, "path", s.name)) for s in corpus.shards]
+
+
+def _mixing_identity(step: Any, ctx: _Context) -> tuple[Corpus, Any, dict[str, Any]]:
+    corpus, fp = ctx.corpus(step.corpus)
+    heldout, heldout_fp = ctx.corpus(step.heldout) if getattr(step, "heldout", None) else (None, None)  # fmt: skip
+    identity = {
+        "corpus": fp,
+        "heldout": heldout_fp,
+        "upstream": ctx.hashes.get(step.tokenizer or "", step.tokenizer),
+    }
+    return corpus, heldout, identity
+
+
+def _cluster(step: ClusterStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.mixing.cluster import assign_domains, cluster_corpus, read_clusters
+
+    corpus, fp = ctx.corpus(step.corpus)
+    heldout, heldout_fp = ctx.corpus(step.heldout) if step.heldout else (None, None)
+    prune_dir = _ref(ctx, step.prune.scores, "scores") if step.prune else None
+    identity = {
+        "corpus": fp,
+        "heldout": heldout_fp,
+        "embedder": _folder_id(step.embedder) if step.embedder else None,
+        "upstream": ctx.hashes.get(step.prune.scores) if step.prune else None,
+    }
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        out = step_dir / "clusters"
+        if redo or not (out / "_clusters.json").exists():
+            cluster_corpus(
+                corpus, out, embedder={"model": step.embedder, "long_docs": step.long_docs},
+                k_init=step.k_init, sample=step.sample, merge_distance=step.merge_distance,
+                n_domains=step.n_domains, prune_scores=prune_dir,
+                prune_column=step.prune.column if step.prune else None,
+                prune_below=step.prune.below if step.prune else None,
+                seed=ctx.seed(step.seed), runner=ctx.runner, overwrite=redo,
+            )  # fmt: skip
+        outputs = {"corpus": str(out / "corpus"), "domains": str(out / "domains"), "clusters": str(out / "_clusters.json")}  # fmt: skip
+        if heldout is not None:
+            outputs["heldout"] = assign_domains(heldout, out, step_dir / "heldout", runner=ctx.runner, overwrite=redo)  # fmt: skip
+        report = read_clusters(out)
+        summary = {
+            "k_init": report["k_init"],
+            "kept_clusters": report["kept_clusters"],
+            "domains": {
+                d: {k: v[k] for k in ("docs", "tokens_estimate", "top_terms")}
+                for d, v in report["domains"].items()
+            },
+        }
+        return outputs, summary
+
+    return identity, prepare
+
+
+def _search(step: SearchStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.mixing.climb import search_mixture
+    from assay.proxies.model import get_preset
+
+    corpus, heldout, identity = _mixing_identity(step, ctx)
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        cache, tokenizer = _token_cache(ctx, step, corpus, step_dir, get_preset(step.preset).vocab_size)  # fmt: skip
+        result = search_mixture(
+            cache.root, step_dir / "search", objective=step.objective, tokenizer=tokenizer,
+            tokens=step.tokens, runs=step.runs, split=step.split, method=step.method,
+            preset=step.preset, heldout=_shard_paths(heldout),
+            eval_docs=step.eval_docs, tasks=step.tasks, train=step.train,
+            predictor=step.predictor, candidates=step.candidates, regmix_top_k=step.regmix_top_k,
+            seed=ctx.seed(step.seed), runner=ctx.runner, temperature=step.temperature,
+            strengths=step.strengths, max_epochs=step.max_epochs, floor=step.floor,
+        )  # fmt: skip
+        metrics = [r["metric"] for r in result.runs]
+        summary = {
+            "method": step.method,
+            "objective": step.objective,
+            "mixture": result.best.to_dict(),
+            "iterations": result.iterations,
+            "spearman": result.spearman,
+            "best_run_metric": min(metrics),
+            "median_run_metric": float(sorted(metrics)[len(metrics) // 2]),
+        }
+        return {
+            "mixture": str(step_dir / "search" / "mixture.yaml"),
+            "search": str(step_dir / "search" / "search.json"),
+            "runs_table": str(step_dir / "search" / "runs.parquet"),
+            "tokenizer": tokenizer,
+        }, summary
+
+    return identity, prepare
+
+
+def _bimix(step: BiMixStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.mixing.bimix import fit_bimix
+    from assay.proxies.model import get_preset
+
+    corpus, heldout, identity = _mixing_identity(step, ctx)
+    if heldout is None:
+        raise ValueError(f"step {step.name!r}: BiMix fits per-domain held-out losses; give heldout")
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        cache, tokenizer = _token_cache(ctx, step, corpus, step_dir, get_preset(step.preset).vocab_size)  # fmt: skip
+        fit = fit_bimix(
+            cache.root, step_dir / "bimix", tokenizer=tokenizer, tokens=step.tokens,
+            heldout=_shard_paths(heldout), runs=step.runs, evals=step.evals, budget=step.budget,
+            budgets=step.budgets, weights=step.weights, preset=step.preset,
+            eval_docs=step.eval_docs, train=step.train, concentration=step.concentration,
+            min_share=step.min_share,
+            seed=ctx.seed(step.seed), runner=ctx.runner,
+        )  # fmt: skip
+        q = fit.quality
+        summary = {
+            "mixture": fit.mixture.to_dict(),
+            "budget": fit.budget,
+            "predicted": fit.predicted,
+            "law": fit.law.to_dict(),
+            "extrapolation_mean_rel_error": {
+                d: v["mean_rel_error"] for d, v in q["extrapolation"].items()
+            },
+            "heldout_r2": q.get("heldout_r2"),
+            "budget_curve": [{"tokens": c["s"], "total": c["total"]} for c in fit.curve],
+        }
+        return {
+            "mixture": str(step_dir / "bimix" / "mixture.yaml"),
+            "law": str(step_dir / "bimix" / "law.json"),
+            "fit": str(step_dir / "bimix" / "fit.json"),
+            "tokenizer": tokenizer,
+        }, summary
+
+    return identity, prepare
+
+
+def _mixture(step: MixtureStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.mixing.baselines import baseline_mixture
+
+    corpus, fp = ctx.corpus(step.corpus)
+    identity = {"corpus": fp, "upstream": ctx.hashes.get(step.tokenizer or "", step.tokenizer)}
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        cache, _ = _token_cache(ctx, step, corpus, step_dir, step.vocab_size)
+        mix, info = baseline_mixture(
+            step.method, cache, temperature_t=step.t, budget=step.budget,
+            max_epochs=step.max_epochs, entropy=step.entropy, seed=ctx.seed(step.seed),
+        )  # fmt: skip
+        mix.save(step_dir / "mixture.yaml")
+        write_json(step_dir / "mixture.json", {"method": step.method, "mixture": mix.to_dict(), **info})  # fmt: skip
+        return {"mixture": str(step_dir / "mixture.yaml")}, {"method": step.method, "mixture": mix.to_dict(), **info}  # fmt: skip
+
+    return identity, prepare
+
+
 _EXECUTORS: dict[type, Any] = {
     DemoCorpusStep: _demo_corpus,
     ScoreStep: _score,
@@ -580,4 +759,8 @@ _EXECUTORS: dict[type, Any] = {
     BETRStep: _betr,
     PreSelectStep: _preselect,
     CompareStep: _compare,
+    ClusterStep: _cluster,
+    SearchStep: _search,
+    BiMixStep: _bimix,
+    MixtureStep: _mixture,
 }

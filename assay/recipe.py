@@ -36,7 +36,8 @@ class CorpusSpec(_Strict):
     """Where a corpus is (files, folders, globs, or the output of an earlier step) and how to read it."""
 
     paths: list[str] = Field(default_factory=list)
-    step: str | None = None  # an earlier demo_corpus (its train split) or select step
+    step: str | None = None  # an earlier demo_corpus (its train split), select or cluster step
+    output: str | None = None  # which of the step's outputs, e.g. heldout (default: its corpus)
     text_field: str = "text"
     id_field: str | None = "id"
     on_error: Literal["fail", "skip"] = "fail"
@@ -158,7 +159,7 @@ class TrainProxyStep(_Step):
 
     kind: Literal["train_proxy"] = "train_proxy"
     corpus: CorpusSpec | None = None
-    mixture: dict[str, float] | str = "natural"
+    mixture: dict[str, float] | str = "natural"  # also: a search, bimix or mixture step
     tokens: int = Field(ge=1)
     preset: str = "tiny"
     seed: int | None = None
@@ -276,6 +277,93 @@ class PreSelectStep(_Step):
         return self
 
 
+class PruneSpec(_Strict):
+    """Drop clusters whose mean score is below a threshold (CLIMB drops quality < 3 of 5)."""
+
+    scores: str  # a score step or a scores folder
+    column: str
+    below: float
+
+
+class ClusterStep(_Step):
+    """Embed, k-means, prune and merge an unlabeled corpus into domains (CLIMB stage A)."""
+
+    kind: Literal["cluster"] = "cluster"
+    corpus: CorpusSpec | None = None
+    heldout: CorpusSpec | None = None  # labelled with the same domains (for per-domain eval)
+    embedder: str | None = None  # None: all-MiniLM-L6-v2; "static": distilled from it; a folder
+    long_docs: Literal["truncate", "mean"] = "truncate"
+    k_init: int | None = Field(default=None, ge=2)
+    sample: int = Field(default=20_000, ge=2)
+    merge_distance: float | None = Field(default=None, ge=0)
+    n_domains: int | None = Field(default=None, ge=1)
+    prune: PruneSpec | None = None
+    seed: int | None = None
+
+
+class _MixingStep(_Step):
+    """Settings shared by the steps that train proxies on mixtures of a corpus' domains."""
+
+    corpus: CorpusSpec | None = None
+    heldout: CorpusSpec | None = None
+    tokenizer: str | None = None  # a tokenizer step or folder (default: train one)
+    preset: str = "tiny"
+    eval_docs: int | None = Field(default=200, ge=1)
+    train: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+
+    _check_train = field_validator("train")(TrainProxyStep._train_config.__func__)  # type: ignore[attr-defined]
+    _check_preset = field_validator("preset")(TrainProxyStep._preset.__func__)  # type: ignore[attr-defined]
+
+
+class SearchStep(_MixingStep):
+    """CLIMB (iterative bootstrapping) or RegMix (one round) mixture search with proxies."""
+
+    kind: Literal["search"] = "search"
+    method: Literal["climb", "regmix"] = "climb"
+    objective: str = "bpb.domain_mean"  # a runs-table column, minimised; '-' negates
+    tokens: int = Field(ge=1)  # per proxy
+    runs: int = Field(default=14, ge=3)
+    split: list[float] = Field(default_factory=lambda: [4.0, 2.0, 1.0])
+    tasks: list[str] = Field(default_factory=list)
+    predictor: Literal["lightgbm", "linear"] = "lightgbm"
+    candidates: int = Field(default=10_000, ge=10)
+    regmix_top_k: int = Field(default=16, ge=1)
+    temperature: float = Field(default=0.5, gt=0)  # prior: token counts ** temperature
+    strengths: tuple[float, float, int] = (0.1, 5.0, 15)
+    max_epochs: float | None = Field(default=None, gt=0)
+    floor: float = Field(default=2e-4, ge=0, lt=1)
+
+
+class BiMixStep(_MixingStep):
+    """Fit BiMix's bivariate law on a few proxy runs; the optimal mixture for a budget."""
+
+    kind: Literal["bimix"] = "bimix"
+    tokens: int = Field(ge=1)  # per fitting run
+    runs: int = Field(default=5, ge=2)
+    evals: int = Field(default=8, ge=4)
+    budget: float | None = Field(default=None, gt=0)  # tokens (default: tokens)
+    budgets: list[float] | None = None
+    weights: dict[str, float] | None = None
+    concentration: tuple[float, float] = (2.0, 10.0)
+    min_share: float = Field(default=0.01, ge=0, lt=1)  # floor of every domain in the optimum
+
+
+class MixtureStep(_Step):
+    """A training-free mixture: natural, uniform, temperature, UniMax or entropy (BiMix CE)."""
+
+    kind: Literal["mixture"] = "mixture"
+    method: Literal["natural", "uniform", "temperature", "unimax", "entropy"]
+    corpus: CorpusSpec | None = None
+    tokenizer: str | None = None
+    vocab_size: int = Field(default=2048, ge=258)  # of the tokenizer trained when none is given
+    t: float = Field(default=2.0, gt=0)
+    budget: float | None = Field(default=None, gt=0)
+    max_epochs: float = Field(default=1.0, gt=0)
+    entropy: Literal["unigram", "joint", "conditional"] = "conditional"
+    seed: int | None = None
+
+
 class CompareStep(_Step):
     """Print and save the held-out metrics of several train_proxy steps side by side."""
 
@@ -294,19 +382,25 @@ Step = Annotated[
     | EvalStep
     | BETRStep
     | PreSelectStep
-    | CompareStep,
+    | CompareStep
+    | ClusterStep
+    | SearchStep
+    | BiMixStep
+    | MixtureStep,
     Field(discriminator="kind"),
 ]
 STEP_KINDS = (
     "demo_corpus", "score", "select", "stats", "tokenizer", "train_proxy", "eval", "betr",
-    "preselect", "compare",
+    "preselect", "compare", "cluster", "search", "bimix", "mixture",
 )  # fmt: skip
 #: steps that write a scores folder a select step can use
 SCORE_KINDS = ("score", "betr", "preselect")
 #: which kinds of earlier step another step's field may name
 _REFERENCES = {
-    "corpus.step": ("demo_corpus", "select"),
-    "heldout.step": ("demo_corpus", "select"),
+    "corpus.step": ("demo_corpus", "select", "cluster"),
+    "heldout.step": ("demo_corpus", "select", "cluster"),
+    "mixture": ("search", "bimix", "mixture"),
+    "prune.scores": SCORE_KINDS,
     "tokenizer": ("tokenizer",),
     "family.tokenizer": ("tokenizer",),
     "model": ("train_proxy",),
@@ -358,6 +452,10 @@ class Recipe(_Strict):
                 | TrainProxyStep
                 | BETRStep
                 | PreSelectStep
+                | ClusterStep
+                | SearchStep
+                | BiMixStep
+                | MixtureStep
             )
             if isinstance(step, corpus_steps) and step.corpus is None and self.corpus is None:
                 raise ValueError(

@@ -350,3 +350,34 @@ def test_preselect_verb(tmp_path: Path, demo_records: list[dict], proxy_family: 
     assert scores["math"] > scores["code"]  # the math-heavy proxy predicts competition math better
     for name, s in scores.items():
         assert f"{s:.4g}" in out and name in out
+
+
+def test_mixing_verbs(tmp_path: Path, demo_dir: Path, static_model: Path) -> None:
+    c = tmp_path / "clusters"
+    shown = _ok([
+        "cluster", str(demo_dir / "train"), "--out", str(c), "--embedder", str(static_model),
+        "--k-init", "6", "--n-domains", "3", "--heldout", str(demo_dir / "heldout"), "--no-progress",
+    ])  # fmt: skip
+    assert "3 domains from 6 clusters" in shown and "relabelled held-out corpus" in shown
+    corpus, heldout = str(c / "corpus"), str(c / "heldout" / "corpus")
+    shown = _ok(["mixture", "entropy", corpus, "--out", str(tmp_path / "entropy.yaml"), "--vocab-size", "512"])  # fmt: skip
+    assert "conditional" in shown and (tmp_path / "entropy.yaml").exists()
+    tok = tmp_path / ".entropy-tokens" / "tokenizer"
+    small = ["--tokenizer", str(tok), "--param", "batch_size=8", "--param", "seq_len=128", "--eval-docs", "5", "--heldout", heldout, "--no-progress"]  # fmt: skip
+    shown = _ok(["search", corpus, "--out", str(tmp_path / "s"), "--method", "regmix", "--tokens", str(3 * 8 * 128), "--runs", "3", "--candidates", "200", *small])  # fmt: skip
+    assert "held-out Spearman" in shown and (tmp_path / "s" / "mixture.yaml").exists()
+    shown = _ok(["bimix", corpus, "--out", str(tmp_path / "b"), "--tokens", str(8 * 8 * 128), "--runs", "3", "--evals", "4", *small])  # fmt: skip
+    assert "BiMix law" in shown and "predicted total loss by budget" in shown
+
+
+def test_mixing_verbs_bad_input(tmp_path: Path, demo_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "assay.cli", "search", str(demo_dir / "train"), "--out", str(tmp_path / "s"), "--tokens", "1000", "--runs", "2"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "too small for 3 iterations" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "assay.cli", "mixture", "zipf", str(demo_dir / "train"), "--out", str(tmp_path / "m.yaml")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "unknown baseline 'zipf'" in result.stderr

@@ -142,3 +142,40 @@ def entropy_mixture(
     h = np.array([entropies[d][kind] for d in sorted(entropies)])
     w = np.exp(h - h.max())
     return Mixture.from_vector(sorted(entropies), w), entropies
+
+
+BASELINES = ("natural", "uniform", "temperature", "unimax", "entropy")
+
+
+def baseline_mixture(
+    method: str,
+    cache: Any,
+    *,
+    temperature_t: float = 2.0,
+    budget: float | None = None,
+    max_epochs: float = 1.0,
+    entropy: str = "conditional",
+    seed: int = 0,
+) -> tuple[Mixture, dict[str, Any]]:
+    """One of the training-free mixtures for the domains of a TokenCache, by name, with what
+    it was computed from (token counts, or entropies)."""
+    counts = {d: t.n_tokens for d, t in cache.domains.items() if t.n_tokens > 0}
+    info: dict[str, Any] = {"tokens": counts}
+    if method == "natural":
+        mix = natural(counts)
+    elif method == "uniform":
+        mix = uniform(counts)
+    elif method == "temperature":
+        mix = temperature(counts, temperature_t)
+        info["t"] = temperature_t
+    elif method == "unimax":
+        if budget is None:
+            raise ValueError("unimax needs the token budget it spreads")
+        mix = unimax(counts, budget, max_epochs)
+        info.update(budget=budget, max_epochs=max_epochs)
+    elif method == "entropy":
+        mix, info["entropies"] = entropy_mixture(cache, entropy, seed=seed)
+        info["kind"] = entropy
+    else:
+        raise ValueError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
+    return mix, info

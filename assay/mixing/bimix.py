@@ -110,7 +110,7 @@ class BiMix:
         if not len(domains):
             raise ValueError("no points to fit the law on")
         self.laws = {
-            d: _fit_domain(r[domains == d], s[domains == d], loss[domains == d], d)
+            str(d): _fit_domain(r[domains == d], s[domains == d], loss[domains == d], str(d))
             for d in sorted(set(domains))
         }
         return self
@@ -127,15 +127,33 @@ class BiMix:
         return float(sum((weights or {}).get(d, 1.0) * v for d, v in pred.items()))
 
     def optimal_mixture(
-        self, s: float, weights: Mapping[str, float] | None = None, *, check: bool = True
+        self,
+        s: float,
+        weights: Mapping[str, float] | None = None,
+        *,
+        min_share: float = 0.0,
+        check: bool = True,
     ) -> Mixture:
-        """Proportions minimising the (weighted) sum of domain losses at budget `s`."""
+        """Proportions minimising the (weighted) sum of domain losses at budget `s`, each at
+        least `min_share`.
+
+        With the floor, the KKT conditions give r_i = max(min_share, (g_i / lambda)^(1/(1+alpha_i)))
+        and the same 1-D root find applies (the sum is monotone in lambda). A floor matters
+        when a fitted alpha is ~0 (small proxies whose loss on a domain barely depends on its
+        share): the unconstrained optimum then starves that domain, which the law cannot see
+        but a real run would.
+        """
         from scipy.optimize import brentq
 
         d = self.domains
+        if not 0 <= min_share * len(d) < 1:
+            raise ValueError(f"min_share={min_share} leaves nothing to share among {len(d)} domains")  # fmt: skip
         w = np.array([(weights or {}).get(x, 1.0) for x in d], dtype=np.float64)
         if (w < 0).any() or w.sum() <= 0:
             raise ValueError("domain weights must be non-negative with a positive sum")
+        unknown = sorted(set(weights or {}) - set(d))
+        if unknown:
+            raise ValueError(f"weights name unknown domains {unknown}; the law has {d}")
         alpha = np.array([self.laws[x].alpha for x in d])
         a = np.array([self.laws[x].A for x in d])
         k = np.array([self.laws[x].B * s ** -self.laws[x].beta + self.laws[x].C for x in d])
@@ -144,43 +162,49 @@ class BiMix:
         if not active.any():
             raise ValueError("no domain's loss depends on its proportion (all alpha = 0)")
 
+        def shares(log_lam: float) -> np.ndarray:
+            r = np.full(len(d), min_share)
+            r[active] = np.maximum(min_share, np.exp((np.log(g[active]) - log_lam) / (1 + alpha[active])))  # fmt: skip
+            return r
+
         def excess(log_lam: float) -> float:
-            return float(np.sum(np.exp((np.log(g[active]) - log_lam) / (1 + alpha[active]))) - 1)
+            return float(shares(log_lam).sum() - 1)
 
         lo, hi = -50.0, 50.0
         while excess(lo) < 0:
             lo -= 50
         while excess(hi) > 0:
             hi += 50
-        log_lam = brentq(excess, lo, hi, xtol=1e-14)
-        r = np.zeros(len(d))
-        r[active] = np.exp((np.log(g[active]) - log_lam) / (1 + alpha[active]))
-        mix = Mixture.from_vector(d, r)
+        mix = Mixture.from_vector(d, shares(brentq(excess, lo, hi, xtol=1e-14)))
         if check:
-            numeric = self._numeric_optimum(s, w)
-            if self.total_loss(numeric, s, dict(zip(d, w, strict=True))) < self.total_loss(mix, s, dict(zip(d, w, strict=True))) - 1e-6:  # fmt: skip
+            wd = dict(zip(d, w, strict=True))
+            numeric = self._numeric_optimum(s, w, min_share)
+            if self.total_loss(numeric, s, wd) < self.total_loss(mix, s, wd) - 1e-6:
                 raise RuntimeError("the closed-form optimum is worse than the numerical one")
         return mix
 
-    def _numeric_optimum(self, s: float, w: np.ndarray) -> Mixture:
+    def _numeric_optimum(self, s: float, w: np.ndarray, min_share: float = 0.0) -> Mixture:
         from scipy.optimize import minimize
 
         d = self.domains
         weights = dict(zip(d, w, strict=True))
+        free = 1 - min_share * len(d)
+
+        def point(z: np.ndarray) -> np.ndarray:
+            r = np.exp(z - z.max())
+            return min_share + free * r / r.sum()
 
         def objective(z: np.ndarray) -> float:
-            r = np.exp(z - z.max())
-            return self.total_loss(dict(zip(d, r / r.sum(), strict=True)), s, weights)
+            return self.total_loss(dict(zip(d, point(z), strict=True)), s, weights)
 
         res = minimize(objective, np.zeros(len(d)), method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 20_000})  # fmt: skip
-        r = np.exp(res.x - res.x.max())
-        return Mixture.from_vector(d, r)
+        return Mixture.from_vector(d, point(res.x))
 
-    def budget_curve(self, budgets: Sequence[float], weights: Mapping[str, float] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    def budget_curve(self, budgets: Sequence[float], weights: Mapping[str, float] | None = None, *, min_share: float = 0.0) -> list[dict[str, Any]]:  # fmt: skip
         """Optimal mixture and its predicted losses at each budget (to choose a budget)."""
         rows = []
         for s in budgets:
-            mix = self.optimal_mixture(s, weights, check=False)
+            mix = self.optimal_mixture(s, weights, min_share=min_share, check=False)
             pred = self.predict(mix, s)
             rows.append({"s": float(s), "mixture": mix.to_dict(), "loss": pred, "total": float(sum(pred.values()))})  # fmt: skip
         return rows
@@ -218,7 +242,7 @@ def points_from_runs(
     """(domain, r, s, loss) fit points from a runs table: every evaluated step of each run's
     curve, with the run's effective mixture (`ew.<domain>`) as r and bits per byte as loss."""
     frame = runs.read() if hasattr(runs, "read") else runs
-    out: dict[str, list] = {"domain": [], "r": [], "s": [], "loss": []}
+    out: dict[str, list] = {"domain": [], "r": [], "s": [], "loss": [], "run": []}
     for row in frame.iter_rows(named=True):
         curve = json.loads(row["curve"]) if isinstance(row.get("curve"), str) else row.get("curve") or []  # fmt: skip
         for point in curve:
@@ -230,6 +254,7 @@ def points_from_runs(
                 out["r"].append(float(r))
                 out["s"].append(float(point[x]))
                 out["loss"].append(float(loss))
+                out["run"].append(str(row.get("run_id", "")))
     return out
 
 
@@ -263,15 +288,146 @@ def evaluate_fit(points: Any) -> dict[str, Any]:
     runs = sorted(set(run))
     if len(runs) >= 3:
         pred = np.full(len(s), np.nan)
+        skipped = []
         for held in runs:
-            fit = BiMix().fit(subset(run != held))
+            try:
+                fit = BiMix().fit(subset(run != held))
+            except ValueError as e:  # the other runs alone cannot pin the law down
+                skipped.append({"run": held, "reason": str(e)})
+                continue
             for d in fit.domains:
                 m = (run == held) & (domain == d)
                 pred[m] = fit.laws[d].predict(r[m], s[m])
         report["heldout_r2"] = {}
+        if skipped:
+            report["heldout_skipped"] = skipped
         for d in sorted(set(domain)):
-            m = domain == d
+            m = (domain == d) & np.isfinite(pred)
+            if m.sum() < 2:
+                report["heldout_r2"][d] = float("nan")
+                continue
             ss_res = float(np.sum((loss[m] - pred[m]) ** 2))
             ss_tot = float(np.sum((loss[m] - loss[m].mean()) ** 2))
             report["heldout_r2"][d] = 1 - ss_res / ss_tot if ss_tot > 0 else float("nan")
     return report
+
+
+@dataclass
+class BiMixFit:
+    """A law fitted on proxy runs, its quality, and what it recommends."""
+
+    law: BiMix
+    quality: dict[str, Any]
+    mixture: Mixture
+    budget: float
+    predicted: dict[str, float]
+    curve: list[dict[str, Any]]
+    runs: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "law": self.law.to_dict(),
+            "quality": self.quality,
+            "mixture": self.mixture.to_dict(),
+            "budget": self.budget,
+            "predicted": self.predicted,
+            "budget_curve": self.curve,
+            "runs": self.runs,
+        }
+
+
+def fit_bimix(
+    cache_dir: Any,
+    out_dir: Any,
+    *,
+    tokenizer: str,
+    tokens: int,
+    heldout: Any,
+    runs: int = 5,
+    evals: int = 8,
+    mixtures: Sequence[Mapping[str, float]] | None = None,
+    budget: float | None = None,
+    budgets: Sequence[float] | None = None,
+    weights: Mapping[str, float] | None = None,
+    preset: str = "tiny",
+    eval_docs: int | None = None,
+    train: Mapping[str, Any] | None = None,
+    concentration: tuple[float, float] = (2.0, 10.0),
+    min_share: float = 0.01,
+    seed: int = 0,
+    runner: Any = None,
+) -> BiMixFit:
+    """Train `runs` proxies on different mixtures, fit the law on their evaluation curves,
+    and return the optimal mixture for `budget` tokens (default: `tokens`).
+
+    Each run is evaluated `evals` times on the held-out corpus, which must be labelled with
+    the same domains as the cache (`assay.mixing.cluster.assign_domains` does that for
+    clusters). The mixtures default to Dirichlet proposals around the natural mixture, so
+    every domain is seen at several proportions (the law cannot place alpha otherwise).
+    Writes law.json, fit.json, mixture.yaml, points.parquet and runs.parquet to `out_dir`.
+    """
+    from pathlib import Path
+
+    import polars as pl
+
+    from assay._files import write_json
+    from assay.mixing.propose import MixtureProposer
+    from assay.mixing.proxy_runs import train_mixtures
+    from assay.proxies.data import TokenCache
+    from assay.proxies.runs import RunsTable
+    from assay.proxies.train import TrainConfig
+
+    if heldout is None:
+        raise ValueError("BiMix fits per-domain held-out losses: give a held-out corpus")
+    if evals < 4:
+        raise ValueError(
+            f"evals={evals}: the law needs 3 evaluation steps per run to fit, and one more to "
+            "check its extrapolation"
+        )
+    out = Path(out_dir)
+    cfg = TrainConfig(**dict(train or {}))
+    cache = TokenCache.open(cache_dir)
+    counts = {d: t.n_tokens for d, t in cache.domains.items() if t.n_tokens > 0}
+    if mixtures is None:
+        if runs < 2:
+            raise ValueError(f"runs={runs}: the law needs at least 2 runs with different mixtures")
+        k = len(counts)
+        lo, hi = concentration
+        proposer = MixtureProposer(
+            counts, seed=seed, temperature=0.5, strengths=(lo * k, hi * k, 5), budget=tokens,
+            max_epochs=cfg.max_epochs, floor=0.01,
+        )  # fmt: skip
+        mixtures = [m.to_dict() for m in proposer.propose(runs)]
+    steps = tokens // (cfg.batch_size * cfg.grad_accum * cfg.seq_len)
+    if steps < evals:
+        raise ValueError(f"{tokens:,} tokens make {steps} steps: too few for {evals} evaluations")
+    train_cfg = {**dict(train or {}), "eval_every": max(1, steps // evals)}
+    done = train_mixtures(
+        cache_dir, mixtures, [out / "proxies" / f"run-{k:03d}" for k in range(len(mixtures))],
+        tokens=tokens, tokenizer=tokenizer, preset=preset, seeds=seed, heldout=heldout,
+        eval_docs=eval_docs, train=train_cfg, runner=runner, runs_table=out / "runs.parquet",
+    )  # fmt: skip
+    table = RunsTable(out / "runs.parquet").read()
+    table = table.filter(pl.col("run_id").is_in([r["run_id"] for r in done]))
+    points = points_from_runs(table)
+    missing = sorted(set(counts) - set(points["domain"]))
+    if missing:
+        raise ValueError(
+            f"the held-out corpus has no documents of domains {missing}: label it with the "
+            "cache's domains (assign_domains for clusters)"
+        )
+    pl.DataFrame(points).write_parquet(out / "points.parquet")
+    law = BiMix().fit(points)
+    quality = evaluate_fit(points)
+    target = float(budget or tokens)
+    mixture = law.optimal_mixture(target, weights, min_share=min_share)
+    grid = budgets or [target * f for f in (0.25, 0.5, 1, 2, 4, 8)]
+    result = BiMixFit(
+        law, quality, mixture, target, law.predict(mixture, target),
+        law.budget_curve(grid, weights, min_share=min_share),
+        [{"run": r["out_dir"], "mixture": r["mixture"], "bpb": r["bpb"]} for r in done],
+    )  # fmt: skip
+    law.save(out / "law.json")
+    write_json(out / "fit.json", result.to_dict())
+    mixture.save(out / "mixture.yaml")
+    return result

@@ -33,6 +33,7 @@ from assay._files import write_json
 from assay.mixing.mixture import Mixture
 from assay.mixing.predictors import heldout_spearman, make_predictor
 from assay.mixing.propose import MixtureProposer
+from assay.mixing.proxy_runs import train_mixtures
 
 
 def split_budget(runs: int, split: Sequence[float]) -> list[int]:
@@ -129,21 +130,6 @@ class ClimbSearch:
 # Driving the search with real proxies
 
 
-def _train_one(job: dict[str, Any]) -> dict[str, Any]:
-    """One proxy run in a worker: reopen the shared token cache, train, return the run."""
-    from assay.corpus import Corpus
-    from assay.proxies.data import TokenCache
-    from assay.proxies.train import TrainConfig, train_proxy
-
-    run = train_proxy(
-        TokenCache.open(job["cache"]), job["mixture"], job["tokens"], job["preset"], job["seed"],
-        out_dir=job["out_dir"], tokenizer=job["tokenizer"],
-        heldout=Corpus(job["heldout"]) if job["heldout"] else None, eval_docs=job["eval_docs"],
-        config=TrainConfig(**job["train"]), tasks=job["tasks"] or None, progress=False,
-    )  # fmt: skip
-    return run.to_dict()
-
-
 @dataclass
 class SearchResult:
     best: Mixture
@@ -198,8 +184,7 @@ def search_mixture(
     in one iteration and averages the predictor's top `regmix_top_k` candidates.
     """
     from assay.proxies.data import TokenCache
-    from assay.proxies.runs import RunsTable, run_row
-    from assay.runner import LocalRunner
+    from assay.proxies.runs import run_row
 
     if method not in ("climb", "regmix"):
         raise ValueError(f"method must be 'climb' or 'regmix', not {method!r}")
@@ -210,33 +195,20 @@ def search_mixture(
     counts = {d: t.n_tokens for d, t in cache.domains.items()}
     search = ClimbSearch(counts, predictor=predictor, candidates=candidates, seed=seed, budget=tokens, **proposer)  # fmt: skip
     out = Path(out_dir)
-    table = RunsTable(out / "runs.parquet")
-    runner = runner or LocalRunner(workers=1)
-    held = [heldout] if isinstance(heldout, str) else list(heldout or [])
+    table = out / "runs.parquet"
     result_runs: list[dict[str, Any]] = []
     for it, n in enumerate(per_iter):
         mixtures = search.propose(n)
-        jobs = [
-            {
-                "cache": str(cache_dir),
-                "mixture": m.to_dict(),
-                "tokens": tokens,
-                "preset": preset,
-                "seed": seed,
-                "out_dir": str(out / "proxies" / f"it{it}-{k:03d}"),
-                "tokenizer": tokenizer,
-                "heldout": held or None,
-                "eval_docs": eval_docs,
-                "train": dict(train or {}),
-                "tasks": list(tasks),
-            }
-            for k, m in enumerate(mixtures)
-        ]
-        for mix, done in zip(mixtures, runner.map(_train_one, jobs), strict=True):
-            table.append(done)
-            value = objective_value(run_row(done), objective)
+        done = train_mixtures(
+            cache_dir, [m.to_dict() for m in mixtures],
+            [out / "proxies" / f"it{it}-{k:03d}" for k in range(len(mixtures))],
+            tokens=tokens, tokenizer=tokenizer, preset=preset, seeds=seed, heldout=heldout,
+            eval_docs=eval_docs, train=train, tasks=tasks, runner=runner, runs_table=table,
+        )  # fmt: skip
+        for mix, run in zip(mixtures, done, strict=True):
+            value = objective_value(run_row(run), objective)
             search.observe(mix, value)
-            result_runs.append({"iteration": it, "mixture": mix.to_dict(), "metric": value, "run": done["out_dir"]})  # fmt: skip
+            result_runs.append({"iteration": it, "mixture": mix.to_dict(), "metric": value, "run": run["out_dir"]})  # fmt: skip
     best = search.best(average_top_k=regmix_top_k if method == "regmix" else None)
     spearman = {"lightgbm": search.spearman("lightgbm"), "linear": search.spearman("linear")}
     result = SearchResult(best, objective, result_runs, spearman, per_iter)

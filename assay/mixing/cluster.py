@@ -36,6 +36,7 @@ from assay.runner import Runner, report_progress
 from assay.selection.select import count_tokens
 
 PRUNED = "pruned"
+CENTROIDS_FILE = "_centroids.npz"
 
 
 def default_k(n_docs: int) -> int:
@@ -228,6 +229,10 @@ def cluster_corpus(
     for c, d in zip(kept, merged, strict=True):
         domain_of[c] = f"cluster_{d:02d}"
 
+    # the fitted state first, so that held-out or new shards can be assigned the same way
+    with atomic_path(out / CENTROIDS_FILE) as tmp, open(tmp, "wb") as f:
+        np.savez(f, centroids=centroids, domain_of=np.asarray(domain_of, dtype=str))
+    write_json(out / "_embedder.json", emb.get_config())
     side = out / "domains"
     side.mkdir(parents=True, exist_ok=True)
     task = AssignTask(emb, centroids, domain_of, str(side), corpus.options)
@@ -277,3 +282,35 @@ def _report(
 
 def read_clusters(out_dir: str | os.PathLike) -> dict[str, Any]:
     return read_json(Path(out_dir) / "_clusters.json")
+
+
+def assign_domains(
+    corpus: Corpus,
+    cluster_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    runner: Runner | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Label another corpus (a held-out split, new shards) with the domains of a clustering.
+
+    Writes `out_dir/corpus` (relabelled shards) and `out_dir/domains` (side-car) exactly as
+    `cluster_corpus` does for the corpus it was fitted on; returns the corpus folder. Per-domain
+    held-out losses on cluster domains (what BiMix fits, and what a mixture search can target)
+    need held-out documents labelled this way.
+    """
+    from assay.runner import LocalRunner
+
+    src = Path(cluster_dir)
+    if not (src / CENTROIDS_FILE).exists():
+        raise FileNotFoundError(f"{src} holds no clustering ({CENTROIDS_FILE} is missing)")
+    with np.load(src / CENTROIDS_FILE, allow_pickle=False) as z:
+        centroids, domain_of = z["centroids"], [str(d) for d in z["domain_of"]]
+    emb = Embedder(**read_json(src / "_embedder.json"))
+    out = Path(out_dir)
+    side = out / "domains"
+    side.mkdir(parents=True, exist_ok=True)
+    task = AssignTask(emb, centroids, domain_of, str(side), corpus.options)
+    runner = runner or LocalRunner(workers=1)
+    runner.run(task, corpus.shards, out / "corpus", overwrite=overwrite, label="assign domains")
+    return str(out / "corpus")

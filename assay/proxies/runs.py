@@ -5,7 +5,8 @@ Columns (flat, so that any table tool reads them):
 - `run_id`, `out_dir`, `preset`, `seed`, `tokens`, `steps`, `params`, `wall_seconds`,
   `tokens_per_second`, `train_loss`
 - `w.<domain>`: the requested mixture weight; `ew.<domain>`: the effective one (after caps)
-- `bpb.<domain>` and `bpb.mean` (byte-weighted): held-out bits per byte
+- `bpb.<domain>`, `bpb.mean` (byte-weighted) and `bpb.domain_mean` (unweighted): held-out
+  bits per byte
 - `task.<task>.<metric>`: lm-eval task metrics
 - `curve`: the evaluation curve as JSON (per-domain bpb at each evaluated step, for BiMix)
 
@@ -51,6 +52,9 @@ def run_row(run: Any) -> dict[str, Any]:
         last = curve_points[-1]["bpb"]
         total_bytes = sum(v["bytes"] for v in last.values())
         row["bpb.mean"] = sum(v["bpb"] * v["bytes"] for v in last.values()) / max(total_bytes, 1)
+    if r["bpb"]:
+        # every domain counts once (BiMix's objective, and the usual mixture-search target)
+        row["bpb.domain_mean"] = sum(r["bpb"].values()) / len(r["bpb"])
     for task, metrics in sorted(r.get("tasks", {}).items()):
         for m, v in sorted(metrics.items()):
             row[f"task.{task}.{m}"] = v

@@ -91,3 +91,17 @@ def test_fit_quality_report() -> None:
     for d in TRUE:
         assert report["extrapolation"][d]["mean_rel_error"] < 0.02
         assert report["heldout_r2"][d] > 0.9
+
+
+def test_a_floor_keeps_every_domain_in_the_optimum() -> None:
+    flat = dict(TRUE)
+    flat["code"] = DomainLaw(1.0, 1e-12, 6.0, 0.45, 1.6)  # its share barely matters
+    law = BiMix(flat)
+    assert law.optimal_mixture(1000)["code"] < 1e-6  # unconstrained: starved
+    floored = law.optimal_mixture(1000, min_share=0.05)  # checked against Nelder-Mead
+    assert floored["code"] == pytest.approx(0.05)
+    assert floored["math"] > floored["news"] > 0.05
+    with pytest.raises(ValueError, match="leaves nothing"):
+        law.optimal_mixture(1000, min_share=0.4)
+    with pytest.raises(ValueError, match="unknown domains"):
+        law.optimal_mixture(1000, {"poetry": 2.0})

@@ -9,7 +9,13 @@ import polars as pl
 import pytest
 
 from assay.corpus import Corpus
-from assay.mixing.cluster import PRUNED, cluster_corpus, merge_centroids, top_terms
+from assay.mixing.cluster import (
+    PRUNED,
+    assign_domains,
+    cluster_corpus,
+    merge_centroids,
+    top_terms,
+)
 from assay.scores import score_corpus
 from assay.selection.doc_stats import DocStatsScorer
 
@@ -50,6 +56,21 @@ def test_same_seed_same_domains(clustered, demo_dir: Path, tmp_path: Path) -> No
     _, out, embedder = clustered
     cluster_corpus(Corpus(demo_dir / "train"), tmp_path, embedder=embedder, k_init=12, n_domains=6, seed=0)  # fmt: skip
     assert _side(tmp_path).equals(_side(out))
+
+
+def test_assigning_new_shards_reuses_the_clustering(clustered, demo_dir: Path, tmp_path: Path) -> None:
+    _, out, _ = clustered
+    # the training shards, assigned again from the saved centroids, land where they did
+    assign_domains(Corpus(demo_dir / "train"), out, tmp_path / "again")
+    assert _side(tmp_path / "again").equals(_side(out))
+    held = assign_domains(Corpus(demo_dir / "heldout"), out, tmp_path / "heldout")
+    labels = pl.concat(list(Corpus(held).iter_batches()), how="diagonal_relaxed")
+    assert set(labels.get_column("domain")) <= set(_side(out).get_column("domain"))
+    # held-out news lands in the news cluster, like the training news
+    news = labels.filter(pl.col("source_domain") == "news").get_column("domain")
+    assert news.n_unique() == 1
+    with pytest.raises(FileNotFoundError, match="holds no clustering"):
+        assign_domains(Corpus(demo_dir / "heldout"), tmp_path, tmp_path / "x")
 
 
 def test_pruning_by_a_quality_score(clustered, demo_dir: Path, tmp_path: Path) -> None:
