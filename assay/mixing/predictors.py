@@ -136,8 +136,8 @@ def make_predictor(kind: str, **params: Any) -> Any:
     raise ValueError(f"predictor must be 'lightgbm' or 'linear', not {kind!r}")
 
 
-def heldout_spearman(kind: str, X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, **params: Any) -> float:  # fmt: skip
-    """Spearman correlation of out-of-fold predictions with the measured metric (k-fold)."""
+def out_of_fold(kind: str, X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, **params: Any) -> np.ndarray:  # fmt: skip
+    """Each run's prediction by a predictor fitted on the other folds (k-fold)."""
     X, y = _check(X, y)
     order = np.random.default_rng(seed).permutation(len(y))
     pred = np.empty(len(y))
@@ -145,4 +145,9 @@ def heldout_spearman(kind: str, X: np.ndarray, y: np.ndarray, *, folds: int = 5,
         test = order[f::folds]
         train = np.setdiff1d(order, test)
         pred[test] = make_predictor(kind, **params).fit(X[train], y[train]).predict(X[test])
-    return spearman(pred, y)
+    return pred
+
+
+def heldout_spearman(kind: str, X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, **params: Any) -> float:  # fmt: skip
+    """Spearman correlation of out-of-fold predictions with the measured metric (k-fold)."""
+    return spearman(out_of_fold(kind, X, y, folds=folds, seed=seed, **params), np.asarray(y))
