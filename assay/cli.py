@@ -425,6 +425,79 @@ def print_preselect(rep: dict[str, Any], family: dict[str, Any] | None = None) -
 
 
 @app.command()
+def mass(
+    paths: Paths,
+    reference: Annotated[
+        str,
+        typer.Option(
+            "--reference",
+            "-r",
+            help="Reference examples: a built-in benchmark (assay_champ, assay_mmlu_dev) or a .jsonl/.json/.parquet file.",
+        ),
+    ],
+    model_out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to save the MASS scorer into.")
+    ],
+    field: TargetFields = None,
+    max_targets: MaxTargets = None,
+    tags_field: Annotated[
+        str | None,
+        typer.Option("--tags-field", help="Record field holding each example's skill tags."),
+    ] = None,
+    skills: Annotated[
+        str,
+        typer.Option(
+            help="Where skills come from: 'auto' (tags when the reference has them, e.g. the CHAMP concepts, else keyphrases), 'tags', 'keyphrase' or 'cluster'."
+        ),
+    ] = "auto",
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedding model: a local folder, or 'static'; default all-MiniLM-L6-v2."
+        ),
+    ] = None,
+    merge_threshold: Annotated[
+        float, typer.Option("--merge-threshold", help="Skills more similar than this merge.")
+    ] = 0.9,
+    top_k: Annotated[
+        int, typer.Option("--top-k", help="Skills kept per document before aggregation.")
+    ] = 10,
+    aggregation: Annotated[
+        str, typer.Option(help="'quadratic' s^T(diag(w)+E)s (default) or 'linear' w^T s.")
+    ] = "quadratic",
+    column: Annotated[str, typer.Option(help="Name of the score column.")] = "mass",
+    seed: Annotated[int, typer.Option(help="Seed of keyphrase/cluster skills.")] = 0,
+    no_progress: NoProgress = False,
+) -> None:
+    """Fit MASS: a skill graph from a reference set; documents score by the skills they cover."""
+    from assay.selection.mass import fit_mass
+
+    scorer = fit_mass(
+        reference, fields=field or None, tags_field=tags_field, skills=skills,
+        max_items=max_targets, seed=seed, progress=not no_progress, column=column,
+        embedder={"model": embedder}, merge_threshold=merge_threshold, top_k=top_k,
+        aggregation=aggregation,
+    )  # fmt: skip
+    scorer.save(model_out)
+    print_mass(scorer.report)
+    out.print(
+        f"saved to {model_out}; score a corpus with: assay score {' '.join(paths)} --model {model_out} --out SCORES",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def print_mass(rep: dict[str, Any]) -> None:
+    out.print(
+        f"{rep['reference_examples']:,} reference examples, skills from {rep['skills_source']}: "
+        f"{rep['raw_skills']:,} skills merged into {rep['merged_skills']:,}, {rep['edges']:,} edges; "
+        f"{rep['aggregation']} score over each document's top {rep['top_k']} skills"
+    )
+    top = ", ".join(f"{s['name']} ({s['weight']:.3f})" for s in rep["top_skills"][:8])
+    out.print(f"heaviest skills: {top}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def scorers() -> None:
     """List the registered scorers."""
     from assay.selection.base import available_scorers
@@ -862,6 +935,9 @@ def run(
         if s.kind == "preselect":
             out.print(f"[bold]{s.name}[/]:", end=" ")
             print_preselect(s.summary["fit"])
+        if s.kind == "mass":
+            out.print(f"[bold]{s.name}[/]:", end=" ")
+            print_mass(s.summary["fit"])
         if s.kind == "compare":
             print_compare(s.name, s.summary)
         if s.kind == "cluster":

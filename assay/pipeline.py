@@ -40,6 +40,7 @@ from assay.recipe import (
     CorpusSpec,
     DemoCorpusStep,
     EvalStep,
+    MassStep,
     MixtureStep,
     PreSelectStep,
     Recipe,
@@ -293,7 +294,6 @@ def _targets_identity(spec: Any) -> dict[str, Any]:
 
 
 def _betr(step: BETRStep, ctx: _Context, step_dir: Path) -> Any:
-    from assay.selection.base import load_scorer
     from assay.selection.betr import fit_betr
 
     corpus, fp = ctx.corpus(step.corpus)
@@ -304,11 +304,10 @@ def _betr(step: BETRStep, ctx: _Context, step_dir: Path) -> Any:
     }
 
     def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
-        model_dir = step_dir / "model"
-        if (model_dir / "scorer.json").exists() and not redo:
-            scorer = load_scorer(model_dir)
-        else:
-            scorer = fit_betr(
+        scorer = _fitted(
+            step_dir / "model",
+            redo,
+            lambda: fit_betr(
                 corpus,
                 step.targets.source,
                 sample=step.sample,
@@ -321,7 +320,42 @@ def _betr(step: BETRStep, ctx: _Context, step_dir: Path) -> Any:
                 aggregation=step.aggregation,
                 positive_fraction=step.positive_fraction,
                 params=step.params,
-            ).save(model_dir)
+            ),
+        )
+        summary = {"fit": {k: v for k, v in scorer.report.items() if k != "embedder"}}
+        return _score_all(scorer, corpus, step_dir, ctx, summary)
+
+    return identity, prepare
+
+
+def _fitted(model_dir: Path, redo: bool, fit: Any) -> Any:
+    """The scorer saved in `model_dir` (a finished fit is never redone), else `fit()` saved there."""
+    from assay.selection.base import load_scorer
+
+    if (model_dir / "scorer.json").exists() and not redo:
+        return load_scorer(model_dir)
+    return fit().save(model_dir)
+
+
+def _mass(step: MassStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.selection.mass import fit_mass
+
+    corpus, fp = ctx.corpus(step.corpus)
+    identity = {
+        "corpus": fp,
+        "reference": _targets_identity(step.reference),
+        "embedder": _folder_id(step.embedder) if step.embedder else None,
+    }
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        scorer = _fitted(step_dir / "model", redo, lambda: fit_mass(
+                step.reference.source, fields=step.reference.fields, tags_field=step.tags_field,
+                skills=step.skills, max_items=step.reference.max_items, seed=ctx.seed(step.seed),
+                progress=ctx.runner.progress, column=step.column,
+                embedder={"model": step.embedder}, merge_threshold=step.merge_threshold,
+                min_cooccurrence=step.min_cooccurrence, top_k=step.top_k,
+                aggregation=step.aggregation,
+            ))  # fmt: skip
         summary = {"fit": {k: v for k, v in scorer.report.items() if k != "embedder"}}
         return _score_all(scorer, corpus, step_dir, ctx, summary)
 
@@ -763,4 +797,5 @@ _EXECUTORS: dict[type, Any] = {
     SearchStep: _search,
     BiMixStep: _bimix,
     MixtureStep: _mixture,
+    MassStep: _mass,
 }

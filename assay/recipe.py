@@ -232,6 +232,23 @@ class BETRStep(_Step):
     corpus: CorpusSpec | None = None
 
 
+class MassStep(_Step):
+    """Fit MASS (a skill graph from a reference set) and score the corpus with it."""
+
+    kind: Literal["mass"] = "mass"
+    reference: TargetSpec
+    tags_field: str | None = None  # per-example skill tags in a reference file
+    skills: Literal["auto", "tags", "keyphrase", "cluster"] = "auto"
+    embedder: str | None = None  # None: all-MiniLM-L6-v2; "static": distilled from it; a folder
+    merge_threshold: float = Field(default=0.9, gt=0, le=1)
+    min_cooccurrence: int = Field(default=1, ge=1)
+    top_k: int | None = Field(default=10, ge=1)
+    aggregation: Literal["quadratic", "linear"] = "quadratic"
+    column: str = "mass"
+    seed: int | None = None
+    corpus: CorpusSpec | None = None
+
+
 class FamilyModel(_Strict):
     path: str
     score: float | None = None  # benchmark score, higher is better; else from the targets
@@ -386,15 +403,16 @@ Step = Annotated[
     | ClusterStep
     | SearchStep
     | BiMixStep
-    | MixtureStep,
+    | MixtureStep
+    | MassStep,
     Field(discriminator="kind"),
 ]
 STEP_KINDS = (
     "demo_corpus", "score", "select", "stats", "tokenizer", "train_proxy", "eval", "betr",
-    "preselect", "compare", "cluster", "search", "bimix", "mixture",
+    "preselect", "compare", "cluster", "search", "bimix", "mixture", "mass",
 )  # fmt: skip
 #: steps that write a scores folder a select step can use
-SCORE_KINDS = ("score", "betr", "preselect")
+SCORE_KINDS = ("score", "betr", "preselect", "mass")
 #: which kinds of earlier step another step's field may name
 _REFERENCES = {
     "corpus.step": ("demo_corpus", "select", "cluster"),
@@ -456,6 +474,7 @@ class Recipe(_Strict):
                 | SearchStep
                 | BiMixStep
                 | MixtureStep
+                | MassStep
             )
             if isinstance(step, corpus_steps) and step.corpus is None and self.corpus is None:
                 raise ValueError(

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from conftest import write_jsonl
 
+from assay.corpus import Corpus
 from assay.pipeline import run_recipe
 from assay.recipe import RecipeError, parse_recipe
 
@@ -243,3 +244,25 @@ def test_select_by_target_driven_steps_is_accepted() -> None:
     # a step that writes no scores is still refused
     with pytest.raises(RecipeError, match="is a tokenizer step, not a score step"):
         _validate({"tokenizer": {}}, {"select": {"scores": "tokenizer", "column": "x"}})
+
+
+def test_mass_step_and_verb(tmp_path: Path, demo_dir: Path, static_model: Path) -> None:
+    mass = {"reference": {"source": "assay_champ"}, "skills": "tags", "embedder": str(static_model)}
+    keep = {"scores": "mass", "column": "mass", "keep": 0.2, "by": "chars", "group_by": None}
+    data = {
+        "name": "mass",
+        "corpus": {"paths": [str(demo_dir / "train")]},
+        "steps": [{"mass": mass}, {"select": keep}],
+    }
+    run_dir = tmp_path / "run"
+    outcome = run_recipe(parse_recipe(data), run_dir=run_dir, progress=False)
+    fit = outcome.step("mass").summary["fit"]
+    assert fit["skills_source"] == "tags" and fit["reference_examples"] == 270
+    assert fit["merged_skills"] <= fit["raw_skills"] and fit["edges"] > 0
+    kept = pl.concat(list(Corpus(run_dir / "select" / "selected").iter_batches()), how="diagonal_relaxed")  # fmt: skip
+    pool = pl.concat(list(Corpus(demo_dir / "train").iter_batches()), how="diagonal_relaxed")
+    base = (pool.get_column("domain") == "math").mean()
+    # skills of competition math pull math in: far above its share of the pool (0.57 vs 0.25)
+    assert (kept.get_column("domain") == "math").mean() > 2 * base
+    out = _run_cli(tmp_path / "mass.yaml", data, run_dir)
+    assert out.count(" reused ") == 2 and "270 reference examples, skills from tags" in out

@@ -33,6 +33,7 @@ _BUILTIN_MODULES = {
     "random": "assay.selection.random_scorer",
     "betr": "assay.selection.betr",
     "preselect": "assay.selection.preselect",
+    "mass": "assay.selection.mass",
 }
 
 
