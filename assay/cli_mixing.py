@@ -88,6 +88,13 @@ def cluster(
         int | None,
         typer.Option("--n-domains", help="Merge clusters (Ward) down to this many domains."),
     ] = None,
+    min_cluster_share: Annotated[
+        float,
+        typer.Option(
+            "--min-cluster-share",
+            help="Clusters with less than this share of the sample join their nearest larger one.",
+        ),
+    ] = 0.0,
     prune_scores: Annotated[
         Path | None, typer.Option("--prune-scores", help="Scores folder to prune clusters by.")
     ] = None,
@@ -111,7 +118,8 @@ def cluster(
     runner = _runner("local", workers, None, no_progress)
     result = cluster_corpus(
         corpus, out_dir, embedder={"model": embedder}, k_init=k_init, sample=sample,
-        merge_distance=merge_distance, n_domains=n_domains, prune_scores=prune_scores,
+        merge_distance=merge_distance, n_domains=n_domains, min_cluster_share=min_cluster_share,
+        prune_scores=prune_scores,
         prune_column=prune_column, prune_below=prune_below, seed=seed, runner=runner,
     )  # fmt: skip
     t = Table(title=f"{len(result.domains)} domains from {result.k_init} clusters")

@@ -664,7 +664,8 @@ def _cluster(step: ClusterStep, ctx: _Context, step_dir: Path) -> Any:
             cluster_corpus(
                 corpus, out, embedder={"model": step.embedder, "long_docs": step.long_docs},
                 k_init=step.k_init, sample=step.sample, merge_distance=step.merge_distance,
-                n_domains=step.n_domains, prune_scores=prune_dir,
+                n_domains=step.n_domains, min_cluster_share=step.min_cluster_share,
+                prune_scores=prune_dir,
                 prune_column=step.prune.column if step.prune else None,
                 prune_below=step.prune.below if step.prune else None,
                 seed=ctx.seed(step.seed), runner=ctx.runner, overwrite=redo,

@@ -314,6 +314,7 @@ class ClusterStep(_Step):
     sample: int = Field(default=20_000, ge=2)
     merge_distance: float | None = Field(default=None, ge=0)
     n_domains: int | None = Field(default=None, ge=1)
+    min_cluster_share: float = Field(default=0.0, ge=0, lt=1)  # smaller clusters join a neighbour
     prune: PruneSpec | None = None
     seed: int | None = None
 

@@ -18,6 +18,8 @@ Methods, each keeping the same 10% of the pool's characters (`select(..., by="ch
   mixtures of the pool's domains, scored by bits per character on the benchmark examples;
   positives are the perfectly concordant documents (the paper's rule)
 - preselect_top: the same calibration losses, positives = the top 10% by strength
+- mass: a skill graph of the benchmark's CHAMP concept tags (merged at cosine > 0.9); a
+  document scores s^T (diag(w) + E) s over its similarities to its 10 closest skills
 
 For every method and seed a tiny proxy (1M parameters) trains on the same number of tokens of
 its selection; the table reports its bits per byte on the target, on the general held-out
@@ -51,7 +53,7 @@ from assay.selection.base import Scorer, load_scorer
 from assay.selection.select import SelectConfig, select
 from assay.selection.targets import load_targets
 
-METHODS = ("random", "fasttext", "perplexity", "betr", "preselect", "preselect_top")
+METHODS = ("random", "fasttext", "perplexity", "betr", "preselect", "preselect_top", "mass")
 TARGET = "competition_math"
 
 
@@ -102,6 +104,14 @@ def fit_scorer(method: str, pool: Corpus, work: Path, tok: str, args: Any) -> tu
         )
     elif method == "preselect_top":
         scorer = refit_preselect_top(pool, work, args)
+    elif method == "mass":
+        from assay.selection.mass import fit_mass
+
+        # the reference's skills are the CHAMP concepts its problems are annotated with
+        scorer = fit_mass(
+            "assay_champ", skills="tags", seed=0, column=method,
+            embedder={"model": args.embedder},
+        )  # fmt: skip
     else:
         raise ValueError(method)
     return scorer.save(folder), mode
@@ -162,7 +172,9 @@ def main() -> None:
     ap.add_argument("--keep", type=float, default=0.1)
     ap.add_argument("--tokens", type=int, default=400_000)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--embedder", default=None, help="BETR embedder: MiniLM (default) or static")
+    ap.add_argument(
+        "--embedder", default=None, help="BETR/MASS embedder: MiniLM (default) or static"
+    )
     ap.add_argument("--betr-sample", type=int, default=3000)
     ap.add_argument("--calibration", type=int, default=1500)
     ap.add_argument("--family-tokens", type=int, default=150_000)

@@ -4,11 +4,13 @@
 2. k-means with K_init clusters on the sample (faiss when installed, else scikit-learn).
 3. Optionally prune clusters whose mean quality (any side-car score column) is below a
    threshold: CLIMB drops clusters scored under 3.0 of 5 by its quality classifiers.
-4. Merge clusters whose centroids are close into the final domains: single-linkage under a
+4. Clusters holding less than `min_cluster_share` of the sample (outliers such as data
+   tables) join their nearest larger cluster instead of becoming domains of their own.
+5. Merge clusters whose centroids are close into the final domains: single-linkage under a
    distance (CLIMB merges centroids closer than 1.5) or, with `n_domains`, Ward agglomeration
    down to that many (average and single linkage leave outlier clusters as their own domains
    and lump the rest together).
-5. Assign every document of the corpus to its nearest centroid (through the runner).
+6. Assign every document of the corpus to its nearest centroid (through the runner).
 
 Outputs, under `out_dir`:
 - `domains/<shard>.parquet`: the side-car, `id`, `cluster` (k-means cluster), `domain`
@@ -182,6 +184,7 @@ def cluster_corpus(
     prune_scores: str | os.PathLike | None = None,
     prune_column: str | None = None,
     prune_below: float | None = None,
+    min_cluster_share: float = 0.0,
     seed: int = 0,
     runner: Runner | None = None,
     overwrite: bool = False,
@@ -224,10 +227,19 @@ def cluster_corpus(
         if not keep.any():
             raise ValueError(f"every cluster's mean {prune_column} is below {prune_below}")
     kept = np.flatnonzero(keep)
-    merged = merge_centroids(centroids[kept], distance=merge_distance, n_domains=n_domains)
+    # clusters too small to be a domain (outliers: tables, boilerplate) join their nearest
+    # large cluster rather than becoming a domain of a few documents with no held-out data
+    sizes = np.bincount(labels, minlength=k)
+    small = keep & (sizes < min_cluster_share * frame.height)
+    big = np.flatnonzero(keep & ~small)
+    if not len(big):
+        raise ValueError(f"every cluster holds less than {min_cluster_share:.1%} of the sample")
+    merged = merge_centroids(centroids[big], distance=merge_distance, n_domains=n_domains)
     domain_of = [PRUNED] * k
-    for c, d in zip(kept, merged, strict=True):
+    for c, d in zip(big, merged, strict=True):
         domain_of[c] = f"cluster_{d:02d}"
+    for c in np.flatnonzero(small):
+        domain_of[c] = domain_of[big[np.argmin(((centroids[big] - centroids[c]) ** 2).sum(1))]]
 
     # the fitted state first, so that held-out or new shards can be assigned the same way
     with atomic_path(out / CENTROIDS_FILE) as tmp, open(tmp, "wb") as f:
@@ -240,6 +252,8 @@ def cluster_corpus(
     runner.run(task, corpus.shards, out / "corpus", overwrite=overwrite, label="cluster")
 
     report = _report(out, frame, labels, domain_of, k, kept, seed)
+    report["absorbed_clusters"] = [int(c) for c in np.flatnonzero(small)]
+    write_json(out / "_clusters.json", report)
     return ClusterResult(str(out), k, report["domains"], [int(c) for c in np.flatnonzero(~keep)], frame.height)  # fmt: skip
 
 

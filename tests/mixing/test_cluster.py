@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,9 @@ def test_same_seed_same_domains(clustered, demo_dir: Path, tmp_path: Path) -> No
     assert _side(tmp_path).equals(_side(out))
 
 
-def test_assigning_new_shards_reuses_the_clustering(clustered, demo_dir: Path, tmp_path: Path) -> None:
+def test_assigning_new_shards_reuses_the_clustering(
+    clustered, demo_dir: Path, tmp_path: Path
+) -> None:
     _, out, _ = clustered
     # the training shards, assigned again from the saved centroids, land where they did
     assign_domains(Corpus(demo_dir / "train"), out, tmp_path / "again")
@@ -101,3 +104,15 @@ def test_merging_and_terms() -> None:
     texts = ["the cat sat on the mat", "a cat and a kitten", "stocks fell on the market", "market prices"]  # fmt: skip
     terms = top_terms(texts, np.array([0, 0, 1, 1]), n=2)
     assert "cat" in terms[0] and "market" in terms[1]
+
+
+def test_small_clusters_join_a_neighbour(clustered, demo_dir: Path, tmp_path: Path) -> None:
+    _, _, embedder = clustered
+    corpus = Corpus(demo_dir / "train")  # 360 documents, all in the sample
+    result = cluster_corpus(corpus, tmp_path / "c", embedder=embedder, k_init=24, min_cluster_share=0.04, seed=0)  # fmt: skip
+    report = json.loads((tmp_path / "c" / "_clusters.json").read_text())
+    assert report["absorbed_clusters"]  # 24 clusters of 360 documents: some are tiny
+    assert len(result.domains) == 24 - len(report["absorbed_clusters"])
+    assert min(d["docs"] for d in result.domains.values()) >= 0.04 * 360
+    with pytest.raises(ValueError, match="every cluster holds less than"):
+        cluster_corpus(corpus, tmp_path / "d", embedder=embedder, k_init=4, min_cluster_share=0.9, seed=0)  # fmt: skip
