@@ -11,6 +11,12 @@ on this CPU or on a GPU with bf16 autocast:
         every eval_every steps: per-domain held-out bits per byte (the curve BiMix fits)
         every checkpoint_every steps: save model (safetensors), optimizer and step, atomically
 
+Staged training (MATES trains in stages and re-selects its data between them) continues one run
+from another: `keep_optimizer=True` leaves the final optimizer state in `out_dir/state/` beside
+the model, and a later call with `init_from=<that folder>` starts from its weights *and* AdamW
+moments and step counts. `schedule_offset` / `schedule_total` evaluate the learning-rate schedule
+on the global step, so that one warmup / cosine / WSD schedule spans all stages.
+
 Runs are deterministic on CPU for a seed: the data order is a function of the seed, the model
 initialisation too, and resuming from a checkpoint restores the optimizer state and continues
 with the very next batch, so a resumed run ends with the same loss as an uninterrupted one.
@@ -37,6 +43,7 @@ from assay.proxies.data import TokenCache, pack_mixture, tokenizer_fingerprint
 from assay.proxies.model import build_model, count_parameters, get_preset, save_model
 
 RUN_FILE = "run.json"
+STATE_DIR = "state"  # final optimizer state of a run trained with keep_optimizer=True
 
 
 @dataclass
@@ -123,6 +130,61 @@ def lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
     return 1.0 - (1.0 - floor) * (step - decay_start + 1) / max(steps - decay_start, 1)
 
 
+def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
+    """AdamW as train_proxy builds it: weight decay on matrices only, in that group order."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=False,
+    )
+
+
+def load_weights(model: Any, path: str | os.PathLike) -> None:
+    """Load safetensors weights into `model` (tied output embeddings re-tied), strictly."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if "lm_head" in k}
+    if set(missing) - tied or unexpected:
+        raise ValueError(
+            f"the weights in {path} do not match the model ({missing=}, {unexpected=})"
+        )
+    if tied:
+        model.tie_weights()
+
+
+def has_training_state(run_dir: str | os.PathLike) -> bool:
+    """Whether a finished run kept its optimizer state (train_proxy(..., keep_optimizer=True))."""
+    d = Path(run_dir)
+    return (d / RUN_FILE).exists() and (d / STATE_DIR / "optimizer.pt").exists()
+
+
+def load_training_state(run_dir: str | os.PathLike, model: Any, optimizer: Any) -> dict[str, Any]:
+    """Load a finished run's final weights and optimizer state; returns its `state.json`
+    (run_id, steps, global_step: the schedule step the next update would take, schedule_total)."""
+    import torch
+
+    d = Path(run_dir)
+    if not has_training_state(d):
+        raise FileNotFoundError(
+            f"{d} is not a finished proxy run with optimizer state: train it with "
+            "train_proxy(..., keep_optimizer=True)"
+        )
+    load_weights(model, d / "model" / "model.safetensors")
+    # weights_only: never unpickle arbitrary objects, even from our own folder.
+    optimizer.load_state_dict(torch.load(d / STATE_DIR / "optimizer.pt", weights_only=True))
+    return read_json(d / STATE_DIR / "state.json")
+
+
 def _resolve_tokenizer(
     tokenizer: Any, corpus: Corpus | None, preset: str, out: Path, seed: int
 ) -> Any:
@@ -156,6 +218,10 @@ def train_proxy(
     runs_table: str | os.PathLike | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    init_from: str | os.PathLike | None = None,
+    keep_optimizer: bool = False,
+    schedule_offset: int = 0,
+    schedule_total: int | None = None,
     **overrides: Any,
 ) -> ProxyRun:
     """Train one proxy on `tokens` tokens of `mixture` drawn from `data`; evaluate; save; report.
@@ -165,6 +231,12 @@ def train_proxy(
     size. `heldout` (a Corpus with the same domains) gives the per-domain bits per byte;
     `tasks` names local lm-eval tasks to run at the end. `stop_after` stops after that many
     steps with a checkpoint (for tests of resumption); calling again resumes.
+
+    Staged training: `init_from` (a finished run trained with `keep_optimizer=True`) starts from
+    its final weights and optimizer state instead of a fresh model; `keep_optimizer` keeps this
+    run's final optimizer state in `out_dir/state/`; the learning rate of local step `i` is
+    `lr_at(schedule_offset + i, schedule_total, config)` (default: offset 0, total = this run's
+    steps, i.e. a schedule of its own).
     """
     import torch
     from accelerate import Accelerator
@@ -192,10 +264,29 @@ def train_proxy(
         "tasks": tasks or [],
         "eval_docs": eval_docs,
     }
+    # Staged settings enter the identity only when used, so that plain runs keep their ids.
+    init_state: dict[str, Any] | None = None
+    if init_from is not None:
+        if not has_training_state(init_from):
+            raise FileNotFoundError(
+                f"init_from={str(init_from)!r} is not a finished proxy run with optimizer state: "
+                "train it with train_proxy(..., keep_optimizer=True)"
+            )
+        init_state = read_json(Path(init_from) / STATE_DIR / "state.json")
+        identity["init_from"] = init_state["run_id"]
+    if schedule_offset or schedule_total is not None:
+        identity["schedule"] = [schedule_offset, schedule_total]
+    if schedule_offset < 0:
+        raise ValueError("schedule_offset must be >= 0")
     run_id = config_hash(identity)
     if (out / RUN_FILE).exists():
         done = read_json(out / RUN_FILE)
         if done.get("run_id") == run_id:
+            if keep_optimizer and not (out / STATE_DIR / "optimizer.pt").exists():
+                raise ValueError(
+                    f"{out} holds this run finished without its optimizer state; train it again "
+                    "with keep_optimizer=True in another folder"
+                )
             run = ProxyRun(**done)
             if runs_table is not None:
                 from assay.proxies.runs import RunsTable
@@ -213,23 +304,19 @@ def train_proxy(
         raise ValueError(
             f"{tokens:,} tokens make fewer than one step of {per_step} sequences x {cfg.seq_len} tokens"
         )
+    total_steps = steps if schedule_total is None else schedule_total
+    if schedule_offset + steps > total_steps:
+        raise ValueError(
+            f"schedule_total={total_steps} is less than schedule_offset + steps "
+            f"({schedule_offset} + {steps}); the schedule must cover this run"
+        )
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
     )
     model = build_model(preset, cache.vocab_size, cfg.seq_len, arch=cfg.arch, seed=seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        fused=False,
-    )
+    optimizer = make_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     evalset = None
@@ -239,6 +326,8 @@ def train_proxy(
         evalset = build_eval_set(heldout, tok, cfg.seq_len, max_docs_per_group=eval_docs, seed=seed)
 
     start, curve = _restore(out, run_id, accelerator, model, optimizer)
+    if start == 0 and init_from is not None:  # a checkpoint of this run itself wins
+        load_training_state(init_from, accelerator.unwrap_model(model), optimizer)
     data_t = torch.from_numpy(packed.input_ids.astype(np.int64))
     bar = _train_bar(steps, start, progress, label=f"proxy {preset}")
     losses: list[float] = [c["train_loss"] for c in curve if "train_loss" in c]
@@ -247,7 +336,7 @@ def train_proxy(
     step = start
     with bar:
         for step in range(start, steps):
-            mult = lr_at(step, steps, cfg)
+            mult = lr_at(schedule_offset + step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * mult
             total = 0.0
@@ -302,6 +391,8 @@ def train_proxy(
 
         task_results = evaluate(unwrapped, tok, tasks)
     save_model(unwrapped, out / "model", tok)
+    if keep_optimizer:
+        _save_state(out, run_id, optimizer, steps, schedule_offset, total_steps, init_state)
     tail = losses[-max(1, len(losses) // 10) :]
     run = ProxyRun(
         run_id=run_id,
@@ -332,6 +423,34 @@ def train_proxy(
 
         RunsTable(runs_table).append(run)
     return run
+
+
+def _save_state(
+    out: Path,
+    run_id: str,
+    optimizer: Any,
+    steps: int,
+    offset: int,
+    total: int,
+    init_state: dict[str, Any] | None,
+) -> None:
+    """The final optimizer state (and where the schedule stands) in `out/state/`, atomically."""
+    import torch
+
+    from assay._files import atomic_path
+
+    with atomic_path(out / STATE_DIR / "optimizer.pt") as tmp:
+        torch.save(optimizer.state_dict(), tmp)
+    write_json(
+        out / STATE_DIR / "state.json",
+        {
+            "run_id": run_id,
+            "steps": steps,
+            "global_step": offset + steps,
+            "schedule_total": total,
+            "init_from": init_state["run_id"] if init_state else None,
+        },
+    )
 
 
 class TrainingStopped(RuntimeError):
@@ -380,7 +499,6 @@ def _restore(
 ) -> tuple[int, list]:
     """Resume from `out/checkpoint` when it belongs to this run; otherwise start at step 0."""
     import torch
-    from safetensors.torch import load_file
 
     ck = out / "checkpoint"
     if not (ck / "state.json").exists():
@@ -389,14 +507,7 @@ def _restore(
     if state.get("run_id") != run_id:
         shutil.rmtree(ck)
         return 0, []
-    weights = load_file(str(ck / "model" / "model.safetensors"))
-    unwrapped = accelerator.unwrap_model(model)
-    missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
-    tied = {k for k in missing if "lm_head" in k}
-    if set(missing) - tied or unexpected:
-        raise ValueError(f"checkpoint in {ck} does not match the model ({missing=}, {unexpected=})")
-    if tied:
-        unwrapped.tie_weights()
+    load_weights(accelerator.unwrap_model(model), ck / "model" / "model.safetensors")
     # weights_only: never unpickle arbitrary objects, even from our own folder.
     optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
     return int(state["step"]), list(state["curve"])

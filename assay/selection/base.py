@@ -34,6 +34,7 @@ _BUILTIN_MODULES = {
     "betr": "assay.selection.betr",
     "preselect": "assay.selection.preselect",
     "mass": "assay.selection.mass",
+    "mates": "assay.selection.mates",
 }
 
 
