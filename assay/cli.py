@@ -498,6 +498,73 @@ def print_mass(rep: dict[str, Any]) -> None:
 
 
 @app.command()
+def mates(
+    paths: Paths,
+    reference: Annotated[
+        str,
+        typer.Option(
+            "--reference",
+            "-r",
+            help="Reference (target) examples: a built-in benchmark (assay_champ, assay_mmlu_dev) or a .jsonl/.json/.parquet file.",
+        ),
+    ],
+    run_out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (resumes by stage).")],
+    stage_tokens: Annotated[int, typer.Option("--stage-tokens", help="Training tokens per stage.")],
+    stages: Annotated[int, typer.Option(help="Stages (consume-once pools of the corpus).")] = 2,
+    keep: Annotated[float, typer.Option(help="Share of each stage's pool kept.")] = 0.2,
+    tau: Annotated[float, typer.Option(help="Gumbel top-k temperature.")] = 0.5,
+    probes: Annotated[int, typer.Option(help="Oracle probes per stage.")] = 300,
+    max_reference: Annotated[
+        int | None, typer.Option("--max-reference", help="Reference examples used (a sample).")
+    ] = 1024,
+    field: TargetFields = None,
+    method: Annotated[
+        str, typer.Option(help="'mates', or 'random' (the same staged run, random selection).")
+    ] = "mates",
+    group: Annotated[bool, typer.Option("--group", help="Group-MATES selection.")] = False,
+    embedder: Annotated[
+        str | None,
+        typer.Option(help="Embedding model of the influence model: a folder, or 'static'."),
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Proxy size: tiny, xs, s, ...")] = "tiny",
+    tokenizer: Annotated[Path | None, typer.Option(help="Tokenizer folder.")] = None,
+    heldout: Annotated[
+        list[str] | None, typer.Option(help="Held-out corpus for bits per byte. Repeatable.")
+    ] = None,
+    eval_docs: Annotated[int, typer.Option("--eval-docs")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of pools, probes, heads and training.")] = 0,
+    workers: Workers = 1,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    on_error: OnError = "fail",
+    max_chars: MaxChars = 10_000_000,
+    no_progress: NoProgress = False,
+) -> None:
+    """Staged pretraining with MATES: probe the proxy's data influence, learn it, select by it."""
+    from assay.selection.mates import run_mates
+
+    corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    held = _corpus(heldout, text_field, id_field, on_error, max_chars) if heldout else None
+    result = run_mates(
+        corpus, run_out, reference=reference, fields=field or None, max_reference=max_reference,
+        stage_tokens=stage_tokens, stages=stages, keep=keep, tau=tau, probes=probes,
+        preset=preset, seed=seed, tokenizer=tokenizer, heldout=held, eval_docs=eval_docs,
+        embedder={"model": embedder}, method=method, group=group,
+        runner=_runner("local", workers, None, no_progress), progress=not no_progress,
+    )  # fmt: skip
+    for st in result.stages:
+        line = f"stage {st.stage} ({st.method}): kept {st.kept_docs:,} docs, {st.kept_tokens:,} tokens; reference loss {st.reference_loss:.4f}"  # fmt: skip
+        if st.probing:
+            line += f"; {st.probing.get('probes', 0):,} probes at {st.probing.get('probes_per_second', 0):.1f}/s"  # fmt: skip
+        if st.influence_model:
+            line += f"; influence model held-out Spearman {st.influence_model.get('spearman', float('nan')):.3f}"  # fmt: skip
+        out.print(line, highlight=False, soft_wrap=True)
+    if result.heldout_bpb:
+        out.print("held-out bits per byte: " + ", ".join(f"{d} {v:.4f}" for d, v in sorted(result.heldout_bpb.items())))  # fmt: skip
+    out.print(f"final model: {result.model_dir}", highlight=False)
+
+
+@app.command()
 def scorers() -> None:
     """List the registered scorers."""
     from assay.selection.base import available_scorers
@@ -935,6 +1002,19 @@ def run(
         if s.kind == "preselect":
             out.print(f"[bold]{s.name}[/]:", end=" ")
             print_preselect(s.summary["fit"])
+        if s.kind == "mates":
+            for st in s.summary["stages"]:
+                rho = st.get("spearman")
+                out.print(
+                    f"  {s.name} stage {st['stage']} ({st['method']}): reference loss "
+                    f"{st['reference_loss']:.4f}"
+                    + (f", influence Spearman {rho:.3f}" if rho is not None else "")
+                    + (
+                        f", {st['probes_per_second']:.1f} probes/s"
+                        if st.get("probes_per_second")
+                        else ""
+                    )
+                )
         if s.kind == "mass":
             out.print(f"[bold]{s.name}[/]:", end=" ")
             print_mass(s.summary["fit"])

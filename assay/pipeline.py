@@ -41,6 +41,7 @@ from assay.recipe import (
     DemoCorpusStep,
     EvalStep,
     MassStep,
+    MatesStep,
     MixtureStep,
     PreSelectStep,
     Recipe,
@@ -358,6 +359,39 @@ def _mass(step: MassStep, ctx: _Context, step_dir: Path) -> Any:
             ))  # fmt: skip
         summary = {"fit": {k: v for k, v in scorer.report.items() if k != "embedder"}}
         return _score_all(scorer, corpus, step_dir, ctx, summary)
+
+    return identity, prepare
+
+
+def _mates(step: MatesStep, ctx: _Context, step_dir: Path) -> Any:
+    from assay.selection.mates import mates_train_config, run_mates
+
+    corpus, heldout, identity = _mixing_identity(step, ctx)
+    identity["reference"] = _targets_identity(step.reference)
+    identity["embedder"] = _folder_id(step.embedder) if step.embedder else None
+
+    def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+        result = run_mates(
+            corpus, step_dir / "mates", reference=step.reference.source,
+            fields=step.reference.fields, max_reference=step.reference.max_items,
+            stage_tokens=step.stage_tokens, stages=step.stages, keep=step.keep, tau=step.tau,
+            probes=step.probes, preset=step.preset, seed=ctx.seed(step.seed),
+            tokenizer=_ref(ctx, step.tokenizer, "tokenizer"), heldout=heldout,
+            eval_docs=step.eval_docs, config=mates_train_config(**step.train),
+            embedder={"model": step.embedder}, method=step.method, group=step.group,
+            runner=ctx.runner, progress=ctx.runner.progress,
+        )  # fmt: skip
+        stages = [
+            {
+                "stage": st.stage, "method": st.method, "kept_docs": st.kept_docs,
+                "kept_tokens": st.kept_tokens, "reference_loss": st.reference_loss,
+                "probes_per_second": st.probing.get("probes_per_second"),
+                "spearman": st.influence_model.get("spearman"),
+            }
+            for st in result.stages
+        ]  # fmt: skip
+        summary = {"bpb": result.heldout_bpb, "reference_loss": result.reference_loss, "stages": stages}  # fmt: skip
+        return {"run": result.final_run["out_dir"], "model": result.model_dir}, summary
 
     return identity, prepare
 
@@ -799,4 +833,5 @@ _EXECUTORS: dict[type, Any] = {
     BiMixStep: _bimix,
     MixtureStep: _mixture,
     MassStep: _mass,
+    MatesStep: _mates,
 }

@@ -249,6 +249,31 @@ class MassStep(_Step):
     corpus: CorpusSpec | None = None
 
 
+class MatesStep(_Step):
+    """Staged pretraining with MATES selection (or its random twin, `method: random`)."""
+
+    kind: Literal["mates"] = "mates"
+    reference: TargetSpec
+    method: Literal["mates", "random"] = "mates"
+    group: bool = False  # Group-MATES: relational influence and cluster-wise greedy selection
+    stage_tokens: int = Field(ge=1)
+    stages: int = Field(default=2, ge=1)
+    keep: float = Field(default=0.2, gt=0, le=1)
+    tau: float = Field(default=0.5, gt=0)
+    probes: int = Field(default=300, ge=10)
+    preset: str = "tiny"
+    tokenizer: str | None = None
+    heldout: CorpusSpec | None = None
+    eval_docs: int | None = Field(default=200, ge=1)
+    embedder: str | None = None  # None: all-MiniLM-L6-v2; "static"; a folder
+    train: dict[str, Any] = Field(default_factory=dict)  # over mates_train_config()
+    seed: int | None = None
+    corpus: CorpusSpec | None = None
+
+    _check_train = field_validator("train")(TrainProxyStep._train_config.__func__)  # type: ignore[attr-defined]
+    _check_preset = field_validator("preset")(TrainProxyStep._preset.__func__)  # type: ignore[attr-defined]
+
+
 class FamilyModel(_Strict):
     path: str
     score: float | None = None  # benchmark score, higher is better; else from the targets
@@ -405,12 +430,14 @@ Step = Annotated[
     | SearchStep
     | BiMixStep
     | MixtureStep
-    | MassStep,
+    | MassStep
+    | MatesStep,
     Field(discriminator="kind"),
 ]
 STEP_KINDS = (
     "demo_corpus", "score", "select", "stats", "tokenizer", "train_proxy", "eval", "betr",
     "preselect", "compare", "cluster", "search", "bimix", "mixture", "mass",
+    "mates",
 )  # fmt: skip
 #: steps that write a scores folder a select step can use
 SCORE_KINDS = ("score", "betr", "preselect", "mass")
@@ -422,7 +449,7 @@ _REFERENCES = {
     "prune.scores": SCORE_KINDS,
     "tokenizer": ("tokenizer",),
     "family.tokenizer": ("tokenizer",),
-    "model": ("train_proxy",),
+    "model": ("train_proxy", "mates"),
 }
 
 
@@ -459,9 +486,9 @@ class Recipe(_Strict):
                         )
             if isinstance(step, CompareStep):
                 for ref in step.runs:
-                    if seen.get(ref) != "train_proxy":
+                    if seen.get(ref) not in ("train_proxy", "mates"):
                         raise ValueError(
-                            f"step {step.name!r}: runs entry {ref!r} is not an earlier train_proxy step"
+                            f"step {step.name!r}: runs entry {ref!r} is not an earlier train_proxy or mates step"
                         )
             corpus_steps = (
                 ScoreStep
@@ -476,6 +503,7 @@ class Recipe(_Strict):
                 | BiMixStep
                 | MixtureStep
                 | MassStep
+                | MatesStep
             )
             if isinstance(step, corpus_steps) and step.corpus is None and self.corpus is None:
                 raise ValueError(

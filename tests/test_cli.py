@@ -381,3 +381,18 @@ def test_mixing_verbs_bad_input(tmp_path: Path, demo_dir: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2 and "unknown baseline 'zipf'" in result.stderr
+
+
+def test_mates_and_mass_verbs(tmp_path: Path, demo_dir: Path, static_model: Path) -> None:
+    shown = _ok([
+        "mates", str(demo_dir / "train"), "--reference", "assay_champ", "--max-reference", "12",
+        "--out", str(tmp_path / "m"), "--stage-tokens", str(12 * 8 * 256), "--probes", "12",
+        "--keep", "0.3", "--embedder", str(static_model),
+        "--heldout", str(demo_dir / "heldout"), "--eval-docs", "5", "--no-progress",
+    ])  # fmt: skip
+    assert "stage 1 (mates)" in shown and "probes at" in shown and "Spearman" in shown
+    shown = _ok([
+        "mass", str(demo_dir / "train"), "--reference", "assay_champ", "--skills", "keyphrase",
+        "--embedder", str(static_model), "--out", str(tmp_path / "mass"), "--no-progress",
+    ])  # fmt: skip
+    assert "skills from keyphrase" in shown and (tmp_path / "mass" / "scorer.json").exists()

@@ -266,3 +266,33 @@ def test_mass_step_and_verb(tmp_path: Path, demo_dir: Path, static_model: Path) 
     assert (kept.get_column("domain") == "math").mean() > 2 * base
     out = _run_cli(tmp_path / "mass.yaml", data, run_dir)
     assert out.count(" reused ") == 2 and "270 reference examples, skills from tags" in out
+
+
+def test_mates_steps_and_compare(tmp_path: Path, demo_dir: Path, static_model: Path) -> None:
+    staged = {
+        "reference": {"source": "assay_champ", "max_items": 12},
+        "stage_tokens": 12 * 8 * 128, "stages": 2, "keep": 0.3, "tokenizer": "tokenizer",
+        "heldout": {"paths": [str(demo_dir / "heldout")]}, "eval_docs": 5,
+        "train": {"batch_size": 8, "seq_len": 128},
+    }  # fmt: skip
+    mates = {**staged, "probes": 12, "embedder": str(static_model)}
+    data = {
+        "name": "mates",
+        "corpus": {"paths": [str(demo_dir / "train")]},
+        "steps": [
+            {"tokenizer": {"vocab_size": 512}},
+            {"mates": mates},
+            {"mates": {**staged, "name": "mates_random", "method": "random"}},
+            {"compare": {"runs": ["mates", "mates_random"], "target": "math"}},
+        ],
+    }
+    run_dir = tmp_path / "run"
+    outcome = run_recipe(parse_recipe(data), run_dir=run_dir, progress=False)
+    stages = outcome.step("mates").summary["stages"]
+    assert [s["method"] for s in stages] == ["random", "mates"]
+    assert stages[1]["probes_per_second"] > 0 and stages[1]["spearman"] is not None
+    assert [s["method"] for s in outcome.step("mates_random").summary["stages"]] == ["random"] * 2
+    compare = outcome.step("compare").summary
+    assert set(compare["runs"]) == {"mates", "mates_random"} and compare["best"] in compare["runs"]
+    out = _run_cli(tmp_path / "mates.yaml", data, run_dir)
+    assert out.count(" reused ") == 4 and "mates stage 1 (mates)" in out
