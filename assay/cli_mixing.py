@@ -152,7 +152,12 @@ def search(
     split: Annotated[
         str, typer.Option(help="Share of the runs per iteration (CLIMB's 4:2:1).")
     ] = "4,2,1",
-    predictor: Annotated[str, typer.Option(help="'lightgbm' or 'linear'.")] = "lightgbm",
+    predictor: Annotated[
+        str,
+        typer.Option(
+            help="'lightgbm' (CLIMB/RegMix), 'linear', or 'auto': whichever ranks the runs so far better (k-fold Spearman)."
+        ),
+    ] = "auto",
     candidates: Annotated[int, typer.Option(help="Mixtures the predictor ranks.")] = 10_000,
     regmix_top_k: Annotated[
         int, typer.Option("--regmix-top-k", help="RegMix: average the predictor's top k.")
@@ -196,7 +201,7 @@ def print_search(r: dict[str, Any]) -> None:
     out.print(
         f"{len(metrics)} proxies over iterations {r['iterations']}; {r['objective']}: best run "
         f"{min(metrics):.4f}, median {sorted(metrics)[len(metrics) // 2]:.4f}; predictor "
-        f"held-out Spearman: {sp}"
+        f"held-out Spearman: {sp}; used {r.get('predictor', '?')}"
     )
     out.print("best mixture: " + ", ".join(f"{d} {w:.3f}" for d, w in r["best"].items()))
 

@@ -745,6 +745,7 @@ def _search(step: SearchStep, ctx: _Context, step_dir: Path) -> Any:
             "mixture": result.best.to_dict(),
             "iterations": result.iterations,
             "spearman": result.spearman,
+            "predictor": result.predictor,
             "best_run_metric": min(metrics),
             "median_run_metric": float(sorted(metrics)[len(metrics) // 2]),
         }

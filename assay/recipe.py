@@ -369,7 +369,7 @@ class SearchStep(_MixingStep):
     runs: int = Field(default=14, ge=3)
     split: list[float] = Field(default_factory=lambda: [4.0, 2.0, 1.0])
     tasks: list[str] = Field(default_factory=list)
-    predictor: Literal["lightgbm", "linear"] = "lightgbm"
+    predictor: Literal["auto", "lightgbm", "linear"] = "auto"  # auto: best held-out Spearman
     candidates: int = Field(default=10_000, ge=10)
     regmix_top_k: int = Field(default=16, ge=1)
     temperature: float = Field(default=0.5, gt=0)  # prior: token counts ** temperature

@@ -59,13 +59,15 @@ class ClimbSearch:
         self,
         tokens_per_domain: Mapping[str, float],
         *,
-        predictor: str = "lightgbm",
+        predictor: str = "auto",
         candidates: int = 10_000,
         top_n: int | None = None,
         regmix_top_k: int | None = None,
         seed: int = 0,
         **proposer: Any,
     ):
+        if predictor not in ("auto", "lightgbm", "linear"):
+            raise ValueError(f"predictor must be 'auto', 'lightgbm' or 'linear', not {predictor!r}")
         self.proposer = MixtureProposer(tokens_per_domain, seed=seed, **proposer)
         self.domains = self.proposer.domains
         self.predictor_kind = predictor
@@ -75,6 +77,7 @@ class ClimbSearch:
         self.X: list[np.ndarray] = []
         self.y: list[float] = []
         self.predictor: Any = None
+        self.auto_choice: str | None = None
 
     def observe(self, mixture: Mapping[str, float], metric: float) -> None:
         if not np.isfinite(metric):
@@ -88,9 +91,22 @@ class ClimbSearch:
     def fit(self) -> Any:
         if len(self.y) < 3:
             raise ValueError(f"{len(self.y)} observed runs: the predictor needs at least 3")
-        self.predictor = make_predictor(self.predictor_kind, **({"seed": self.seed} if self.predictor_kind == "lightgbm" else {}))  # fmt: skip
+        kind = self.chosen_kind()
+        self.predictor = make_predictor(kind, **({"seed": self.seed} if kind == "lightgbm" else {}))  # fmt: skip
         self.predictor.fit(np.vstack(self.X), np.asarray(self.y))
         return self.predictor
+
+    def chosen_kind(self) -> str:
+        """The predictor to use now: the one asked for, or with 'auto' whichever of LightGBM
+        and linear has the higher k-fold held-out Spearman on the runs so far. LightGBM (CLIMB's
+        choice at 64+ runs) cannot split with min 5 samples per leaf on a dozen runs; a linear
+        model can still rank them."""
+        if self.predictor_kind != "auto":
+            return self.predictor_kind
+        rho = {k: self.spearman(k) for k in ("lightgbm", "linear")}
+        rho = {k: (v if np.isfinite(v) else -np.inf) for k, v in rho.items()}
+        self.auto_choice = max(rho, key=lambda k: (rho[k], k == "lightgbm"))
+        return self.auto_choice
 
     def propose(self, n: int) -> list[Mixture]:
         """The first call samples the prior; later calls sample from the predictor's top N."""
@@ -123,7 +139,8 @@ class ClimbSearch:
     def spearman(self, kind: str | None = None) -> float:
         """k-fold held-out Spearman of the predictor on the observed runs."""
         folds = min(5, len(self.y))
-        return heldout_spearman(kind or self.predictor_kind, np.vstack(self.X), np.asarray(self.y), folds=folds)  # fmt: skip
+        kind = kind or (self.predictor_kind if self.predictor_kind != "auto" else "lightgbm")
+        return heldout_spearman(kind, np.vstack(self.X), np.asarray(self.y), folds=folds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +154,7 @@ class SearchResult:
     runs: list[dict[str, Any]] = field(default_factory=list)  # per run: iteration, mixture, metric
     spearman: dict[str, float] = field(default_factory=dict)
     iterations: list[int] = field(default_factory=list)
+    predictor: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +162,7 @@ class SearchResult:
             "objective": self.objective,
             "iterations": self.iterations,
             "spearman": self.spearman,
+            "predictor": self.predictor,
             "runs": self.runs,
         }
 
@@ -171,7 +190,7 @@ def search_mixture(
     eval_docs: int | None = None,
     tasks: Sequence[str] = (),
     train: Mapping[str, Any] | None = None,
-    predictor: str = "lightgbm",
+    predictor: str = "auto",
     candidates: int = 10_000,
     regmix_top_k: int = 16,
     seed: int = 0,
@@ -211,7 +230,7 @@ def search_mixture(
             result_runs.append({"iteration": it, "mixture": mix.to_dict(), "metric": value, "run": run["out_dir"]})  # fmt: skip
     best = search.best(average_top_k=regmix_top_k if method == "regmix" else None)
     spearman = {"lightgbm": search.spearman("lightgbm"), "linear": search.spearman("linear")}
-    result = SearchResult(best, objective, result_runs, spearman, per_iter)
+    result = SearchResult(best, objective, result_runs, spearman, per_iter, search.chosen_kind())
     write_json(out / "search.json", result.to_dict())
     best.save(out / "mixture.yaml")
     return result

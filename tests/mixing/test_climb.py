@@ -74,3 +74,17 @@ def test_a_real_search_trains_proxies_and_resumes(token_cache, proxy_tokenizer, 
     assert pl.read_parquet(tmp_path / "s" / "runs.parquet").height == 6
     with pytest.raises(ValueError, match="not a column"):
         search_mixture(token_cache.root, tmp_path / "s", **{**kwargs, "objective": "bpb.nope"})
+
+
+def test_auto_predictor_takes_the_one_that_ranks_better() -> None:
+    # a dozen runs of a linear objective: LightGBM (min 5 per leaf) cannot split, linear can
+    search = ClimbSearch(COUNTS, predictor="auto", candidates=500, seed=0, max_ratio=None)
+    slope = np.array([1.0, -2.0, 0.5, 3.0])
+    for m in search.propose(12):
+        search.observe(m, float(m.vector(search.domains) @ slope))
+    assert search.chosen_kind() == "linear" == search.auto_choice
+    assert search.spearman("linear") > 0.9 > search.spearman("lightgbm")
+    best = search.best().vector(search.domains)
+    assert int(np.argmax(best)) == 1  # the domain whose weight lowers the objective most
+    with pytest.raises(ValueError, match="predictor must be"):
+        ClimbSearch(COUNTS, predictor="forest")
