@@ -739,6 +739,7 @@ def _search(step: SearchStep, ctx: _Context, step_dir: Path) -> Any:
             strengths=step.strengths, max_epochs=step.max_epochs, floor=step.floor,
         )  # fmt: skip
         metrics = [r["metric"] for r in result.runs]
+        _plot_search(result, step_dir / "search" / "predicted_vs_measured.png")
         summary = {
             "method": step.method,
             "objective": step.objective,
@@ -778,6 +779,7 @@ def _bimix(step: BiMixStep, ctx: _Context, step_dir: Path) -> Any:
             seed=ctx.seed(step.seed), runner=ctx.runner,
         )  # fmt: skip
         q = fit.quality
+        _plot_bimix(fit, step_dir / "bimix")
         summary = {
             "mixture": fit.mixture.to_dict(),
             "budget": fit.budget,
@@ -797,6 +799,31 @@ def _bimix(step: BiMixStep, ctx: _Context, step_dir: Path) -> Any:
         }, summary
 
     return identity, prepare
+
+
+def _plot_search(result: Any, path: Path) -> None:
+    """The search predictor's out-of-fold predictions against the measured runs, as a PNG."""
+    import numpy as np
+
+    from assay.mixing.mixture import Mixture
+    from assay.mixing.predictors import out_of_fold
+    from assay.report import plot_predicted_vs_measured
+
+    domains = sorted(result.best)
+    X = np.vstack([Mixture(r["mixture"]).vector(domains) for r in result.runs])
+    y = np.array([r["metric"] for r in result.runs])
+    pred = out_of_fold(result.predictor, X, y, folds=min(5, len(y)))
+    label = f"{result.predictor} (out-of-fold)"
+    plot_predicted_vs_measured({label: (pred, y)}, path, metric=result.objective)
+
+
+def _plot_bimix(fit: Any, folder: Path) -> None:
+    import polars as pl
+
+    from assay.report import plot_bimix_fits
+
+    points = pl.read_parquet(folder / "points.parquet").to_dict(as_series=False)
+    plot_bimix_fits(points, fit.law, folder / "fits.png")
 
 
 def _mixture(step: MixtureStep, ctx: _Context, step_dir: Path) -> Any:

@@ -102,6 +102,7 @@ def plot_bimix_fits(points: Mapping[str, Sequence[Any]], law: Any, path: str | o
             ax.scatter(s[m], loss[m], s=12, color=color, label=f"r={r[m][0]:.2f}")
             ax.plot(grid, law.laws[d].predict(r[m][0], grid), color=color, lw=1)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # log minor labels overlap
         ax.set_title(f"{d}: alpha={law.laws[d].alpha:.3f}, beta={law.laws[d].beta:.2f}", fontsize="small")  # fmt: skip
         ax.set_xlabel("tokens")
         ax.set_ylabel("held-out bits per byte")

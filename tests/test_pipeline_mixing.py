@@ -62,6 +62,9 @@ def test_mixing_recipe_end_to_end(demo_dir: Path, static_model: Path, tmp_path: 
     assert sum(bimix["mixture"].values()) == pytest.approx(1.0)
     assert set(bimix["extrapolation_mean_rel_error"]) == domains
     fit = json.loads(Path(outcome.step("bimix").outputs["fit"]).read_text())
+    # the plots land in the run directory
+    assert (tmp_path / "run" / "bimix" / "bimix" / "fits.png").stat().st_size > 2_000
+    assert (tmp_path / "run" / "search" / "search" / "predicted_vs_measured.png").exists()
     assert len(fit["runs"]) == 3 and len(fit["budget_curve"]) == 6
     entropy = outcome.step("entropy").summary
     assert set(entropy["entropies"]) == domains
