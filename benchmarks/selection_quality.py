@@ -192,11 +192,17 @@ def staged_entry(
                 "influence_head": last.influence_model.get("head"),
             }
         )
-    tb = [r["target_bpb"] for r in entry["runs"]]
+    return summarize(entry)
+
+
+def summarize(entry: dict[str, Any]) -> dict[str, Any]:
+    """Means and spread over the seeds' runs."""
+    runs = entry["runs"]
+    tb = [r["target_bpb"] for r in runs]
     entry["target_bpb_mean"] = round(float(np.mean(tb)), 4)
     entry["target_bpb_spread"] = round(float(np.max(tb) - np.min(tb)), 4)
-    entry["general_bpb_mean"] = round(float(np.mean([r["general_bpb"] for r in entry["runs"]])), 4)  # fmt: skip
-    entry["champ_logprob_mean"] = round(float(np.mean([r["champ_logprob"] for r in entry["runs"]])), 4)  # fmt: skip
+    entry["general_bpb_mean"] = round(float(np.mean([r["general_bpb"] for r in runs])), 4)
+    entry["champ_logprob_mean"] = round(float(np.mean([r["champ_logprob"] for r in runs])), 4)
     return entry
 
 
@@ -305,13 +311,8 @@ def main() -> None:
                     "epochs_note": run.data.get("cap_note"),
                 }
             )
-        tb = [r["target_bpb"] for r in entry["runs"]]
-        entry["target_bpb_mean"] = round(float(np.mean(tb)), 4)
-        entry["target_bpb_spread"] = round(float(np.max(tb) - np.min(tb)), 4)
-        entry["general_bpb_mean"] = round(float(np.mean([r["general_bpb"] for r in entry["runs"]])), 4)  # fmt: skip
-        entry["champ_logprob_mean"] = round(float(np.mean([r["champ_logprob"] for r in entry["runs"]])), 4)  # fmt: skip
-        results[method] = entry
-        print(f"# {method}: target bpb {tb}", flush=True)
+        results[method] = summarize(entry)
+        print(f"# {method}: target bpb {[r['target_bpb'] for r in entry['runs']]}", flush=True)
 
     if "random" in results:
         base = results["random"]["target_bpb_mean"]
