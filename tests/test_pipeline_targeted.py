@@ -194,9 +194,9 @@ def _validate(*steps: dict) -> None:
 
 
 def test_compare_needs_train_proxy_steps() -> None:
-    with pytest.raises(RecipeError, match="'stats' is not an earlier train_proxy step"):
+    with pytest.raises(RecipeError, match="'stats' is not an earlier train_proxy or mates step"):
         _validate({"stats": {}}, {"compare": {"runs": ["stats"]}})
-    with pytest.raises(RecipeError, match="'later' is not an earlier train_proxy step"):
+    with pytest.raises(RecipeError, match="'later' is not an earlier train_proxy or mates step"):
         _validate(
             {"compare": {"runs": ["later"]}},
             {"train_proxy": {"name": "later", "tokens": 1000}},

@@ -80,8 +80,8 @@ def test_structural_errors() -> None:
     wrong_ref = {**BASE, "steps": [{"select": {"scores": ["nothing"], "column": "q", "keep": 0.1}}]}
     with pytest.raises(RecipeError, match="'nothing' is neither an earlier score step"):
         parse_recipe(wrong_ref)
-    with pytest.raises(RecipeError, match="unknown step kind 'cluster'"):
-        parse_recipe({**BASE, "steps": [{"cluster": {}}]})
+    with pytest.raises(RecipeError, match="unknown step kind 'shuffle'"):
+        parse_recipe({**BASE, "steps": [{"shuffle": {}}]})
     no_corpus = {"name": "t", "steps": [{"stats": {}}]}
     with pytest.raises(RecipeError, match="needs a corpus"):
         parse_recipe(no_corpus)
