@@ -292,7 +292,10 @@ def mixture(
     on_error: OnError = "fail",
     max_chars: MaxChars = 10_000_000,
 ) -> None:
-    """A training-free mixture of the corpus' domains (the baselines every search must beat)."""
+    """A training-free mixture of the corpus' domains (the baselines every search must beat).
+
+    Token counts (and entropies) come from the corpus tokenized once into a hidden folder
+    beside the output file, `.<name>-tokens/`, reused on the next call."""
     import json
 
     from assay.mixing.baselines import baseline_mixture

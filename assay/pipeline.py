@@ -349,14 +349,17 @@ def _mass(step: MassStep, ctx: _Context, step_dir: Path) -> Any:
     }
 
     def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
-        scorer = _fitted(step_dir / "model", redo, lambda: fit_mass(
+        def fit() -> Any:
+            return fit_mass(
                 step.reference.source, fields=step.reference.fields, tags_field=step.tags_field,
                 skills=step.skills, max_items=step.reference.max_items, seed=ctx.seed(step.seed),
                 progress=ctx.runner.progress, column=step.column,
                 embedder={"model": step.embedder}, merge_threshold=step.merge_threshold,
                 min_cooccurrence=step.min_cooccurrence, top_k=step.top_k,
                 aggregation=step.aggregation,
-            ))  # fmt: skip
+            )  # fmt: skip
+
+        scorer = _fitted(step_dir / "model", redo, fit)
         summary = {"fit": {k: v for k, v in scorer.report.items() if k != "embedder"}}
         return _score_all(scorer, corpus, step_dir, ctx, summary)
 

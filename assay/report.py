@@ -71,7 +71,7 @@ def plot_predicted_vs_measured(
     lo, hi = np.inf, -np.inf
     for name, (pred, meas) in series.items():
         p, m = np.asarray(pred, dtype=float), np.asarray(meas, dtype=float)
-        rho = spearman(p, m) if len(p) > 2 else float("nan")
+        rho = spearman(p, m)
         ax.scatter(p, m, s=18, label=f"{name} (Spearman {rho:.2f}, n={len(p)})")
         lo, hi = min(lo, p.min(), m.min()), max(hi, p.max(), m.max())
     pad = 0.02 * (hi - lo or 1)

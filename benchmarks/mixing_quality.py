@@ -73,10 +73,11 @@ def cluster(work: Path, args: Any) -> tuple[Corpus, list[str]]:
 
 
 def search_predictions(result: Any, domains: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold LightGBM predictions over a search's own proxy runs, and the measurements."""
+    """Out-of-fold predictions of the predictor the search used, over its own proxy runs, and
+    the measurements."""
     X = np.vstack([Mixture(r["mixture"]).vector(domains) for r in result.runs])
     y = np.array([r["metric"] for r in result.runs])
-    return out_of_fold("lightgbm", X, y, folds=min(5, len(y))), y
+    return out_of_fold(result.predictor, X, y, folds=min(5, len(y))), y
 
 
 def main() -> None:
@@ -177,7 +178,7 @@ def main() -> None:
     quality = bimix.quality
 
     plots = work / "plots"
-    oof = {f"{m} predictor (out-of-fold, {m} runs)": search_predictions(searches[m], domains) for m in searches}  # fmt: skip
+    oof = {f"{m}, {searches[m].predictor} (out-of-fold)": search_predictions(searches[m], domains) for m in searches}  # fmt: skip
     oof["BiMix law (final runs)"] = (law_pred, law_meas)
     import polars as pl
 

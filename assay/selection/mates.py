@@ -69,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from assay._files import atomic_path, config_hash, read_json, stable_hash64, write_json
+from assay.mixing.predictors import spearman
 from assay.selection.base import Scorer, register_scorer
 
 #: Fewest reference examples: with fewer, a one-step loss change is mostly the noise of a few
@@ -534,16 +535,6 @@ def probe_run(
 
 # ---------------------------------------------------------------------------------------------
 # Data influence model
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (NaN when either side is constant)."""
-    from scipy.stats import rankdata
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(np.corrcoef(rankdata(a), rankdata(b))[0, 1])
 
 
 def _fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> dict[str, np.ndarray]:

@@ -105,3 +105,18 @@ def test_a_floor_keeps_every_domain_in_the_optimum() -> None:
         law.optimal_mixture(1000, min_share=0.4)
     with pytest.raises(ValueError, match="unknown domains"):
         law.optimal_mixture(1000, {"poetry": 2.0})
+
+
+def test_fit_bimix_refuses_what_cannot_fit_before_training(token_cache, tmp_path) -> None:
+    from assay.mixing.bimix import fit_bimix
+
+    common = {"tokenizer": "unused", "tokens": 8 * 8 * 128, "train": {"batch_size": 8, "seq_len": 128}}  # fmt: skip
+    with pytest.raises(ValueError, match="give a held-out corpus"):
+        fit_bimix(token_cache.root, tmp_path, heldout=None, **common)
+    with pytest.raises(ValueError, match="one more to check its extrapolation"):
+        fit_bimix(token_cache.root, tmp_path, heldout="h", evals=3, **common)
+    with pytest.raises(ValueError, match="too few for 12 evaluations"):
+        fit_bimix(token_cache.root, tmp_path, heldout="h", evals=12, **common)
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        fit_bimix(token_cache.root, tmp_path, heldout="h", runs=1, **common)
+    assert not (tmp_path / "proxies").exists()  # nothing trained
