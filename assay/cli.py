@@ -205,6 +205,8 @@ def train_classifier(
 
     pos = _corpus(positive, text_field, id_field, on_error, max_chars)
     neg = _corpus(negative, text_field, id_field, on_error, max_chars)
+    pos.check_output(model_out, "model folder")
+    neg.check_output(model_out, "model folder")
     scorer = train_quality_classifier(
         pos, neg, n=n, seed=seed, column=column, params=_params(param), balance=not no_balance
     )
@@ -308,6 +310,7 @@ def betr(
     from assay.selection.betr import fit_betr
 
     corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    corpus.check_output(model_out, "model folder")
     scorer = fit_betr(
         corpus, targets, sample=sample, fields=field or None, max_targets=max_targets, seed=seed,
         progress=not no_progress, column=column, embedder={"model": embedder, "long_docs": long_docs},
@@ -391,6 +394,7 @@ def preselect(
             param_hint="'--model'",
         )
     corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    corpus.check_output(model_out, "model folder")
     scorer = fit_preselect(
         corpus, [_model_spec(m) for m in model], targets=targets, fields=field or None,
         max_targets=max_targets, calibration=calibration, seed=seed, column=column,
@@ -629,6 +633,7 @@ def score(
     out.print(
         f"scored {d['docs_out']:,} documents into {scores_out} (columns: {', '.join(sc.columns)}); "
         f"{d['ran']} shards ran, {d['resumed']} were already done"
+        + (f" ({d['stale']} redone: their input changed)" if d["stale"] else "")
         + (f"; skipped {d['skipped']}" if d["skipped"] else "")
     )
 

@@ -302,6 +302,7 @@ def mixture(
     from assay.mixing.proxy_runs import token_cache_for
 
     corpus = _corpus(paths, text_field, id_field, on_error, max_chars)
+    corpus.check_output(out_file, "mixture file")
     cache, _ = token_cache_for(corpus, out_file.parent / f".{out_file.stem}-tokens", tokenizer=tokenizer, vocab_size=vocab_size, seed=seed)  # fmt: skip
     mix, info = baseline_mixture(method, cache, temperature_t=t, budget=budget, max_epochs=max_epochs, entropy=entropy, seed=seed)  # fmt: skip
     mix.save(out_file)

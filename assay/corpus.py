@@ -25,7 +25,14 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from assay._files import compression_of, fingerprint, open_write, stable_hash64
+from assay._files import (
+    compression_of,
+    content_id,
+    fingerprint,
+    open_write,
+    stable_hash64,
+)
+from assay._guard import check_output, folder_lock, is_assay_output, mark_output
 from assay._read import (
     REASONS,
     FileLevelError,
@@ -35,6 +42,8 @@ from assay._read import (
     read_hf_iterable,
     read_jsonl,
     read_parquet,
+    suspicious_rows,
+    verify_rows,
 )
 
 OnError = Literal["fail", "skip"]
@@ -46,6 +55,11 @@ DEFAULT_MAX_CHARS = 10_000_000
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _COMPRESSION_SUFFIXES = ("", ".gz", ".zst")
 SUPPORTED_SUFFIXES = (*(s + c for s in _JSONL_SUFFIXES for c in _COMPRESSION_SUFFIXES), ".parquet")
+#: Searching a folder skips plain `.json` files: there they are nearly always metadata (a
+#: manifest, a saved model's settings). Name such a file, or match it with a glob, to read it.
+FOLDER_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s != ".json")
+#: Column names with a meaning of their own in assay's tables; no score may take them.
+RESERVED_COLUMNS = ("id", "text", "domain", "shard")
 
 
 class CorpusError(ValueError):
@@ -90,6 +104,8 @@ class ShardStats:
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: what the shard's output was made from (set by the runner; compared on resume)
+    source: dict[str, Any] = field(default_factory=dict)
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
@@ -150,6 +166,11 @@ class Shard:
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name}
 
+    def identity(self) -> dict[str, Any]:
+        """What an output made from this shard records, to tell on resume whether the shard
+        changed since (its name and content, not where it is)."""
+        return self.fingerprint()
+
 
 @dataclass(frozen=True)
 class FileShard(Shard):
@@ -162,6 +183,9 @@ class FileShard(Shard):
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, **fingerprint(self.path)}
 
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, **content_id(self.path)}
+
     def read(self, options: ReadOptions, stats: ShardStats | None = None) -> Iterator[pl.DataFrame]:
         stats = stats if stats is not None else ShardStats(self.name)
         if not os.path.exists(self.path):
@@ -172,7 +196,9 @@ class FileShard(Shard):
         if self.format == "parquet":
             raw = read_parquet(self.path, options.whole_file_bytes)
         else:
-            raw = read_jsonl(self.path, options.whole_file_bytes, options.block_bytes)
+            raw = read_jsonl(
+                self.path, options.whole_file_bytes, options.block_bytes, options.max_chars
+            )
         yield from _validated(raw, self, options, stats)
 
 
@@ -247,7 +273,17 @@ def _check_batch(
     if idf and idf != "id" and "id" in df.columns and idf in df.columns:
         raise CorpusError(path, f"records have both 'id' and the id field '{idf}'; rename one")
 
+    if tf in df.columns and isinstance(df.schema[tf], pl.Categorical | pl.Enum):
+        df = df.with_columns(pl.col(tf).cast(pl.String))  # dictionary-encoded parquet text
     reason = bad_rows(df, tf, options.max_chars)
+    if batch.raw is not None and tf in df.columns and df.schema[tf] == pl.String:
+        suspects = suspicious_rows(df, tf)
+        found = verify_rows(batch.raw(), suspects, tf) if len(suspects) else {}
+        if found:
+            if reason is None:
+                reason = pl.Series("reason", [None] * df.height, dtype=pl.String)
+            rows = sorted(found)
+            reason = reason.scatter(rows, [found[i] for i in rows])
     if reason is not None:
         bad = reason.is_not_null()
         if options.on_error == "fail":
@@ -285,40 +321,73 @@ def _has_magic(p: str) -> bool:
     return any(ch in p for ch in "*?[")
 
 
-def _is_data_file(p: Path, root: Path) -> bool:
-    hidden = any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
-    return not hidden and p.is_file() and p.name.endswith(SUPPORTED_SUFFIXES)
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in rel.parts)
 
 
-def discover_shards(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[FileShard]:
-    """Resolve files, folders (searched recursively) and globs into named shards.
+def _folder_files(root: Path) -> list[Path]:
+    """Data files under `root`, in name order, skipping hidden and '_' names and the output
+    folders assay wrote inside it (a selection written under its own input is not input)."""
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith((".", "_")) and not is_assay_output(here / d)
+        )
+        files += [
+            here / n for n in names if not n.startswith((".", "_")) and n.endswith(FOLDER_SUFFIXES)
+        ]
+    return sorted(files, key=lambda f: f.relative_to(root).as_posix())
 
-    A shard's name is its path relative to the folder given (or the fixed prefix of a glob), so
-    outputs mirror the input layout. Hidden files and names starting with '_' are ignored in
-    folders: that is where assay keeps its own bookkeeping.
-    """
+
+def _glob_files(pattern: str, root: Path) -> list[Path]:
+    """Files matching a glob, without hidden or '_' names below its fixed prefix, nor files
+    inside assay's output folders below it."""
+    out = []
+    for m in sorted(Path(m) for m in globlib.glob(pattern, recursive=True)):
+        if not m.is_file():
+            continue
+        rel = m.relative_to(root) if m.is_relative_to(root) else Path(m.name)
+        if _hidden(rel):
+            continue
+        folders = [root.joinpath(*rel.parts[:i]) for i in range(1, len(rel.parts))]
+        if any(is_assay_output(f) for f in folders):
+            continue
+        out.append(m)
+    return out
+
+
+def discover_inputs(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+) -> tuple[list[FileShard], list[str]]:
+    """Shards and the input locations they came from (folders, files, glob matches)."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     found: list[tuple[Path, Path]] = []  # (file, root)
+    inputs: list[str] = []
     for raw in paths:
-        p = str(raw)
-        if _has_magic(p):
+        p = os.fspath(raw)
+        if os.path.isdir(p):
+            files = _folder_files(Path(p))
+            if not files:
+                raise FileNotFoundError(
+                    f"no corpus files ({', '.join(FOLDER_SUFFIXES)}) under folder {p!r}"
+                )
+            found += [(f, Path(p)) for f in files]
+            inputs.append(p)
+        elif os.path.exists(p):  # a file, even one whose name has glob characters
+            found.append((Path(p), Path(p).parent))
+            inputs.append(p)
+        elif _has_magic(p):
             prefix = p[: min(p.index(ch) for ch in "*?[" if ch in p)]
             root = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
-            matches = sorted(Path(m) for m in globlib.glob(p, recursive=True))
-            files = [m for m in matches if m.is_file()]
+            files = _glob_files(p, root)
             if not files:
                 raise FileNotFoundError(f"no corpus files match {p!r}")
             found += [(f, root) for f in files]
-        elif os.path.isdir(p):
-            files = sorted(f for f in Path(p).rglob("*") if _is_data_file(f, Path(p)))
-            if not files:
-                raise FileNotFoundError(
-                    f"no corpus files ({', '.join(SUPPORTED_SUFFIXES)}) under folder {p!r}"
-                )
-            found += [(f, Path(p)) for f in files]
-        elif os.path.exists(p):
-            found.append((Path(p), Path(p).parent))
+            inputs += [str(f) for f in files]
+            if "**" in p:  # a recursive pattern reads anything that appears under its root
+                inputs.append(str(root))
         else:
             raise FileNotFoundError(f"corpus file not found: {p!r}")
     shards: list[FileShard] = []
@@ -342,7 +411,19 @@ def discover_shards(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> l
                 "would collide"
             )
         stems[s.stem] = s.name
-    return shards
+    return shards, inputs
+
+
+def discover_shards(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[FileShard]:
+    """Resolve files, folders (searched recursively) and globs into named shards.
+
+    A shard's name is its path relative to the folder given (or the fixed prefix of a glob), so
+    outputs mirror the input layout. Hidden files and names starting with '_' are ignored in
+    folders: that is where assay keeps its own bookkeeping; so are folders assay wrote (they
+    hold `_assay.json`) below the folder given. A path that exists is taken as it is, even with
+    '[' or '*' in its name; only a path that does not exist is tried as a glob.
+    """
+    return discover_inputs(paths)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,14 +455,30 @@ class Corpus:
             max_chars=max_chars,
             **read_options,
         )
-        self.shards: list[Shard] = list(discover_shards(paths))
+        shards, self.inputs = discover_inputs(paths)
+        self.shards: list[Shard] = list(shards)
 
     @classmethod
-    def from_shards(cls, shards: Sequence[Shard], options: ReadOptions | None = None) -> Corpus:
+    def from_shards(
+        cls,
+        shards: Sequence[Shard],
+        options: ReadOptions | None = None,
+        inputs: Sequence[str] | None = None,
+    ) -> Corpus:
         corpus = cls.__new__(cls)
         corpus.options = options or ReadOptions()
         corpus.shards = list(shards)
+        corpus.inputs = list(inputs) if inputs is not None else []
         return corpus
+
+    def input_paths(self) -> list[str]:
+        """Every local place this corpus reads: the folders, files and glob matches it was
+        given, and each shard's file. No output may equal, contain or lie inside one."""
+        return [*self.inputs, *(s.path for s in self.shards if isinstance(s, FileShard))]
+
+    def check_output(self, out: str | os.PathLike, what: str = "output") -> None:
+        """Refuse `out` if it equals, contains or lies inside any input of this corpus."""
+        check_output(out, self.input_paths(), what)
 
     @classmethod
     def from_hf(
@@ -414,7 +511,7 @@ class Corpus:
         return cls.from_shards(shards, opts)
 
     def with_options(self, **changes: Any) -> Corpus:
-        return Corpus.from_shards(self.shards, replace(self.options, **changes))
+        return Corpus.from_shards(self.shards, replace(self.options, **changes), self.inputs)
 
     def __repr__(self) -> str:
         return f"Corpus({len(self.shards)} shards, text_field={self.options.text_field!r})"
@@ -454,13 +551,16 @@ class Corpus:
 
     def write(self, out_dir: str | os.PathLike, fmt: str | None = None) -> list[Path]:
         """Copy (and convert) the corpus into `out_dir`, one output per shard, atomically."""
+        self.check_output(out_dir)
         outs = []
-        for shard in self.shards:
-            final = Path(out_dir) / output_name(shard, fmt)
-            with ShardWriter.atomic(final, self.options) as w:
-                for batch in shard.read(self.options):
-                    w.write(batch)
-            outs.append(final)
+        with folder_lock(out_dir):
+            mark_output(out_dir, "corpus")
+            for shard in self.shards:
+                final = Path(out_dir) / output_name(shard, fmt)
+                with ShardWriter.atomic(final, self.options) as w:
+                    for batch in shard.read(self.options):
+                        w.write(batch)
+                outs.append(final)
         return outs
 
     def to_hf(self, cache_dir: str | os.PathLike | None = None) -> Any:

@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from assay._files import package_versions, read_json, stable_hash64, write_json
+from assay._guard import UnsafeOutputError
 from assay.corpus import write_shard
 
 DOMAINS = ("news", "math", "code", "reference")
@@ -273,6 +274,18 @@ def build_demo_corpus(
             f"{root} holds a demo corpus built with other settings {manifest.get('settings')}; use overwrite"
         )
 
+    if root.is_dir():  # never write the demo over a folder of someone else's files
+        foreign = sorted(
+            p.name
+            for p in root.iterdir()
+            if not p.name.startswith(".")
+            and p.name not in ("train", "heldout", "targets", MANIFEST)
+        )
+        if foreign:
+            raise UnsafeOutputError(
+                f"{root} holds files that are not a demo corpus ({', '.join(foreign[:3])}); "
+                "build the demo corpus in a new or empty folder"
+            )
     schema = {"id": pl.String, "text": pl.String, "domain": pl.String, "source": pl.String}
     counts: dict[str, dict[str, Any]] = {}
     for domain in domains:

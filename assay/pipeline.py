@@ -10,26 +10,42 @@
 Re-running skips finished work: every step is resumable on its own, and a step whose
 configuration (or whose inputs) changed since the last run is cleared and redone, together with
 what depends on it. `overwrite=True` redoes everything.
+
+The run directory is assay's own: it is refused if it equals, holds or lies inside any input of
+the recipe, locked while a run writes it, and a step folder is deleted (to redo the step) only
+if it lies inside the run directory and carries assay's marker.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from assay._files import (
     atomic_path,
     config_hash,
     fingerprint,
+    folder_fingerprint,
     package_versions,
     read_json,
     write_json,
+)
+from assay._guard import (
+    MARKER,
+    UnsafeOutputError,
+    check_output,
+    check_writable_folder,
+    folder_lock,
+    is_assay_output,
+    safe_rmtree,
 )
 from assay.corpus import Corpus, corpus_stats
 from assay.recipe import (
@@ -92,6 +108,30 @@ class _Context:
         self.hashes: dict[str, str] = {}
         self.outputs: dict[str, dict[str, str]] = {}
         self.inputs: dict[str, Any] = {}
+        self.step_dir = run_dir  # the folder of the step being prepared
+
+    def external(self, corpus: Corpus) -> Corpus:
+        """A corpus given by path: the run must not write over, into or around it.
+
+        A path inside the run directory is accepted only in the folder of an earlier step (a
+        step may read what another wrote); never in the folder of the step that reads it,
+        which is cleared when the step is redone.
+        """
+        run = Path(os.path.realpath(self.run_dir))
+        for raw in corpus.input_paths():
+            path = Path(os.path.realpath(raw))
+            if not path.is_relative_to(run) or path == run:
+                check_output(self.run_dir, [raw], "run directory")
+                continue
+            top = run / path.relative_to(run).parts[0]
+            if top == Path(os.path.realpath(self.step_dir)) or not (
+                (top / STEP_FILE).exists() or (top / MARKER).exists()
+            ):
+                raise UnsafeOutputError(
+                    f"{raw} lies inside the run directory {self.run_dir} but not in the folder "
+                    "of an earlier step: the run could write over it; move it out of the run"
+                )
+        return corpus
 
     def corpus(self, spec: CorpusSpec | None) -> tuple[Corpus, list[dict[str, Any]]]:
         spec = spec or self.recipe.corpus
@@ -108,6 +148,8 @@ class _Context:
             else:
                 paths = [outputs.get("selected") or outputs.get("corpus") or outputs["train"]]
         corpus = spec.open(paths)
+        if spec.step is None:
+            self.external(corpus)
         fp = corpus.fingerprint()
         for entry in fp:
             self.inputs[entry.get("path", entry["name"])] = entry
@@ -132,7 +174,55 @@ def run_recipe(
     elif overrides:
         raise ValueError("overrides apply to recipe files; edit the Recipe object instead")
     root = Path(run_dir) if run_dir else recipe.resolved_run_dir
-    root.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(root)
+    for path in _external_paths(recipe):  # before the run directory is created
+        if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root)):
+            check_output(root, [path], "run directory")
+    with folder_lock(root):
+        if not (root / MARKER).exists():
+            write_json(root / MARKER, {"made_by": "assay", "kind": "run"})
+        return _run(recipe, root, overwrite, runner, progress)
+
+
+def _check_run_dir(root: Path) -> None:
+    """A run directory is new, empty or assay's own (a previous run of a recipe)."""
+    if root.exists() and not root.is_dir():
+        raise UnsafeOutputError(f"the run directory {root} is a file")
+    legacy = (root / "recipe.yaml").exists() and (root / "env.json").exists()
+    if root.is_dir() and not legacy and not is_assay_output(root):
+        foreign = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+        if foreign:
+            raise UnsafeOutputError(
+                f"the run directory {root} holds files that assay did not write "
+                f"({', '.join(foreign[:3])}); choose a new or empty folder (run_dir)"
+            )
+
+
+def _external_paths(recipe: Recipe) -> list[str]:
+    """Every corpus path a recipe names (the fixed part of a glob), wherever it is declared.
+
+    Paths inside the run directory are checked when the step that reads them runs.
+    """
+    found: list[str] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, CorpusSpec):
+            for p in node.paths:
+                found.append(p[: min((p.index(c) for c in "*?[" if c in p), default=len(p))] or ".")
+        elif isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                visit(getattr(node, name))
+        elif isinstance(node, list | tuple):
+            for item in node:
+                visit(item)
+
+    visit(recipe)
+    return found
+
+
+def _run(
+    recipe: Recipe, root: Path, overwrite: bool, runner: Runner | None, progress: bool
+) -> RunOutcome:
     runner = runner or make_runner(
         recipe.runner.kind, recipe.runner.workers, recipe.runner.address, progress=progress
     )
@@ -159,6 +249,8 @@ def run_recipe(
 
 def _run_step(step: Any, ctx: _Context) -> StepOutcome:
     step_dir = ctx.run_dir / step.name
+    check_writable_folder(step_dir)  # a folder of the step's name that assay did not make
+    ctx.step_dir = step_dir
     t0 = time.perf_counter()
     executor = _EXECUTORS[type(step)]
     # The step's identity: its config, the recipe seed, the upstream steps it reads, its inputs.
@@ -169,7 +261,9 @@ def _run_step(step: Any, ctx: _Context) -> StepOutcome:
     previous = read_json(state_path) if state_path.exists() else None
     changed = previous is not None and previous.get("hash") != h
     if ctx.overwrite or changed:
-        shutil.rmtree(step_dir, ignore_errors=True)
+        safe_rmtree(step_dir, within=ctx.run_dir)
+    if not (step_dir / MARKER).exists():
+        write_json(step_dir / MARKER, {"made_by": "assay", "kind": "step", "step": step.kind})
     reused = (
         previous is not None
         and not changed
@@ -219,8 +313,9 @@ def _score(step: ScoreStep, ctx: _Context, step_dir: Path) -> Any:
 
     corpus, fp = ctx.corpus(step.corpus)
     identity: dict[str, Any] = {"corpus": fp}
+    seed = ctx.seed(step.seed)
     if step.fit is not None:
-        pos = step.fit.positive.open()
+        pos = ctx.external(step.fit.positive.open())
         identity["positive"] = pos.fingerprint()
 
     def prepare(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
@@ -233,12 +328,18 @@ def _score(step: ScoreStep, ctx: _Context, step_dir: Path) -> Any:
                 scorer = load_scorer(model_dir)
             else:
                 scorer = make_scorer(step.scorer, **step.params)
-                seed = ctx.seed(step.fit.seed)
-                negative = corpus if step.fit.negative == "corpus" else step.fit.negative.open()
-                pos_texts = pos.sample(step.fit.n, seed=seed).get_column("text").to_list()
-                neg_texts = negative.sample(step.fit.n, seed=seed + 1).get_column("text").to_list()
+                fit_seed = ctx.seed(step.fit.seed)
+                negative = (
+                    corpus
+                    if step.fit.negative == "corpus"
+                    else ctx.external(step.fit.negative.open())
+                )
+                pos_texts = pos.sample(step.fit.n, seed=fit_seed).get_column("text").to_list()
+                neg_texts = (
+                    negative.sample(step.fit.n, seed=fit_seed + 1).get_column("text").to_list()
+                )
                 try:
-                    scorer.fit(pos_texts, neg_texts, seed=seed, balance=step.fit.balance)
+                    scorer.fit(pos_texts, neg_texts, seed=fit_seed, balance=step.fit.balance)
                 except TypeError as e:
                     raise ValueError(
                         f"step {step.name!r}: scorer {step.scorer!r} does not train from positive/negative examples ({e})"
@@ -248,10 +349,19 @@ def _score(step: ScoreStep, ctx: _Context, step_dir: Path) -> Any:
             if report.exists():
                 summary["fit"] = read_json(report)
         else:
-            scorer = make_scorer(step.scorer, **step.params)
+            scorer = make_scorer(step.scorer, **_seeded(step.scorer, step.params, seed))
         return _score_all(scorer, corpus, step_dir, ctx, summary)
 
     return identity, prepare
+
+
+def _seeded(scorer: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The step's scorer parameters, with the recipe's seed for a scorer that takes one and was
+    not given one, so that a recipe run with another seed is another random draw."""
+    from assay.selection.base import scorer_class
+
+    accepts = inspect.signature(scorer_class(scorer).__init__).parameters
+    return {"seed": seed, **params} if "seed" in accepts and "seed" not in params else params
 
 
 def _score_all(
@@ -277,15 +387,7 @@ def _score_all(
 
 def _folder_id(path: str) -> str | None:
     """A model folder's content fingerprint, so that retraining into it redoes the step."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return None
-    files = sorted(
-        f
-        for f in folder.rglob("*")
-        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".gguf"}
-    )
-    return config_hash([fingerprint(f) for f in files])
+    return folder_fingerprint(path, (".json", ".safetensors", ".bin", ".gguf"))
 
 
 def _targets_identity(spec: Any) -> dict[str, Any]:

@@ -12,24 +12,71 @@ kind; two steps of one kind need explicit names. Overrides address top-level key
 name: `assay run recipes/quickstart.yaml select.keep=0.2 runner.workers=2`. Values are parsed as
 YAML, so `keep=0.2`, `paths=[a,b]` and `id_field=null` do what they look like.
 
-Unknown keys are errors (a typo never silently falls back to a default).
+Unknown keys are errors (a typo never silently falls back to a default), and so are numbers
+that are not finite (`.nan`, `.inf`) and booleans where a number is expected (`keep: true`).
+Recipe and step names are plain identifiers: they name folders of the run directory.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from assay.corpus import DEFAULT_MAX_CHARS, Corpus
+from assay.proxies.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
+
+#: A recipe or step name: it becomes a folder name, and a dotted override's first part.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type accepts true/false as such (not as the number 1 or 0)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _admits_bool(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_bool(a) for a in typing.get_args(annotation))
+    return origin is Literal and any(isinstance(a, bool) for a in typing.get_args(annotation))
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if isinstance(value, bool) and field and not _admits_bool(field.annotation):
+                    raise ValueError(f"{key}: expected a number or text, not {str(value).lower()}")
+        return data
+
+
+def check_name(name: str, what: str) -> str:
+    if not re.match(NAME_PATTERN, name):
+        raise ValueError(
+            f"{what} {name!r} must be a plain name (letters, digits, '_' and '-', starting with "
+            "a letter or digit): it names a folder of the run directory"
+        )
+    return name
 
 
 class CorpusSpec(_Strict):
@@ -73,6 +120,11 @@ class RunnerSpec(_Strict):
 class _Step(_Strict):
     name: str = ""
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return check_name(v, "step name")
+
 
 class DemoCorpusStep(_Step):
     """Build the real-text demo corpus (skipped if it is already there)."""
@@ -102,6 +154,7 @@ class ScoreStep(_Step):
     params: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None
     fit: FitSpec | None = None
+    seed: int | None = None  # for scorers that take one (random); default: the recipe's seed
     corpus: CorpusSpec | None = None
 
     @model_validator(mode="after")
@@ -149,7 +202,7 @@ class TokenizerStep(_Step):
 
     kind: Literal["tokenizer"] = "tokenizer"
     corpus: CorpusSpec | None = None
-    vocab_size: int = Field(default=2048, ge=258)
+    vocab_size: int = Field(default=2048, ge=MIN_VOCAB_SIZE, le=MAX_VOCAB_SIZE)
     sample_docs: int = Field(default=20_000, ge=1)
     seed: int | None = None
 
@@ -399,7 +452,8 @@ class MixtureStep(_Step):
     method: Literal["natural", "uniform", "temperature", "unimax", "entropy"]
     corpus: CorpusSpec | None = None
     tokenizer: str | None = None
-    vocab_size: int = Field(default=2048, ge=258)  # of the tokenizer trained when none is given
+    # of the tokenizer trained when none is given
+    vocab_size: int = Field(default=2048, ge=MIN_VOCAB_SIZE, le=MAX_VOCAB_SIZE)
     t: float = Field(default=2.0, gt=0)
     budget: float | None = Field(default=None, gt=0)
     max_epochs: float = Field(default=1.0, gt=0)
@@ -461,6 +515,11 @@ class Recipe(_Strict):
     corpus: CorpusSpec | None = None
     runner: RunnerSpec = Field(default_factory=RunnerSpec)
     steps: list[Step]
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return check_name(v, "recipe name")
 
     @model_validator(mode="after")
     def _check_steps(self) -> Recipe:

@@ -7,11 +7,16 @@ A task is any picklable object with
 
 The runner owns the bookkeeping every task needs, so tasks stay small:
 
-* **resume**: a shard is done when its output exists; finished shards are skipped unless
-  `overwrite=True`. The output is written under a temporary name and renamed only after the
-  task returned and its stats were saved, so a killed run never leaves half a file behind.
+* **resume by content**: a shard is done when its output exists and its stats record the same
+  *source* as now: the input shard's identity (name, size, modification time, a hash of its
+  first and last MiB) plus whatever else the task reads (`task.source(shard)`, for instance
+  the score files a selection used). A shard whose input changed is redone; finished shards are
+  otherwise skipped unless `overwrite=True`. The output is written under a temporary name and
+  renamed when the task returned; the stats, written last, are the record that it is complete.
 * **stats**: each shard's `ShardStats` is saved in `<out>/_stats/<shard>.json`; all of them,
   resumed ones included, are merged into `<out>/_stats.json`.
+* **safety**: an output folder that equals, contains or lies inside an input shard is refused;
+  the folder is locked for the run (a second writer is refused) and marked as assay's.
 
 Everything the runner writes beside the outputs starts with `_` or `.`, which corpus discovery
 skips, so an output folder can be read back as a corpus.
@@ -34,9 +39,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from assay._files import read_json, remove_stale_temps, temp_path_for, write_json
+from assay._files import (
+    json_normal,
+    read_json,
+    remove_stale_temps,
+    temp_path_for,
+    write_json,
+    writing,
+)
+from assay._guard import check_output, folder_lock, mark_output
 from assay._progress import ProgressBar
-from assay.corpus import Shard, ShardStats
+from assay.corpus import FileShard, Shard, ShardStats
 
 STATS_DIR = "_stats"
 STATS_FILE = "_stats.json"
@@ -48,6 +61,16 @@ class ShardTask(Protocol):
     def __call__(self, shard: Shard, out: Path | None) -> ShardStats: ...
 
 
+def shard_source(task: Any, shard: Shard) -> dict[str, Any]:
+    """What a shard's output is made from: the shard's identity, plus `task.source(shard)`
+    when the task reads more (score files, a list of ids to keep, a model)."""
+    source: dict[str, Any] = {"shard": shard.identity()}
+    extra = getattr(task, "source", None)
+    if extra is not None:
+        source["task"] = extra(shard)
+    return json_normal(source)
+
+
 @dataclass
 class RunResult:
     """Merged statistics of one runner call."""
@@ -57,6 +80,8 @@ class RunResult:
     ran: int = 0
     resumed: int = 0
     seconds: float = 0.0
+    #: shards whose output existed but whose input had changed since: redone (part of `ran`)
+    stale: int = 0
 
     @property
     def docs_in(self) -> int:
@@ -85,6 +110,7 @@ class RunResult:
             "shards": len(self.shards),
             "ran": self.ran,
             "resumed": self.resumed,
+            "stale": self.stale,
             "docs_in": self.docs_in,
             "docs_out": self.docs_out,
             "chars_out": self.chars_out,
@@ -141,25 +167,41 @@ def _init_worker(q: Any, env: dict[str, str]) -> None:
 
 
 def execute_shard(
-    task: ShardTask, shard: Shard, final: str | None, stats_path: str | None
+    task: ShardTask,
+    shard: Shard,
+    final: str | None,
+    stats_path: str | None,
+    source: dict[str, Any] | None = None,
 ) -> ShardStats:
-    """Run `task` on one shard; publish its output atomically, stats first."""
+    """Run `task` on one shard; publish its output atomically, then its stats.
+
+    The stats file is the record that the output is complete and what it was made from: it is
+    removed before a shard is redone and written only after the output is in place, so a kill
+    at any point leaves no output that a resumed run would take for finished.
+    """
     t0 = time.perf_counter()
     if final is None:
         stats = task(shard, None)
         stats.seconds = time.perf_counter() - t0
         return stats
     final_path = Path(final)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(final_path):
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+        if stats_path is not None:
+            Path(stats_path).unlink(missing_ok=True)
     tmp = temp_path_for(final_path)
     try:
-        stats = task(shard, tmp)
-        if not tmp.exists():
-            raise RuntimeError(f"{type(task).__name__} wrote no output for shard {shard.name!r}")
-        stats.seconds = time.perf_counter() - t0
+        with writing(final_path):
+            stats = task(shard, tmp)
+            if not tmp.exists():
+                raise RuntimeError(
+                    f"{type(task).__name__} wrote no output for shard {shard.name!r}"
+                )
+            stats.seconds = time.perf_counter() - t0
+            stats.source = source or {}
+            os.replace(tmp, final_path)
         if stats_path is not None:
             write_json(stats_path, stats.to_dict())
-        os.replace(tmp, final_path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -167,14 +209,18 @@ def execute_shard(
 
 
 def _execute_in_ray_worker(
-    task: ShardTask, shard: Shard, final: str | None, stats_path: str | None
+    task: ShardTask,
+    shard: Shard,
+    final: str | None,
+    stats_path: str | None,
+    source: dict[str, Any] | None = None,
 ) -> ShardStats:
     """A Ray task holds one CPU: keep native thread pools to one thread before any work."""
     if os.environ.get("POLARS_MAX_THREADS") != "1":
         os.environ.update(_thread_env(1))
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)
-    return execute_shard(task, shard, final, stats_path)
+    return execute_shard(task, shard, final, stats_path, source)
 
 
 @dataclass
@@ -183,6 +229,7 @@ class _Job:
     shard: Shard
     final: str | None
     stats_path: str | None
+    source: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,12 +251,27 @@ class Runner:
         overwrite: bool = False,
         label: str = "",
     ) -> RunResult:
-        t0 = time.perf_counter()
         label = label or type(task).__name__
-        if out_dir is not None:
+        if out_dir is None:
+            return self._run(task, shards, None, overwrite, label)
+        check_output(out_dir, [s.path for s in shards if isinstance(s, FileShard)])
+        with folder_lock(out_dir):
+            mark_output(out_dir, label)
             remove_stale_temps(out_dir)
+            return self._run(task, shards, out_dir, overwrite, label)
+
+    def _run(
+        self,
+        task: ShardTask,
+        shards: Sequence[Shard],
+        out_dir: str | os.PathLike | None,
+        overwrite: bool,
+        label: str,
+    ) -> RunResult:
+        t0 = time.perf_counter()
         results: dict[int, ShardStats] = {}
         jobs: list[_Job] = []
+        stale = 0
         for i, shard in enumerate(shards):
             name = task.output_name(shard)
             if name is None or out_dir is None:
@@ -217,10 +279,14 @@ class Runner:
                 continue
             final = Path(out_dir) / name
             stats_path = Path(out_dir) / STATS_DIR / f"{shard.name}.json"
+            source = shard_source(task, shard)
             if final.exists() and stats_path.exists() and not overwrite:
-                results[i] = ShardStats.from_dict(read_json(stats_path))
-                continue
-            jobs.append(_Job(i, shard, str(final), str(stats_path)))
+                saved = read_json(stats_path)
+                if saved.get("source") == source:
+                    results[i] = ShardStats.from_dict(saved)
+                    continue
+                stale += 1  # the output was made from something else: redo it
+            jobs.append(_Job(i, shard, str(final), str(stats_path), source))
         resumed = len(results)
         if jobs:
             with _ProgressBar(label, total=len(shards), done=resumed, enabled=self.progress) as bar:
@@ -233,6 +299,7 @@ class Runner:
             ran=len(jobs),
             resumed=resumed,
             seconds=time.perf_counter() - t0,
+            stale=stale,
         )
         # Put the shards that ran last so that to_dict() can compute their throughput.
         ran_idx = {j.index for j in jobs}
@@ -270,7 +337,7 @@ class LocalRunner(Runner):
             previous, _progress_hook = _progress_hook, bar.docs
             try:
                 for job in jobs:
-                    yield job, execute_shard(task, job.shard, job.final, job.stats_path)
+                    yield job, execute_shard(task, job.shard, job.final, job.stats_path, job.source)
             finally:
                 _progress_hook = previous
             return
@@ -290,7 +357,8 @@ class LocalRunner(Runner):
         )
         try:
             futures = {
-                pool.submit(execute_shard, task, j.shard, j.final, j.stats_path): j for j in jobs
+                pool.submit(execute_shard, task, j.shard, j.final, j.stats_path, j.source): j
+                for j in jobs
             }
             pending = set(futures)
             while pending:
@@ -379,7 +447,35 @@ class RayRunner(Runner):
                 kwargs["address"] = self.address
             else:
                 kwargs["num_cpus"] = self.workers
-            ray.init(**kwargs)
+            # With no address (nor RAY_ADDRESS, which ray.init would connect to) a local
+            # cluster starts, and it must listen on the loopback interface only: otherwise its
+            # GCS, raylet, workers and agents bind to every interface (0.0.0.0 / ::) or to the
+            # host's external IP, and anyone who reaches the host could submit code to them.
+            if self.address or os.environ.get("RAY_ADDRESS", "") not in ("", "local"):
+                ray.init(**kwargs)
+                return ray
+            # Each Ray service binds to loopback exactly when the node IP is the loopback
+            # address. But ray.init rewrites a loopback `_node_ip_address` (a private
+            # argument; there is no public one) to the host's external IP unless
+            # `ray._private.ray_constants.ENABLE_RAY_CLUSTER` (private, read from
+            # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported) is false, so clear that
+            # flag for the start only, unless the user set the variable. The services get the
+            # node IP on their command lines, so nothing else needs changing.
+            try:
+                from ray._private import ray_constants
+            except ImportError:  # pragma: no cover - depends on the Ray version
+                ray_constants = None
+            patch = hasattr(ray_constants, "ENABLE_RAY_CLUSTER") and (
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+            )
+            saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+            if patch:
+                ray_constants.ENABLE_RAY_CLUSTER = False
+            try:
+                ray.init(**kwargs, _node_ip_address="127.0.0.1")
+            finally:
+                if patch:
+                    ray_constants.ENABLE_RAY_CLUSTER = saved
         return ray
 
     def _execute(
@@ -388,7 +484,9 @@ class RayRunner(Runner):
         ray = self._ensure_ray()
         remote = ray.remote(num_cpus=1, max_retries=0)(_execute_in_ray_worker)
         task_ref = ray.put(task)
-        pending = {remote.remote(task_ref, j.shard, j.final, j.stats_path): j for j in jobs}
+        pending = {
+            remote.remote(task_ref, j.shard, j.final, j.stats_path, j.source): j for j in jobs
+        }
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)

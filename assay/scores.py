@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from assay._files import read_json, write_json
+from assay._files import folder_fingerprint, read_json, read_parquet, write_json
+from assay._guard import folder_lock, mark_output
 from assay._read import prefetched
-from assay.corpus import Corpus, ReadOptions, Shard, ShardStats, ShardWriter
+from assay.corpus import RESERVED_COLUMNS, Corpus, ReadOptions, Shard, ShardStats, ShardWriter
 from assay.runner import LocalRunner, Runner, RunResult, report_progress
 from assay.selection.base import Scorer
 
@@ -41,6 +42,9 @@ class ScoreTask:
 
     def output_name(self, shard: Shard) -> str:
         return f"{shard.stem}.parquet"
+
+    def source(self, shard: Shard) -> dict[str, Any]:
+        return scorer_identity(self.scorer)
 
     def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
         assert out is not None
@@ -71,11 +75,21 @@ class ScoreTask:
             stats.docs_out += batch.height
             report_progress(batch.height)
         writer.close(schema_if_empty={"id": pl.String, **dict.fromkeys(columns, pl.Float32)})
-        _check_unique_ids(ids, shard)
+        check_unique_ids(ids, shard)
         return stats
 
 
-def _check_unique_ids(ids: list[pl.Series], shard: Shard) -> None:
+def scorer_identity(scorer: Scorer) -> dict[str, Any]:
+    """What scores depend on: the scorer's kind and settings, and the content of its saved
+    model files (without their modification times: saving the same model again is the same)."""
+    return {
+        "kind": scorer.kind,
+        "config": scorer.get_config(),
+        "model": folder_fingerprint(scorer.path, mtime=False) if scorer.path else None,
+    }
+
+
+def check_unique_ids(ids: list[pl.Series], shard: Shard) -> None:
     if not ids:
         return
     all_ids = pl.concat(ids)
@@ -85,6 +99,16 @@ def _check_unique_ids(ids: list[pl.Series], shard: Shard) -> None:
             f"duplicate id {dup[0]!r} in shard {shard.name}: ids must be unique within a shard "
             "(pass id_field=None to generate ids from file and line)"
         )
+
+
+def check_score_columns(columns: Sequence[str], where: str) -> None:
+    """Refuse score column names that assay's tables already use for something else."""
+    for c in columns:
+        if c in RESERVED_COLUMNS:
+            raise ValueError(
+                f"{where}: a score column cannot be named {c!r}; {', '.join(RESERVED_COLUMNS)} "
+                "are reserved (set the scorer's column name to something else)"
+            )
 
 
 def score_corpus(
@@ -102,32 +126,36 @@ def score_corpus(
     """
     runner = runner or LocalRunner(workers=1)
     out = Path(out_dir)
-    in_process = isinstance(runner, LocalRunner) and runner.workers == 1
-    if not in_process and scorer.path is None and not scorer.portable:
-        scorer.save(out / SCORER_SUBDIR)
-    meta_path = out / SCORES_META
-    meta = {
-        "columns": scorer.columns,
-        "scorer": {"type": scorer.kind, "config": scorer.get_config(), "path": scorer.path},
-    }
-    if meta_path.exists() and not overwrite:
-        old = read_json(meta_path)
-        if (
-            old.get("columns") != meta["columns"]
-            or old.get("scorer", {}).get("config") != meta["scorer"]["config"]
-        ):
-            raise ValueError(
-                f"{out} already holds scores from another scorer ({old.get('scorer')}); "
-                "use another folder or overwrite=True"
-            )
-    write_json(meta_path, meta)
-    return runner.run(
-        ScoreTask(scorer, corpus.options),
-        corpus.shards,
-        out,
-        overwrite=overwrite,
-        label=f"score:{scorer.kind}",
-    )
+    corpus.check_output(out, "scores folder")
+    check_score_columns(scorer.columns, f"scorer {scorer.kind}")
+    with folder_lock(out):
+        mark_output(out, "scores")
+        in_process = isinstance(runner, LocalRunner) and runner.workers == 1
+        if not in_process and scorer.path is None and not scorer.portable:
+            scorer.save(out / SCORER_SUBDIR)
+        meta_path = out / SCORES_META
+        meta = {
+            "columns": scorer.columns,
+            "scorer": {"type": scorer.kind, "config": scorer.get_config(), "path": scorer.path},
+        }
+        if meta_path.exists() and not overwrite:
+            old = read_json(meta_path)
+            if (
+                old.get("columns") != meta["columns"]
+                or old.get("scorer", {}).get("config") != meta["scorer"]["config"]
+            ):
+                raise ValueError(
+                    f"{out} already holds scores from another scorer ({old.get('scorer')}); "
+                    "use another folder or overwrite=True"
+                )
+        write_json(meta_path, meta)
+        return runner.run(
+            ScoreTask(scorer, corpus.options),
+            corpus.shards,
+            out,
+            overwrite=overwrite,
+            label=f"score:{scorer.kind}",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +185,8 @@ class ScoreSet:
             raise ValueError("no scores folders given")
         self.dirs = [Path(d) for d in dirs]
         self.columns_by_dir = {d: score_columns(d) for d in self.dirs}
+        for d, cols in self.columns_by_dir.items():
+            check_score_columns(cols, f"scores folder {d}")
         owner: dict[str, Path] = {}
         for d, cols in self.columns_by_dir.items():
             for c in cols:
@@ -186,10 +216,18 @@ class ScoreSet:
                 raise FileNotFoundError(
                     f"no scores for shard {shard.name!r} in {d} (expected {path})"
                 )
-            part = pl.read_parquet(path, columns=["id", *take])
+            part = read_parquet(path, columns=["id", *take])
             frame = part if frame is None else frame.join(part, on="id", how="full", coalesce=True)
         assert frame is not None
         return frame
+
+    def files_for(self, shard: Shard, columns: Sequence[str]) -> list[Path]:
+        """The score files a shard's `columns` are read from (to record what a result used)."""
+        return [
+            score_file(d, shard)
+            for d, cols in self.columns_by_dir.items()
+            if any(c in cols for c in columns)
+        ]
 
     def read_all(
         self, shards: Sequence[Shard], columns: Sequence[str] | None = None
@@ -203,6 +241,12 @@ class ScoreSet:
 
 def join_scores(batch: pl.DataFrame, scores: pl.DataFrame) -> pl.DataFrame:
     """Attach score columns to a batch of documents, keeping the batch's row order."""
+    clash = [c for c in scores.columns if c != "id" and c in batch.columns]
+    if clash:
+        raise ValueError(
+            f"the corpus has fields named like score columns ({', '.join(clash)}); a score "
+            "would be confused with the field: give the scorer another column name"
+        )
     return batch.join(scores, on="id", how="left", maintain_order="left")
 
 

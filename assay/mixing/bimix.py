@@ -371,8 +371,9 @@ def fit_bimix(
     import polars as pl
 
     from assay._files import write_json
+    from assay._guard import check_output
     from assay.mixing.propose import MixtureProposer
-    from assay.mixing.proxy_runs import train_mixtures
+    from assay.mixing.proxy_runs import heldout_paths, train_mixtures
     from assay.proxies.data import TokenCache
     from assay.proxies.runs import RunsTable
     from assay.proxies.train import TrainConfig
@@ -385,6 +386,8 @@ def fit_bimix(
             "check its extrapolation"
         )
     out = Path(out_dir)
+    check_output(out, heldout_paths(heldout), "BiMix folder")
+    check_output(out, [cache_dir], "BiMix folder", may_contain=True)
     cfg = TrainConfig(**dict(train or {}))
     cache = TokenCache.open(cache_dir)
     counts = {d: t.n_tokens for d, t in cache.domains.items() if t.n_tokens > 0}

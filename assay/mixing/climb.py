@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from assay._files import write_json
+from assay._guard import check_output
 from assay.mixing.mixture import Mixture
 from assay.mixing.predictors import heldout_spearman, make_predictor
 from assay.mixing.propose import MixtureProposer
-from assay.mixing.proxy_runs import train_mixtures
+from assay.mixing.proxy_runs import heldout_paths, train_mixtures
 
 
 def split_budget(runs: int, split: Sequence[float]) -> list[int]:
@@ -214,6 +215,8 @@ def search_mixture(
     counts = {d: t.n_tokens for d, t in cache.domains.items()}
     search = ClimbSearch(counts, predictor=predictor, candidates=candidates, seed=seed, budget=tokens, **proposer)  # fmt: skip
     out = Path(out_dir)
+    check_output(out, heldout_paths(heldout), "search folder")
+    check_output(out, [cache_dir], "search folder", may_contain=True)
     table = out / "runs.parquet"
     result_runs: list[dict[str, Any]] = []
     for it, n in enumerate(per_iter):

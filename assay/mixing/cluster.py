@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from assay._files import atomic_path, read_json, write_json
+from assay._guard import check_output, folder_lock, mark_output
 from assay.corpus import Corpus, ReadOptions, Shard, ShardStats, ShardWriter, output_name
 from assay.embed import Embedder
 from assay.runner import Runner, report_progress
@@ -193,68 +194,77 @@ def cluster_corpus(
     from assay.runner import LocalRunner
 
     out = Path(out_dir)
-    if isinstance(embedder, Embedder):
-        emb = embedder
-    else:
-        emb = Embedder(**embedder) if isinstance(embedder, dict) else Embedder(embedder)
-    frame = corpus.sample(sample, seed=seed)
-    if frame.height < 2:
-        raise ValueError(f"the corpus has {frame.height} documents: too few to cluster")
-    k = k_init or default_k(frame.height)
-    vecs = emb.embed(frame.get_column("text").to_list())
-    centroids = kmeans(vecs, k, seed=seed)
-    labels = nearest(vecs, centroids)
-
-    keep = np.ones(k, dtype=bool)
+    corpus.check_output(out, "clusters folder")
     if prune_scores is not None:
-        if prune_column is None or prune_below is None:
-            raise ValueError("pruning needs prune_column and prune_below as well as prune_scores")
-        from assay.scores import read_scores
+        check_output(out, [prune_scores], "clusters folder")
+    with folder_lock(out):
+        mark_output(out, "clusters")
+        if isinstance(embedder, Embedder):
+            emb = embedder
+        else:
+            emb = Embedder(**embedder) if isinstance(embedder, dict) else Embedder(embedder)
+        frame = corpus.sample(sample, seed=seed)
+        if frame.height < 2:
+            raise ValueError(f"the corpus has {frame.height} documents: too few to cluster")
+        k = k_init or default_k(frame.height)
+        vecs = emb.embed(frame.get_column("text").to_list())
+        centroids = kmeans(vecs, k, seed=seed)
+        labels = nearest(vecs, centroids)
 
-        scores = read_scores(str(prune_scores), corpus, [prune_column]).select("id", prune_column)
-        joined = (
-            frame.select("id")
-            .with_columns(pl.Series("c", labels))
-            .join(scores, on="id", how="left")
-        )
-        if joined.get_column(prune_column).null_count():
-            raise ValueError(
-                f"{prune_scores} has no {prune_column!r} score for some sampled documents"
+        keep = np.ones(k, dtype=bool)
+        if prune_scores is not None:
+            if prune_column is None or prune_below is None:
+                raise ValueError(
+                    "pruning needs prune_column and prune_below as well as prune_scores"
+                )
+            from assay.scores import read_scores
+
+            scores = read_scores(str(prune_scores), corpus, [prune_column]).select(
+                "id", prune_column
             )
-        means = joined.group_by("c").agg(pl.col(prune_column).mean())
-        for c, m in means.iter_rows():
-            keep[c] = m >= prune_below
-        if not keep.any():
-            raise ValueError(f"every cluster's mean {prune_column} is below {prune_below}")
-    kept = np.flatnonzero(keep)
-    # clusters too small to be a domain (outliers: tables, boilerplate) join their nearest
-    # large cluster rather than becoming a domain of a few documents with no held-out data
-    sizes = np.bincount(labels, minlength=k)
-    small = keep & (sizes < min_cluster_share * frame.height)
-    big = np.flatnonzero(keep & ~small)
-    if not len(big):
-        raise ValueError(f"every cluster holds less than {min_cluster_share:.1%} of the sample")
-    merged = merge_centroids(centroids[big], distance=merge_distance, n_domains=n_domains)
-    domain_of = [PRUNED] * k
-    for c, d in zip(big, merged, strict=True):
-        domain_of[c] = f"cluster_{d:02d}"
-    for c in np.flatnonzero(small):
-        domain_of[c] = domain_of[big[np.argmin(((centroids[big] - centroids[c]) ** 2).sum(1))]]
+            joined = (
+                frame.select("id")
+                .with_columns(pl.Series("c", labels))
+                .join(scores, on="id", how="left")
+            )
+            if joined.get_column(prune_column).null_count():
+                raise ValueError(
+                    f"{prune_scores} has no {prune_column!r} score for some sampled documents"
+                )
+            means = joined.group_by("c").agg(pl.col(prune_column).mean())
+            for c, m in means.iter_rows():
+                keep[c] = m >= prune_below
+            if not keep.any():
+                raise ValueError(f"every cluster's mean {prune_column} is below {prune_below}")
+        kept = np.flatnonzero(keep)
+        # clusters too small to be a domain (outliers: tables, boilerplate) join their nearest
+        # large cluster rather than becoming a domain of a few documents with no held-out data
+        sizes = np.bincount(labels, minlength=k)
+        small = keep & (sizes < min_cluster_share * frame.height)
+        big = np.flatnonzero(keep & ~small)
+        if not len(big):
+            raise ValueError(f"every cluster holds less than {min_cluster_share:.1%} of the sample")
+        merged = merge_centroids(centroids[big], distance=merge_distance, n_domains=n_domains)
+        domain_of = [PRUNED] * k
+        for c, d in zip(big, merged, strict=True):
+            domain_of[c] = f"cluster_{d:02d}"
+        for c in np.flatnonzero(small):
+            domain_of[c] = domain_of[big[np.argmin(((centroids[big] - centroids[c]) ** 2).sum(1))]]
 
-    # the fitted state first, so that held-out or new shards can be assigned the same way
-    with atomic_path(out / CENTROIDS_FILE) as tmp, open(tmp, "wb") as f:
-        np.savez(f, centroids=centroids, domain_of=np.asarray(domain_of, dtype=str))
-    write_json(out / "_embedder.json", emb.get_config())
-    side = out / "domains"
-    side.mkdir(parents=True, exist_ok=True)
-    task = AssignTask(emb, centroids, domain_of, str(side), corpus.options)
-    runner = runner or LocalRunner(workers=1)
-    runner.run(task, corpus.shards, out / "corpus", overwrite=overwrite, label="cluster")
+        # the fitted state first, so that held-out or new shards can be assigned the same way
+        with atomic_path(out / CENTROIDS_FILE) as tmp, open(tmp, "wb") as f:
+            np.savez(f, centroids=centroids, domain_of=np.asarray(domain_of, dtype=str))
+        write_json(out / "_embedder.json", emb.get_config())
+        side = out / "domains"
+        side.mkdir(parents=True, exist_ok=True)
+        task = AssignTask(emb, centroids, domain_of, str(side), corpus.options)
+        runner = runner or LocalRunner(workers=1)
+        runner.run(task, corpus.shards, out / "corpus", overwrite=overwrite, label="cluster")
 
-    report = _report(out, frame, labels, domain_of, k, kept, seed)
-    report["absorbed_clusters"] = [int(c) for c in np.flatnonzero(small)]
-    write_json(out / "_clusters.json", report)
-    return ClusterResult(str(out), k, report["domains"], [int(c) for c in np.flatnonzero(~keep)], frame.height)  # fmt: skip
+        report = _report(out, frame, labels, domain_of, k, kept, seed)
+        report["absorbed_clusters"] = [int(c) for c in np.flatnonzero(small)]
+        write_json(out / "_clusters.json", report)
+        return ClusterResult(str(out), k, report["domains"], [int(c) for c in np.flatnonzero(~keep)], frame.height)  # fmt: skip
 
 
 def _report(
@@ -322,6 +332,9 @@ def assign_domains(
         centroids, domain_of = z["centroids"], [str(d) for d in z["domain_of"]]
     emb = Embedder(**read_json(src / "_embedder.json"))
     out = Path(out_dir)
+    corpus.check_output(out, "output folder")
+    # the clustering it reads (a held-out labelling may live in a subfolder of it)
+    check_output(out, [src / CENTROIDS_FILE, src / "corpus", src / "domains"], "output folder")
     side = out / "domains"
     side.mkdir(parents=True, exist_ok=True)
     task = AssignTask(emb, centroids, domain_of, str(side), corpus.options)

@@ -40,6 +40,13 @@ def token_cache_for(
     return cache, str(tokenizer)
 
 
+def heldout_paths(heldout: Sequence[str] | str | None) -> list[str]:
+    """The held-out paths a proxy batch reads, as a list (none, one or several)."""
+    if heldout is None:
+        return []
+    return [heldout] if isinstance(heldout, str | os.PathLike) else [str(h) for h in heldout]
+
+
 def _train_one(job: dict[str, Any]) -> dict[str, Any]:
     from assay.corpus import Corpus
     from assay.proxies.data import TokenCache

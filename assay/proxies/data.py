@@ -160,17 +160,21 @@ class TokenCache:
         eos_id = tokenizer.eos_token_id if hasattr(tokenizer, "eos_token_id") else None
         if eos_id is None:
             raise ValueError("the tokenizer has no EOS token; documents could not be separated")
+        corpus.check_output(r, "token cache")
         identity = {
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "corpus": [s.name for s in corpus.shards],
             "domain_column": domain_column,
+            # the shards' content: a cache of a corpus edited since is not that corpus' tokens
+            "content": config_hash([s.identity() for s in corpus.shards]),
         }
         if (r / cls.META).exists() and not overwrite:
             meta = read_json(r / cls.META)
             if meta.get("identity") == identity:
                 return cls.open(r)
             raise ValueError(
-                f"{r} holds tokens of another corpus or tokenizer; use another folder or overwrite"
+                f"{r} holds tokens of another corpus, tokenizer or version of this corpus "
+                "(a shard changed since); use another folder or overwrite"
             )
         runner = runner or LocalRunner(workers=1)
         task = TokenizeTask(backend, int(eos_id), corpus.options, domain_column)

@@ -21,6 +21,10 @@ from assay.corpus import Corpus
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = [EOS, PAD]
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+#: Far above any proxy's needs (GPT-4's is 100k, Gemma's 256k); a typo like 10**12 would
+#: otherwise make the BPE trainer abort the whole process while allocating.
+MAX_VOCAB_SIZE = 1 << 20
 
 
 def train_tokenizer(
@@ -40,10 +44,12 @@ def train_tokenizer(
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
+    if isinstance(vocab_size, bool) or not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
         raise ValueError(
-            f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (the 256 bytes and special tokens)"
+            f"vocab_size must be between {MIN_VOCAB_SIZE} (the 256 bytes and special tokens) "
+            f"and {MAX_VOCAB_SIZE:,}, not {vocab_size!r}"
         )
+    corpus.check_output(out_dir, "tokenizer folder")
     texts = corpus.sample(sample_docs, seed=seed).get_column("text").to_list()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

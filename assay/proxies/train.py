@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from assay._files import config_hash, read_json, write_json
+from assay._files import config_hash, host_name, read_json, write_json
+from assay._guard import check_output, folder_lock
 from assay._progress import ProgressBar
 from assay.corpus import Corpus
 from assay.mixing.mixture import Mixture, resolve_mixture
@@ -246,183 +247,193 @@ def train_proxy(
         cfg = TrainConfig(**{**asdict(cfg), **overrides})
     get_preset(preset)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-
-    corpus = data if isinstance(data, Corpus) else None
-    tok = _resolve_tokenizer(tokenizer, corpus, preset, out, seed)
-    cache = data if isinstance(data, TokenCache) else TokenCache.build(data, tok, out / "tokens")
-    mix = resolve_mixture(mixture, {d: t.n_tokens for d, t in cache.domains.items()})
-    identity = {
-        "preset": preset,
-        "seed": seed,
-        "tokens": tokens,
-        "mixture": mix.to_dict(),
-        "config": asdict(cfg),
-        "tokenizer": tokenizer_fingerprint(tok),
-        "data": cache.meta.get("identity"),
-        "tasks": tasks or [],
-        "eval_docs": eval_docs,
-    }
-    # Staged settings enter the identity only when used, so that plain runs keep their ids.
-    init_state: dict[str, Any] | None = None
-    if init_from is not None:
-        if not has_training_state(init_from):
-            raise FileNotFoundError(
-                f"init_from={str(init_from)!r} is not a finished proxy run with optimizer state: "
-                "train it with train_proxy(..., keep_optimizer=True)"
-            )
-        init_state = read_json(Path(init_from) / STATE_DIR / "state.json")
-        identity["init_from"] = init_state["run_id"]
-    if schedule_offset or schedule_total is not None:
-        identity["schedule"] = [schedule_offset, schedule_total]
-    if schedule_offset < 0:
-        raise ValueError("schedule_offset must be >= 0")
-    run_id = config_hash(identity)
-    if (out / RUN_FILE).exists():
-        done = read_json(out / RUN_FILE)
-        if done.get("run_id") == run_id:
-            if keep_optimizer and not (out / STATE_DIR / "optimizer.pt").exists():
-                raise ValueError(
-                    f"{out} holds this run finished without its optimizer state; train it again "
-                    "with keep_optimizer=True in another folder"
-                )
-            run = ProxyRun(**done)
-            if runs_table is not None:
-                from assay.proxies.runs import RunsTable
-
-                RunsTable(runs_table).append(run)
-            return run
-        raise ValueError(f"{out} holds a finished run with other settings; use another folder")
-
-    packed = pack_mixture(
-        cache, mix, tokens, cfg.seq_len, seed=seed, max_epochs=cfg.max_epochs, on_cap=cfg.on_cap
-    )
-    per_step = cfg.batch_size * cfg.grad_accum
-    steps = len(packed.input_ids) // per_step
-    if steps < 1:
-        raise ValueError(
-            f"{tokens:,} tokens make fewer than one step of {per_step} sequences x {cfg.seq_len} tokens"
-        )
-    total_steps = steps if schedule_total is None else schedule_total
-    if schedule_offset + steps > total_steps:
-        raise ValueError(
-            f"schedule_total={total_steps} is less than schedule_offset + steps "
-            f"({schedule_offset} + {steps}); the schedule must cover this run"
-        )
-
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16" if torch.cuda.is_available() else "no",
-    )
-    model = build_model(preset, cache.vocab_size, cfg.seq_len, arch=cfg.arch, seed=seed)
-    optimizer = make_optimizer(model, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    evalset = None
+    if isinstance(data, Corpus):
+        data.check_output(out, "run folder")
+    else:
+        check_output(out, [data.root], "run folder", may_contain=True)
     if heldout is not None:
-        from assay.eval.loss import build_eval_set
+        heldout.check_output(out, "run folder")
+    with folder_lock(out):
+        t_start = time.perf_counter()
 
-        evalset = build_eval_set(heldout, tok, cfg.seq_len, max_docs_per_group=eval_docs, seed=seed)
+        corpus = data if isinstance(data, Corpus) else None
+        tok = _resolve_tokenizer(tokenizer, corpus, preset, out, seed)
+        cache = (
+            data if isinstance(data, TokenCache) else TokenCache.build(data, tok, out / "tokens")
+        )
+        mix = resolve_mixture(mixture, {d: t.n_tokens for d, t in cache.domains.items()})
+        identity = {
+            "preset": preset,
+            "seed": seed,
+            "tokens": tokens,
+            "mixture": mix.to_dict(),
+            "config": asdict(cfg),
+            "tokenizer": tokenizer_fingerprint(tok),
+            "data": cache.meta.get("identity"),
+            "tasks": tasks or [],
+            "eval_docs": eval_docs,
+        }
+        # Staged settings enter the identity only when used, so that plain runs keep their ids.
+        init_state: dict[str, Any] | None = None
+        if init_from is not None:
+            if not has_training_state(init_from):
+                raise FileNotFoundError(
+                    f"init_from={str(init_from)!r} is not a finished proxy run with optimizer state: "
+                    "train it with train_proxy(..., keep_optimizer=True)"
+                )
+            init_state = read_json(Path(init_from) / STATE_DIR / "state.json")
+            identity["init_from"] = init_state["run_id"]
+        if schedule_offset or schedule_total is not None:
+            identity["schedule"] = [schedule_offset, schedule_total]
+        if schedule_offset < 0:
+            raise ValueError("schedule_offset must be >= 0")
+        run_id = config_hash(identity)
+        if (out / RUN_FILE).exists():
+            done = read_json(out / RUN_FILE)
+            if done.get("run_id") == run_id:
+                if keep_optimizer and not (out / STATE_DIR / "optimizer.pt").exists():
+                    raise ValueError(
+                        f"{out} holds this run finished without its optimizer state; train it again "
+                        "with keep_optimizer=True in another folder"
+                    )
+                run = ProxyRun(**done)
+                if runs_table is not None:
+                    from assay.proxies.runs import RunsTable
 
-    start, curve = _restore(out, run_id, accelerator, model, optimizer)
-    if start == 0 and init_from is not None:  # a checkpoint of this run itself wins
-        load_training_state(init_from, accelerator.unwrap_model(model), optimizer)
-    data_t = torch.from_numpy(packed.input_ids.astype(np.int64))
-    bar = _train_bar(steps, start, progress, label=f"proxy {preset}")
-    losses: list[float] = [c["train_loss"] for c in curve if "train_loss" in c]
-    model.train()
-    t_loop, tokens_done, side_seconds = time.perf_counter(), 0, 0.0  # side: evals, checkpoints
-    step = start
-    with bar:
-        for step in range(start, steps):
-            mult = lr_at(schedule_offset + step, total_steps, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * mult
-            total = 0.0
-            for micro in range(cfg.grad_accum):
-                a = (step * cfg.grad_accum + micro) * cfg.batch_size
-                x = data_t[a : a + cfg.batch_size].to(accelerator.device)
-                loss = model(input_ids=x, labels=x).loss / cfg.grad_accum
-                accelerator.backward(loss)
-                total += float(loss.detach())
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(total)
-            tokens_done += per_step * cfg.seq_len
-            tps = tokens_done / max(time.perf_counter() - t_loop - side_seconds, 1e-9)
-            bar.update(step + 1, loss=f"{total:.3f}", tps=f"{tps:,.0f}")
-            last = step + 1 == steps
-            point: dict[str, Any] = {
-                "step": step + 1,
-                "tokens": (step + 1) * per_step * cfg.seq_len,
-                "train_loss": total,
-                "lr": cfg.lr * mult,
-            }
-            if evalset is not None and (
-                last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)
-            ):
-                t_side = time.perf_counter()
-                point["bpb"] = _eval(accelerator.unwrap_model(model), evalset, cfg)
-                side_seconds += time.perf_counter() - t_side
-            curve.append(point)
-            if not last and (
-                (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
-                or (stop_after is not None and step + 1 >= stop_after)
-            ):
-                t_side = time.perf_counter()
-                _checkpoint(out, run_id, step + 1, accelerator, model, optimizer, curve)
-                side_seconds += time.perf_counter() - t_side
-                if stop_after is not None and step + 1 >= stop_after:
-                    raise TrainingStopped(step + 1)
-    train_seconds = time.perf_counter() - t_loop - side_seconds
+                    RunsTable(runs_table).append(run)
+                return run
+            raise ValueError(f"{out} holds a finished run with other settings; use another folder")
 
-    unwrapped = accelerator.unwrap_model(model)
-    final = (
-        curve[-1].get("bpb")
-        if curve and "bpb" in curve[-1]
-        else (_eval(unwrapped, evalset, cfg) if evalset else {})
-    )
-    task_results: dict[str, dict[str, float]] = {}
-    if tasks:
-        from assay.eval.harness import evaluate
+        packed = pack_mixture(
+            cache, mix, tokens, cfg.seq_len, seed=seed, max_epochs=cfg.max_epochs, on_cap=cfg.on_cap
+        )
+        per_step = cfg.batch_size * cfg.grad_accum
+        steps = len(packed.input_ids) // per_step
+        if steps < 1:
+            raise ValueError(
+                f"{tokens:,} tokens make fewer than one step of {per_step} sequences x {cfg.seq_len} tokens"
+            )
+        total_steps = steps if schedule_total is None else schedule_total
+        if schedule_offset + steps > total_steps:
+            raise ValueError(
+                f"schedule_total={total_steps} is less than schedule_offset + steps "
+                f"({schedule_offset} + {steps}); the schedule must cover this run"
+            )
 
-        task_results = evaluate(unwrapped, tok, tasks)
-    save_model(unwrapped, out / "model", tok)
-    if keep_optimizer:
-        _save_state(out, run_id, optimizer, steps, schedule_offset, total_steps, init_state)
-    tail = losses[-max(1, len(losses) // 10) :]
-    run = ProxyRun(
-        run_id=run_id,
-        out_dir=str(out),
-        preset=preset,
-        seed=seed,
-        tokens=steps * per_step * cfg.seq_len,
-        steps=steps,
-        params=count_parameters(unwrapped),
-        mixture=mix.to_dict(),
-        effective_mixture=packed.report["effective_mixture"],
-        data=packed.report,
-        train_loss=float(np.mean(tail)),
-        bpb={d: v["bpb"] for d, v in (final or {}).items()},
-        loss={d: v["loss"] for d, v in (final or {}).items()},
-        curve=_compact_curve(curve),
-        wall_seconds=round(time.perf_counter() - t_start, 3),
-        tokens_per_second=round(
-            (steps - start) * per_step * cfg.seq_len / max(train_seconds, 1e-9), 1
-        ),
-        config=asdict(cfg),
-        tasks=task_results,
-    )
-    write_json(out / RUN_FILE, run.to_dict())
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    if runs_table is not None:
-        from assay.proxies.runs import RunsTable
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision="bf16" if torch.cuda.is_available() else "no",
+        )
+        model = build_model(preset, cache.vocab_size, cfg.seq_len, arch=cfg.arch, seed=seed)
+        optimizer = make_optimizer(model, cfg)
+        model, optimizer = accelerator.prepare(model, optimizer)
 
-        RunsTable(runs_table).append(run)
-    return run
+        evalset = None
+        if heldout is not None:
+            from assay.eval.loss import build_eval_set
+
+            evalset = build_eval_set(
+                heldout, tok, cfg.seq_len, max_docs_per_group=eval_docs, seed=seed
+            )
+
+        start, curve = _restore(out, run_id, accelerator, model, optimizer)
+        if start == 0 and init_from is not None:  # a checkpoint of this run itself wins
+            load_training_state(init_from, accelerator.unwrap_model(model), optimizer)
+        data_t = torch.from_numpy(packed.input_ids.astype(np.int64))
+        bar = _train_bar(steps, start, progress, label=f"proxy {preset}")
+        losses: list[float] = [c["train_loss"] for c in curve if "train_loss" in c]
+        model.train()
+        t_loop, tokens_done, side_seconds = time.perf_counter(), 0, 0.0  # side: evals, checkpoints
+        step = start
+        with bar:
+            for step in range(start, steps):
+                mult = lr_at(schedule_offset + step, total_steps, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * mult
+                total = 0.0
+                for micro in range(cfg.grad_accum):
+                    a = (step * cfg.grad_accum + micro) * cfg.batch_size
+                    x = data_t[a : a + cfg.batch_size].to(accelerator.device)
+                    loss = model(input_ids=x, labels=x).loss / cfg.grad_accum
+                    accelerator.backward(loss)
+                    total += float(loss.detach())
+                if cfg.grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(total)
+                tokens_done += per_step * cfg.seq_len
+                tps = tokens_done / max(time.perf_counter() - t_loop - side_seconds, 1e-9)
+                bar.update(step + 1, loss=f"{total:.3f}", tps=f"{tps:,.0f}")
+                last = step + 1 == steps
+                point: dict[str, Any] = {
+                    "step": step + 1,
+                    "tokens": (step + 1) * per_step * cfg.seq_len,
+                    "train_loss": total,
+                    "lr": cfg.lr * mult,
+                }
+                if evalset is not None and (
+                    last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)
+                ):
+                    t_side = time.perf_counter()
+                    point["bpb"] = _eval(accelerator.unwrap_model(model), evalset, cfg)
+                    side_seconds += time.perf_counter() - t_side
+                curve.append(point)
+                if not last and (
+                    (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
+                    or (stop_after is not None and step + 1 >= stop_after)
+                ):
+                    t_side = time.perf_counter()
+                    _checkpoint(out, run_id, step + 1, accelerator, model, optimizer, curve)
+                    side_seconds += time.perf_counter() - t_side
+                    if stop_after is not None and step + 1 >= stop_after:
+                        raise TrainingStopped(step + 1)
+        train_seconds = time.perf_counter() - t_loop - side_seconds
+
+        unwrapped = accelerator.unwrap_model(model)
+        final = (
+            curve[-1].get("bpb")
+            if curve and "bpb" in curve[-1]
+            else (_eval(unwrapped, evalset, cfg) if evalset else {})
+        )
+        task_results: dict[str, dict[str, float]] = {}
+        if tasks:
+            from assay.eval.harness import evaluate
+
+            task_results = evaluate(unwrapped, tok, tasks)
+        save_model(unwrapped, out / "model", tok)
+        if keep_optimizer:
+            _save_state(out, run_id, optimizer, steps, schedule_offset, total_steps, init_state)
+        tail = losses[-max(1, len(losses) // 10) :]
+        run = ProxyRun(
+            run_id=run_id,
+            out_dir=str(out),
+            preset=preset,
+            seed=seed,
+            tokens=steps * per_step * cfg.seq_len,
+            steps=steps,
+            params=count_parameters(unwrapped),
+            mixture=mix.to_dict(),
+            effective_mixture=packed.report["effective_mixture"],
+            data=packed.report,
+            train_loss=float(np.mean(tail)),
+            bpb={d: v["bpb"] for d, v in (final or {}).items()},
+            loss={d: v["loss"] for d, v in (final or {}).items()},
+            curve=_compact_curve(curve),
+            wall_seconds=round(time.perf_counter() - t_start, 3),
+            tokens_per_second=round(
+                (steps - start) * per_step * cfg.seq_len / max(train_seconds, 1e-9), 1
+            ),
+            config=asdict(cfg),
+            tasks=task_results,
+        )
+        write_json(out / RUN_FILE, run.to_dict())
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        if runs_table is not None:
+            from assay.proxies.runs import RunsTable
+
+            RunsTable(runs_table).append(run)
+        return run
 
 
 def _save_state(
@@ -481,13 +492,13 @@ def _checkpoint(
     """Model (safetensors), optimizer state and step, written to a temp folder then renamed."""
     import torch
 
-    tmp = out / f".checkpoint.tmp-{os.getpid()}"
+    tmp = out / f".checkpoint.tmp-{host_name()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(model).save_pretrained(str(tmp / "model"), safe_serialization=True)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     write_json(tmp / "state.json", {"run_id": run_id, "step": step, "curve": curve})
     final = out / "checkpoint"
-    old = out / f".checkpoint.old-{os.getpid()}"
+    old = out / f".checkpoint.old-{host_name()}-{os.getpid()}"
     if final.exists():
         final.rename(old)
     tmp.rename(final)

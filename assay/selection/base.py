@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from assay._files import read_json, write_json
+from assay._guard import check_writable_folder
 
 SCORER_FILE = "scorer.json"
 
@@ -82,6 +83,8 @@ class Scorer:
         if not self.is_fitted:
             raise RuntimeError(f"{type(self).__name__} must be fitted before it is saved")
         folder = Path(path)
+        if not (folder / SCORER_FILE).exists():
+            check_writable_folder(folder)  # never mix a model into a folder of other files
         folder.mkdir(parents=True, exist_ok=True)
         self._save_state(folder)
         from assay import __version__

@@ -68,7 +68,14 @@ from typing import Any
 
 import numpy as np
 
-from assay._files import atomic_path, config_hash, read_json, stable_hash64, write_json
+from assay._files import (
+    atomic_path,
+    config_hash,
+    host_name,
+    read_json,
+    stable_hash64,
+    write_json,
+)
 from assay.mixing.predictors import spearman
 from assay.selection.base import Scorer, register_scorer
 
@@ -900,7 +907,7 @@ class MatesScorer(Scorer):
         write_json(folder / "head.json", self.head)
         write_json(folder / "fit_report.json", self.report)
         if self._encoder is not None:
-            tmp = folder / f".encoder.tmp-{os.getpid()}"
+            tmp = folder / f".encoder.tmp-{host_name()}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             self._encoder.save(str(tmp), create_model_card=False, safe_serialization=True)
             shutil.rmtree(folder / "encoder", ignore_errors=True)
@@ -1144,6 +1151,9 @@ def run_mates(
     cfg = config if config is not None else mates_train_config()
     runner = runner or LocalRunner(workers=1, progress=progress)
     out = Path(out_dir)
+    corpus.check_output(out, "MATES folder")
+    if heldout is not None:
+        heldout.check_output(out, "MATES folder")
     out.mkdir(parents=True, exist_ok=True)
 
     # Reference set: checked before any work.
@@ -1168,6 +1178,7 @@ def run_mates(
 
     identity = {
         "corpus": [s.name for s in corpus.shards],
+        "content": config_hash([s.identity() for s in corpus.shards]),
         "tokenizer": tokenizer_fingerprint(tok),
         "reference": config_hash(ref_texts),
         "stage_tokens": stage_tokens,
@@ -1467,7 +1478,7 @@ def _fit_stage_scorer(
         return scorer, info
     scorer = MatesScorer(embedder=embedder, heads=heads, alphas=alphas, holdout=holdout)
     scorer.fit(texts, influence, ids=ids, seed=seed, progress=progress)
-    tmp = stage_dir / f".scorer.tmp-{os.getpid()}"
+    tmp = stage_dir / f".scorer.tmp-{host_name()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     scorer.save(tmp)
     shutil.rmtree(folder, ignore_errors=True)

@@ -22,6 +22,7 @@ the same inputs and seed select the same documents whatever the shard order or w
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -34,15 +35,20 @@ import polars as pl
 
 from assay._files import (
     atomic_path,
+    config_hash,
+    content_id,
+    file_sha256,
     mix64,
     read_json,
+    read_parquet,
     stable_hash64,
     uniform_from_hash,
     write_json,
 )
+from assay._guard import check_output, folder_lock, mark_output
 from assay.corpus import Corpus, ReadOptions, Shard, ShardStats, ShardWriter, output_name
-from assay.runner import STATS_FILE, LocalRunner, Runner, report_progress
-from assay.scores import ScoreSet, join_scores
+from assay.runner import STATS_DIR, STATS_FILE, LocalRunner, Runner, report_progress
+from assay.scores import ScoreSet, check_score_columns, check_unique_ids, join_scores
 
 Policy = Literal["topk", "gumbel", "threshold"]
 Measure = Literal["docs", "chars", "tokens"]
@@ -53,6 +59,8 @@ MODE_ALIASES = {"high": "top", "low": "bottom", "medium": "middle"}
 
 SELECT_DIR = "_select"
 SELECTION_FILE = "_selection.json"
+#: written after the decision: which keys (by content) it was made from
+DECIDED_FILE = "decided.json"
 
 #: Pieces of GPT-2's pre-tokenizer (contractions, letter runs, digit runs, punctuation runs,
 #: whitespace runs). Without a tokenizer, "tokens" are estimated as these pieces; byte-level BPE
@@ -85,8 +93,8 @@ def _cut(key: np.ndarray, tiebreak: np.ndarray, weights: np.ndarray, keep: float
 
 
 def _check_keep(keep: float) -> None:
-    if not (0 < keep <= 1):
-        raise ValueError(f"keep must be a fraction in (0, 1], not {keep}")
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or not (0 < keep <= 1):
+        raise ValueError(f"keep must be a fraction in (0, 1], not {keep!r}")
 
 
 def _policy_key(
@@ -214,6 +222,12 @@ class SelectConfig:
         if self.policy == "threshold":
             if self.threshold is None:
                 raise ValueError("the threshold policy needs threshold=<score>")
+            if (
+                isinstance(self.threshold, bool)
+                or not isinstance(self.threshold, int | float)
+                or not math.isfinite(self.threshold)
+            ):
+                raise ValueError(f"threshold must be a finite number, not {self.threshold!r}")
             if self.mode == "middle":
                 raise ValueError("mode 'middle' needs the topk policy")
         else:
@@ -222,8 +236,9 @@ class SelectConfig:
             _check_keep(self.keep)
         if self.policy == "gumbel" and self.mode == "middle":
             raise ValueError("mode 'middle' needs the topk policy")
-        if self.tau <= 0:
-            raise ValueError("tau must be positive")
+        if isinstance(self.tau, bool) or not (self.tau > 0 and math.isfinite(self.tau)):
+            raise ValueError(f"tau must be a positive number, not {self.tau!r}")
+        check_score_columns([self.column], "select")
 
     def keys_config(self) -> dict[str, Any]:
         return {
@@ -295,13 +310,22 @@ class KeysTask:
     def output_name(self, shard: Shard) -> str:
         return f"{shard.stem}.parquet"
 
+    def source(self, shard: Shard) -> dict[str, Any]:
+        files = ScoreSet(self.score_dirs).files_for(shard, [self.config.column])
+        return {
+            "config": self.config.keys_config(),
+            "scores": [content_id(f) if f.exists() else None for f in files],
+        }
+
     def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
         assert out is not None
         cfg = self.config
         stats = ShardStats(shard.name)
         scores = ScoreSet(self.score_dirs).for_shard(shard, [cfg.column])
         writer = ShardWriter(out, fmt="parquet")
+        seen: list[pl.Series] = []
         for batch in shard.read(self.options, stats):
+            seen.append(batch.get_column("id"))
             joined = join_scores(batch, scores)
             missing = joined.get_column(cfg.column).is_null()
             if missing.any():
@@ -341,6 +365,7 @@ class KeysTask:
             stats.docs_out += joined.height
             stats.chars_out += int(n_chars.sum())
             report_progress(batch.height)
+        check_unique_ids(seen, shard)
         writer.close(
             schema_if_empty={
                 "id": pl.String,
@@ -365,10 +390,20 @@ class FilterTask:
     def output_name(self, shard: Shard) -> str:
         return output_name(shard, self.config.format)
 
+    def source(self, shard: Shard) -> dict[str, Any]:
+        scores = ScoreSet(self.score_dirs) if self.config.with_scores else None
+        return {
+            "keep": file_sha256(Path(self.keep_dir) / f"{shard.stem}.parquet"),
+            "format": self.config.format,
+            "scores": [content_id(f) for f in scores.files_for(shard, scores.columns)]
+            if scores
+            else None,
+        }
+
     def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
         assert out is not None
         stats = ShardStats(shard.name)
-        kept = pl.read_parquet(Path(self.keep_dir) / f"{shard.stem}.parquet").get_column("id")
+        kept = read_parquet(Path(self.keep_dir) / f"{shard.stem}.parquet").get_column("id")
         scores = ScoreSet(self.score_dirs).for_shard(shard) if self.config.with_scores else None
         writer = ShardWriter(out, self.options)  # the temporary name keeps the output's suffix
         for batch in shard.read(self.options, stats):
@@ -419,8 +454,10 @@ def select(
     """Select documents of `corpus` by a score column and write them to `out_dir`.
 
     `config` (or keyword arguments such as column=, policy=, keep=, by=) says what to keep.
-    Output shards keep their input names. Re-running resumes; a different configuration in the
-    same folder raises unless `overwrite=True`.
+    Output shards keep their input names. Re-running resumes by content: a shard or score file
+    that changed since is read again and the decision is made again; a different configuration
+    in the same folder raises unless `overwrite=True`. An `out_dir` that is, holds or lies inside
+    the corpus or a scores folder is refused before anything is written.
     """
     cfg = config or SelectConfig(**config_kwargs)
     runner = runner or LocalRunner(workers=1)
@@ -428,12 +465,26 @@ def select(
     score_dirs = [
         str(Path(d)) for d in ([scores] if isinstance(scores, str | os.PathLike) else scores)
     ]
+    corpus.check_output(out, "selection folder")
+    check_output(out, score_dirs, "selection folder")
     available = ScoreSet(score_dirs).columns  # also validates the folders
     if cfg.column not in available:
         raise ValueError(
             f"no score column {cfg.column!r} in {score_dirs}; available: {', '.join(available)}"
         )
+    with folder_lock(out):
+        mark_output(out, "selection")
+        return _select(corpus, score_dirs, out, cfg, runner, overwrite)
 
+
+def _select(
+    corpus: Corpus,
+    score_dirs: list[str],
+    out: Path,
+    cfg: SelectConfig,
+    runner: Runner,
+    overwrite: bool,
+) -> SelectResult:
     full_cfg = {**asdict(cfg), "scores": score_dirs, "corpus": [s.name for s in corpus.shards]}
     cfg_path = out / SELECT_DIR / "config.json"
     if cfg_path.exists():
@@ -455,11 +506,20 @@ def select(
     )
 
     summary_path = out / SELECTION_FILE
-    decided = summary_path.exists() and all(
-        (keep_dir / f"{s.stem}.parquet").exists() for s in corpus.shards
+    decided_path = out / SELECT_DIR / DECIDED_FILE
+    # the decision is made from every shard's keys: redo it if any of them changed
+    keys_id = config_hash(
+        [read_json(keys_dir / STATS_DIR / f"{s.name}.json")["source"] for s in corpus.shards]
+    )
+    decided = (
+        summary_path.exists()
+        and decided_path.exists()
+        and read_json(decided_path).get("keys") == keys_id
+        and all((keep_dir / f"{s.stem}.parquet").exists() for s in corpus.shards)
     )
     if not decided:
-        parts = [pl.read_parquet(keys_dir / f"{s.stem}.parquet") for s in corpus.shards]
+        decided_path.unlink(missing_ok=True)
+        parts = [read_parquet(keys_dir / f"{s.stem}.parquet") for s in corpus.shards]
         keys = pl.concat(parts) if parts else pl.DataFrame()
         mask = _decide(keys, cfg) if keys.height else np.zeros(0, dtype=bool)
         offset = 0
@@ -470,6 +530,7 @@ def select(
                 part.filter(pl.Series(m)).select("id").write_parquet(tmp)
         result = _summarise(keys, mask, cfg, out, keys_result.skipped)
         write_json(summary_path, result.to_dict())
+        write_json(decided_path, {"keys": keys_id})
     runner.run(
         FilterTask(str(keep_dir), score_dirs, cfg, corpus.options),
         corpus.shards,

@@ -280,8 +280,15 @@ def test_save_load_round_trip_and_scoring_a_corpus(
     assert result.docs_out == demo_frame.height
     scores = pl.concat([pl.read_parquet(p) for p in sorted((tmp_path / "s").glob("*.parquet"))])
     joined = demo_frame.select("id", "text").join(scores, on="id")
-    np.testing.assert_array_equal(
-        joined.get_column("mass").to_numpy(), champ_mass.score(joined.get_column("text").to_list())
+    # Other batches (and another process' thread count) change the matrix products' rounding:
+    # the scores agree to float32 precision, not bit for bit. Bit-identical are a scorer and its
+    # saved-and-loaded or pickled copy on the same batch (above), and the selections made from
+    # these scores (tests/selection/test_select.py).
+    np.testing.assert_allclose(
+        joined.get_column("mass").to_numpy(),
+        champ_mass.score(joined.get_column("text").to_list()),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
