@@ -26,6 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check assay tests benchmarks
 	$(BIN)/ruff format --check assay tests benchmarks
+	$(BIN)/lint-imports
 	ASSAY_PROGRESS=0 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)

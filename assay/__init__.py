@@ -2,10 +2,13 @@
 
 __version__ = "0.1.0"
 
-from assay.corpus import Corpus, CorpusError, ReadOptions, corpus_stats
-from assay.runner import LocalRunner, RayRunner, make_runner
-from assay.scores import ScoreSet, read_scores, score_corpus
+from assay.exec.runner import LocalRunner, RayRunner, make_runner
+from assay.exec.stats import corpus_stats
+from assay.io.corpus import Corpus
+from assay.io.scores import ScoreSet, read_scores
+from assay.io.shards import CorpusError, ReadOptions
 from assay.selection.base import load_scorer, make_scorer
+from assay.selection.score import score_corpus
 from assay.selection.select import SelectConfig, select
 
 __all__ = [

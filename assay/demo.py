@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from assay._files import package_versions, read_json, stable_hash64, write_json
-from assay._guard import UnsafeOutputError
-from assay.corpus import write_shard
+from assay.io.write import write_shard
+from assay.util.files import package_versions, read_json, write_json
+from assay.util.guard import UnsafeOutputError
+from assay.util.hashing import stable_hash64
 
 DOMAINS = ("news", "math", "code", "reference")
 MANIFEST = "manifest.json"

@@ -27,7 +27,7 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: str | os.PathLike) -> str:
-    from assay._files import atomic_path
+    from assay.util.files import atomic_path
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def plot_predicted_vs_measured(
     metric: str = "metric",
 ) -> str:
     """Scatter of predicted (x) against measured (y) per series, with the diagonal."""
-    from assay.mixing.predictors import spearman
+    from assay.common.numerics import spearman
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))

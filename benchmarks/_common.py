@@ -12,8 +12,8 @@ from typing import Any
 
 import polars as pl
 
-from assay.corpus import write_shard
 from assay.demo import build_demo_corpus
+from assay.io.write import write_shard
 
 CACHE = Path(os.environ.get("ASSAY_BENCH_DIR", "/tmp/assay-bench"))
 
@@ -22,7 +22,7 @@ def demo_texts() -> pl.DataFrame:
     """The full demo corpus' training documents (about 5,600 real documents)."""
     root = CACHE / "demo"
     build_demo_corpus(root, size="full")
-    from assay.corpus import Corpus
+    from assay.io.corpus import Corpus
 
     return pl.concat(list(Corpus(root / "train").iter_batches()))
 

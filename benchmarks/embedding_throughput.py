@@ -22,7 +22,7 @@ import time
 import numpy as np
 from _common import demo_texts, emit
 
-from assay.embed import Embedder, cosine_topk, default_model_path
+from assay.common.embed import Embedder, cosine_topk, default_model_path
 
 
 def main() -> None:

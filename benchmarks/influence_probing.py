@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 from _common import CACHE, demo_texts, emit
 
-from assay.corpus import Corpus
+from assay.common.numerics import spearman
+from assay.common.targets import load_targets
 from assay.demo import build_demo_corpus
-from assay.mixing.predictors import spearman
-from assay.selection.mates import Prober, ReferenceSet, encode_documents
-from assay.selection.targets import load_targets
+from assay.io.corpus import Corpus
+from assay.workflows.mates_probing import Prober, ReferenceSet, encode_documents
 
 
 def checkpoint(work: Path) -> tuple[Path, str]:
-    from assay.proxies.tokenizer import train_tokenizer
+    from assay.common.tokenizer import train_tokenizer
     from assay.proxies.train import TrainConfig, train_proxy
 
     manifest = build_demo_corpus(CACHE / "demo", size="full")
@@ -50,7 +50,7 @@ def raw_probe(run_dir: Path, seq: np.ndarray, ref: list[np.ndarray], lr: float) 
     """The reload-per-probe oracle with the raw libraries: load, step once, measure."""
     import torch
 
-    from assay._files import read_json
+    from assay.util.files import read_json
 
     cfg = read_json(run_dir / "run.json")["config"]
     model = raw_model(run_dir)
@@ -101,7 +101,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from assay.proxies.tokenizer import load_tokenizer
+    from assay.common.tokenizer import load_tokenizer
 
     work = CACHE / "influence-probing"
     run_dir, tok_dir = checkpoint(work)

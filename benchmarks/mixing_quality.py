@@ -38,17 +38,18 @@ from typing import Any
 import numpy as np
 from _common import CACHE, emit
 
-from assay.corpus import Corpus
+from assay.common.mixture import Mixture
+from assay.common.numerics import spearman
 from assay.demo import build_demo_corpus
+from assay.exec.runner import LocalRunner
+from assay.io.corpus import Corpus
 from assay.mixing.baselines import baseline_mixture
-from assay.mixing.bimix import fit_bimix
-from assay.mixing.climb import search_mixture
 from assay.mixing.cluster import assign_domains, cluster_corpus, read_clusters
-from assay.mixing.mixture import Mixture
-from assay.mixing.predictors import out_of_fold, spearman
-from assay.mixing.proxy_runs import token_cache_for, train_mixtures
+from assay.mixing.predictors import out_of_fold
 from assay.report import plot_bimix_fits, plot_mixtures, plot_predicted_vs_measured
-from assay.runner import LocalRunner
+from assay.workflows.bimix import fit_bimix
+from assay.workflows.proxy_batch import token_cache_for, train_mixtures
+from assay.workflows.search import search_mixture
 
 BASELINES = ("natural", "uniform", "temperature", "entropy")
 OBJECTIVE = "bpb.domain_mean"

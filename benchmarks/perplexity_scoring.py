@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from _common import demo_texts, emit
 
-from assay.corpus import Corpus
+from assay.common.lm import smollm2_path
+from assay.common.tokenizer import train_tokenizer
 from assay.demo import build_demo_corpus
-from assay.proxies.model import build_model, save_model, smollm2_path
-from assay.proxies.tokenizer import train_tokenizer
+from assay.io.corpus import Corpus
+from assay.proxies.model import build_model, save_model
 from assay.selection.perplexity import PerplexityScorer
 
 

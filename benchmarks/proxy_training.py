@@ -20,12 +20,14 @@ from pathlib import Path
 
 from _common import emit
 
-from assay.corpus import Corpus
+from assay.common.lm import count_parameters
+from assay.common.mixture import Mixture
+from assay.common.tokenizer import train_tokenizer
+from assay.common.tokens import TokenCache
 from assay.demo import build_demo_corpus
-from assay.mixing.mixture import Mixture
-from assay.proxies.data import TokenCache, pack_mixture
-from assay.proxies.model import build_model, count_parameters, get_preset
-from assay.proxies.tokenizer import train_tokenizer
+from assay.io.corpus import Corpus
+from assay.proxies.data import pack_mixture
+from assay.proxies.model import build_model, get_preset
 from assay.proxies.train import train_proxy
 
 

@@ -19,7 +19,7 @@ import argparse
 import polars as pl
 from _common import bench_corpus, best_of, emit
 
-from assay.corpus import Corpus
+from assay.io.corpus import Corpus
 
 
 def read_assay(folder, **options) -> int:

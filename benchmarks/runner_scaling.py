@@ -19,10 +19,10 @@ from pathlib import Path
 
 from _common import bench_corpus, demo_texts, emit
 
-from assay.corpus import Corpus
-from assay.runner import LocalRunner, RayRunner
-from assay.scores import score_corpus
+from assay.exec.runner import LocalRunner, RayRunner
+from assay.io.corpus import Corpus
 from assay.selection.fasttext import FastTextScorer
+from assay.selection.score import score_corpus
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from _common import bench_corpus, best_of, demo_texts, emit
 
-from assay.corpus import Corpus
-from assay.runner import LocalRunner
-from assay.scores import score_corpus
+from assay.exec.runner import LocalRunner
+from assay.io.corpus import Corpus
 from assay.selection.fasttext import FastTextScorer, to_line
+from assay.selection.score import score_corpus
 
 
 def main() -> None:

@@ -51,13 +51,13 @@ import numpy as np
 import polars as pl
 from _common import CACHE, emit
 
-from assay.corpus import Corpus
+from assay.common.targets import load_targets
 from assay.demo import build_demo_corpus
-from assay.runner import LocalRunner
-from assay.scores import score_corpus
+from assay.exec.runner import LocalRunner
+from assay.io.corpus import Corpus
 from assay.selection.base import Scorer, load_scorer
+from assay.selection.score import score_corpus
 from assay.selection.select import SelectConfig, select
-from assay.selection.targets import load_targets
 
 METHODS = (
     "random", "fasttext", "perplexity", "betr", "preselect", "preselect_top", "mass", "mates",
@@ -98,10 +98,10 @@ def fit_scorer(method: str, pool: Corpus, work: Path, tok: str, args: Any) -> tu
             embedder={"model": args.embedder},
         )  # fmt: skip
     elif method == "preselect":
-        from assay.proxies.data import TokenCache
-        from assay.proxies.family import family_members, train_family
-        from assay.proxies.tokenizer import load_tokenizer
-        from assay.selection.preselect import fit_preselect
+        from assay.common.tokenizer import load_tokenizer
+        from assay.common.tokens import TokenCache
+        from assay.workflows.family import family_members, train_family
+        from assay.workflows.preselect import fit_preselect
 
         cache = TokenCache.build(pool, load_tokenizer(tok), work / "tokens")
         members = family_members(
@@ -131,8 +131,8 @@ def refit_preselect_top(pool: Corpus, work: Path, args: Any) -> Scorer:
     """PreSelect's labels with the top-10% rule instead of "perfect strength only", from the
     same calibration losses (no model is run again): at this scale only ~1% of documents are
     perfectly concordant, too few positives for fastText."""
-    from assay._files import read_json
     from assay.selection.preselect import PreSelectScorer
+    from assay.util.files import read_json
 
     fit_scorer("preselect", pool, work, str(work / "tokenizer"), args)
     cal = pl.read_parquet(work / "scorers" / "preselect" / "calibration.parquet")
@@ -165,7 +165,7 @@ def staged_entry(
 ) -> dict[str, Any]:
     """MATES (or its random twin) trained in 2 stages on the pool; the final proxy measured."""
     from assay.eval import evaluate_model
-    from assay.selection.mates import run_mates
+    from assay.workflows.mates import run_mates
 
     entry: dict[str, Any] = {"runs": []}
     for seed in seeds:
@@ -246,8 +246,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
 
+    from assay.common.tokenizer import train_tokenizer
     from assay.proxies.model import get_preset
-    from assay.proxies.tokenizer import train_tokenizer
     from assay.proxies.train import train_proxy
 
     root = CACHE / "demo"

@@ -27,7 +27,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_records(demo_dir: Path) -> list[dict]:
     """All training records of the small demo corpus, in shard order."""
-    from assay.corpus import Corpus
+    from assay.io.corpus import Corpus
 
     return [r for b in Corpus(demo_dir / "train").iter_batches() for r in b.to_dicts()]
 
@@ -65,8 +65,8 @@ PROXY_SETTINGS = {"batch_size": 8, "seq_len": 128}
 @pytest.fixture(scope="session")
 def proxy_tokenizer(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path):
     """A 1,024-token byte-level BPE trained on the small demo corpus."""
-    from assay.corpus import Corpus
-    from assay.proxies.tokenizer import train_tokenizer
+    from assay.common.tokenizer import train_tokenizer
+    from assay.io.corpus import Corpus
 
     return train_tokenizer(
         Corpus(demo_dir / "train"), 1024, tmp_path_factory.mktemp("tok") / "tokenizer"
@@ -75,8 +75,8 @@ def proxy_tokenizer(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path):
 
 @pytest.fixture(scope="session")
 def token_cache(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, proxy_tokenizer):
-    from assay.corpus import Corpus
-    from assay.proxies.data import TokenCache
+    from assay.common.tokens import TokenCache
+    from assay.io.corpus import Corpus
 
     return TokenCache.build(
         Corpus(demo_dir / "train"), proxy_tokenizer, tmp_path_factory.mktemp("cache")
@@ -88,7 +88,7 @@ def trained_proxy(
     tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, token_cache, proxy_tokenizer
 ):
     """A tiny proxy trained for 200 steps on the natural mix (a model that knows something)."""
-    from assay.corpus import Corpus
+    from assay.io.corpus import Corpus
     from assay.proxies.train import train_proxy
 
     return train_proxy(
@@ -103,6 +103,6 @@ def trained_proxy(
 @pytest.fixture(scope="session")
 def static_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A static (model2vec-format) embedder distilled from the bundled MiniLM (~15 s)."""
-    from assay.embed import distill_static
+    from assay.common.embed import distill_static
 
     return distill_static(None, tmp_path_factory.mktemp("static") / "minilm-static")

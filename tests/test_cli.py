@@ -11,7 +11,7 @@ import pytest
 from conftest import write_jsonl
 from typer.testing import CliRunner
 
-from assay.cli import app
+from assay.cli.main import app
 
 runner = CliRunner()
 
@@ -252,7 +252,7 @@ def test_betr_empty_targets_is_a_one_line_error(tmp_path: Path, demo_dir: Path) 
 
 
 def test_preselect_model_specs() -> None:
-    from assay.cli import _model_spec
+    from assay.cli.main import _model_spec
 
     assert _model_spec("runs/a/model") == {"path": "runs/a/model"}
     assert _model_spec("runs/a/model:0.42") == {"path": "runs/a/model", "score": 0.42}

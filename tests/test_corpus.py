@@ -11,15 +11,11 @@ import pytest
 import zstandard
 from conftest import read_all, write_jsonl, write_parquet
 
-from assay.corpus import (
-    Corpus,
-    CorpusError,
-    ShardStats,
-    ShardWriter,
-    corpus_stats,
-    discover_shards,
-    write_shard,
-)
+from assay.exec.stats import corpus_stats
+from assay.io.corpus import Corpus
+from assay.io.discover import discover_shards
+from assay.io.shards import CorpusError, ShardStats
+from assay.io.write import ShardWriter, write_shard
 
 
 @pytest.fixture

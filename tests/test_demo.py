@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from assay.corpus import Corpus
 from assay.demo import build_demo_corpus, champ_docs, code_docs, news_docs, reference_docs
+from assay.io.corpus import Corpus
 
 
 def test_layout_fields_and_counts(demo_dir: Path) -> None:

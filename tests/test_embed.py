@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assay.embed import Embedder, EmbeddingCache, cosine_topk, is_static_model
+from assay.common.embed import Embedder, EmbeddingCache, cosine_topk, is_static_model
 
 PAIRS = ["eating food", "eating bread", "the stock market fell sharply today"]
 

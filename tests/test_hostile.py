@@ -29,22 +29,23 @@ import pytest
 from conftest import read_all, write_jsonl, write_parquet
 from typer.testing import CliRunner
 
-from assay._files import OutputError, host_name, remove_stale_temps, temp_path_for
-from assay._guard import (
+from assay.cli.main import app, main
+from assay.io.corpus import Corpus
+from assay.io.shards import CorpusError
+from assay.recipe.model import RecipeError, parse_recipe
+from assay.recipe.pipeline import run_recipe
+from assay.selection.doc_stats import DocStatsScorer
+from assay.selection.random_scorer import RandomScorer
+from assay.selection.score import score_corpus
+from assay.selection.select import SelectConfig, select
+from assay.util.files import OutputError, host_name, remove_stale_temps, temp_path_for
+from assay.util.guard import (
     LOCK_NAME,
     FolderLockedError,
     UnsafeOutputError,
     folder_lock,
     safe_rmtree,
 )
-from assay.cli import app, main
-from assay.corpus import Corpus, CorpusError
-from assay.pipeline import run_recipe
-from assay.recipe import RecipeError, parse_recipe
-from assay.scores import score_corpus
-from assay.selection.doc_stats import DocStatsScorer
-from assay.selection.random_scorer import RandomScorer
-from assay.selection.select import SelectConfig, select
 
 cli = CliRunner()
 
@@ -134,8 +135,8 @@ def test_scoring_a_parquet_corpus_into_itself_is_refused(
 
 
 def test_every_writer_refuses_an_output_inside_its_corpus(corpus_dir: Path) -> None:
+    from assay.common.tokenizer import train_tokenizer
     from assay.mixing.cluster import cluster_corpus
-    from assay.proxies.tokenizer import train_tokenizer
     from assay.proxies.train import train_proxy
 
     corpus = Corpus(corpus_dir)
@@ -469,7 +470,7 @@ def test_non_string_texts_and_lone_surrogates_are_bad_records(
     opts = {"whole_file_bytes": 0, "block_bytes": 1024} if mode == "streaming" else {}
     with pytest.raises(CorpusError, match=rf"s\.jsonl(\.gz)?, line {len(good) + 1}: "):
         read_all(Corpus(path, **opts))
-    from assay.corpus import ShardStats
+    from assay.io.shards import ShardStats
 
     stats = ShardStats("s")
     corpus = Corpus(path, on_error="skip", **opts)
@@ -656,7 +657,7 @@ def test_nonsense_settings_are_refused_before_any_work(tmp_path: Path, override:
 def test_vocab_size_far_too_large_is_an_error_not_an_abort(
     corpus_dir: Path, tmp_path: Path
 ) -> None:
-    from assay.proxies.tokenizer import train_tokenizer
+    from assay.common.tokenizer import train_tokenizer
 
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(Corpus(corpus_dir), 10**12, tmp_path / "tok")

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from conftest import write_jsonl
 
-from assay.corpus import Corpus
-from assay.pipeline import run_recipe
-from assay.recipe import RecipeError, parse_recipe
+from assay.io.corpus import Corpus
+from assay.recipe.model import RecipeError, parse_recipe
+from assay.recipe.pipeline import run_recipe
 
 pytest.importorskip("fasttext")
 
@@ -114,7 +114,7 @@ def test_betr_random_proxies_and_compare(
 def _run_cli(path: Path, data: dict, run_dir: Path) -> str:
     from typer.testing import CliRunner
 
-    from assay.cli import app
+    from assay.cli.main import app
 
     path.write_text(yaml.safe_dump(data))
     args = ["run", str(path), "--run-dir", str(run_dir), "--no-progress"]

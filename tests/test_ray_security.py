@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from assay.runner import RayRunner
+from assay.exec.runner import RayRunner
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'assay[ray]')")
 psutil = pytest.importorskip("psutil", reason="psutil (a Ray dependency) is not importable")

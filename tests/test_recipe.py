@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from assay.recipe import RecipeError, ScoreStep, SelectStep, dump_recipe, load_recipe, parse_recipe
+from assay.recipe.model import (
+    RecipeError,
+    ScoreStep,
+    SelectStep,
+    dump_recipe,
+    load_recipe,
+    parse_recipe,
+)
 
 BASE = {
     "name": "t",

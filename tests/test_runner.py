@@ -14,10 +14,11 @@ import polars as pl
 import pytest
 from conftest import write_jsonl
 
-from assay.corpus import Corpus, CorpusError
-from assay.runner import LocalRunner, RayRunner, make_runner
-from assay.scores import score_corpus
+from assay.exec.runner import LocalRunner, RayRunner, make_runner
+from assay.io.corpus import Corpus
+from assay.io.shards import CorpusError
 from assay.selection.doc_stats import DocStatsScorer
+from assay.selection.score import score_corpus
 
 
 def _outputs(folder: Path) -> dict[str, pl.DataFrame]:

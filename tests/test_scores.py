@@ -9,10 +9,11 @@ import polars as pl
 import pytest
 from conftest import write_jsonl
 
-from assay.corpus import Corpus
-from assay.scores import ScoreSet, describe_scores, join_scores, read_scores, score_corpus
+from assay.io.corpus import Corpus
+from assay.io.scores import ScoreSet, describe_scores, join_scores, read_scores
 from assay.selection.base import Scorer, register_scorer
 from assay.selection.doc_stats import DocStatsScorer
+from assay.selection.score import score_corpus
 
 
 @register_scorer("test_length")

@@ -19,9 +19,9 @@ def evaluate_model(
     batch_tokens: int = 8192,
 ) -> dict[str, Any]:
     """Load a local model and report held-out bits per byte per group and lm-eval task metrics."""
-    from assay.eval.loss import build_eval_set, evaluate_bpb, mean_bpb
-    from assay.proxies.model import count_parameters, load_causal_lm
-    from assay.proxies.tokenizer import load_tokenizer
+    from assay.common.lm import count_parameters, load_causal_lm
+    from assay.common.losses import build_eval_set, evaluate_bpb, mean_bpb
+    from assay.common.tokenizer import load_tokenizer
 
     lm = load_causal_lm(model, gguf_file)
     tok = load_tokenizer(model, gguf_file)
@@ -39,7 +39,7 @@ def evaluate_model(
         out["bpb_mean"] = mean_bpb(per_group)
         out["heldout"] = per_group
     if tasks:
-        from assay.eval.harness import evaluate
+        from assay.common.harness import evaluate
 
         out["tasks"] = evaluate(lm, tok, list(tasks), limit=limit)
     return out

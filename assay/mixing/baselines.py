@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from assay.mixing.mixture import Mixture
+from assay.common.mixture import Mixture
 
 ENTROPIES = ("unigram", "joint", "conditional")
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from assay.mixing.mixture import Mixture
+from assay.common.mixture import Mixture
 
 MIN_POINTS = 5  # five coefficients (four free)
 
@@ -213,13 +213,13 @@ class BiMix:
         return {d: asdict(law) for d, law in sorted(self.laws.items())}
 
     def save(self, path: Any) -> None:
-        from assay._files import write_json
+        from assay.util.files import write_json
 
         write_json(path, {"law": "bimix", "domains": self.to_dict()})
 
     @classmethod
     def load(cls, path: Any) -> BiMix:
-        from assay._files import read_json
+        from assay.util.files import read_json
 
         return cls({d: DomainLaw(**v) for d, v in read_json(path)["domains"].items()})
 
@@ -334,103 +334,3 @@ class BiMixFit:
             "budget_curve": self.curve,
             "runs": self.runs,
         }
-
-
-def fit_bimix(
-    cache_dir: Any,
-    out_dir: Any,
-    *,
-    tokenizer: str,
-    tokens: int,
-    heldout: Any,
-    runs: int = 5,
-    evals: int = 8,
-    mixtures: Sequence[Mapping[str, float]] | None = None,
-    budget: float | None = None,
-    budgets: Sequence[float] | None = None,
-    weights: Mapping[str, float] | None = None,
-    preset: str = "tiny",
-    eval_docs: int | None = None,
-    train: Mapping[str, Any] | None = None,
-    concentration: tuple[float, float] = (2.0, 10.0),
-    min_share: float = 0.01,
-    seed: int = 0,
-    runner: Any = None,
-) -> BiMixFit:
-    """Train `runs` proxies on different mixtures, fit the law on their evaluation curves,
-    and return the optimal mixture for `budget` tokens (default: `tokens`).
-
-    Each run is evaluated `evals` times on the held-out corpus, which must be labelled with
-    the same domains as the cache (`assay.mixing.cluster.assign_domains` does that for
-    clusters). The mixtures default to Dirichlet proposals around the natural mixture, so
-    every domain is seen at several proportions (the law cannot place alpha otherwise).
-    Writes law.json, fit.json, mixture.yaml, points.parquet and runs.parquet to `out_dir`.
-    """
-    from pathlib import Path
-
-    import polars as pl
-
-    from assay._files import write_json
-    from assay._guard import check_output
-    from assay.mixing.propose import MixtureProposer
-    from assay.mixing.proxy_runs import heldout_paths, train_mixtures
-    from assay.proxies.data import TokenCache
-    from assay.proxies.runs import RunsTable
-    from assay.proxies.train import TrainConfig
-
-    if heldout is None:
-        raise ValueError("BiMix fits per-domain held-out losses: give a held-out corpus")
-    if evals < 4:
-        raise ValueError(
-            f"evals={evals}: the law needs 3 evaluation steps per run to fit, and one more to "
-            "check its extrapolation"
-        )
-    out = Path(out_dir)
-    check_output(out, heldout_paths(heldout), "BiMix folder")
-    check_output(out, [cache_dir], "BiMix folder", may_contain=True)
-    cfg = TrainConfig(**dict(train or {}))
-    cache = TokenCache.open(cache_dir)
-    counts = {d: t.n_tokens for d, t in cache.domains.items() if t.n_tokens > 0}
-    if mixtures is None:
-        if runs < 2:
-            raise ValueError(f"runs={runs}: the law needs at least 2 runs with different mixtures")
-        k = len(counts)
-        lo, hi = concentration
-        proposer = MixtureProposer(
-            counts, seed=seed, temperature=0.5, strengths=(lo * k, hi * k, 5), budget=tokens,
-            max_epochs=cfg.max_epochs, floor=0.01,
-        )  # fmt: skip
-        mixtures = [m.to_dict() for m in proposer.propose(runs)]
-    steps = tokens // (cfg.batch_size * cfg.grad_accum * cfg.seq_len)
-    if steps < evals:
-        raise ValueError(f"{tokens:,} tokens make {steps} steps: too few for {evals} evaluations")
-    train_cfg = {**dict(train or {}), "eval_every": max(1, steps // evals)}
-    done = train_mixtures(
-        cache_dir, mixtures, [out / "proxies" / f"run-{k:03d}" for k in range(len(mixtures))],
-        tokens=tokens, tokenizer=tokenizer, preset=preset, seeds=seed, heldout=heldout,
-        eval_docs=eval_docs, train=train_cfg, runner=runner, runs_table=out / "runs.parquet",
-    )  # fmt: skip
-    table = RunsTable(out / "runs.parquet").read()
-    table = table.filter(pl.col("run_id").is_in([r["run_id"] for r in done]))
-    points = points_from_runs(table)
-    missing = sorted(set(counts) - set(points["domain"]))
-    if missing:
-        raise ValueError(
-            f"the held-out corpus has no documents of domains {missing}: label it with the "
-            "cache's domains (assign_domains for clusters)"
-        )
-    pl.DataFrame(points).write_parquet(out / "points.parquet")
-    law = BiMix().fit(points)
-    quality = evaluate_fit(points)
-    target = float(budget or tokens)
-    mixture = law.optimal_mixture(target, weights, min_share=min_share)
-    grid = budgets or [target * f for f in (0.25, 0.5, 1, 2, 4, 8)]
-    result = BiMixFit(
-        law, quality, mixture, target, law.predict(mixture, target),
-        law.budget_curve(grid, weights, min_share=min_share),
-        [{"run": r["out_dir"], "mixture": r["mixture"], "bpb": r["bpb"]} for r in done],
-    )  # fmt: skip
-    law.save(out / "law.json")
-    write_json(out / "fit.json", result.to_dict())
-    mixture.save(out / "mixture.yaml")
-    return result

@@ -31,42 +31,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from assay._files import atomic_path, read_json, write_json
-from assay._guard import check_output, folder_lock, mark_output
-from assay.corpus import Corpus, ReadOptions, Shard, ShardStats, ShardWriter, output_name
-from assay.embed import Embedder
-from assay.runner import Runner, report_progress
-from assay.selection.select import count_tokens
+from assay.common.embed import Embedder
+from assay.common.numerics import default_k, kmeans, nearest
+from assay.common.text import count_tokens, top_terms
+from assay.exec.runner import Runner, report_progress
+from assay.io.corpus import Corpus
+from assay.io.shards import ReadOptions, Shard, ShardStats
+from assay.io.write import ShardWriter, output_name
+from assay.util.files import atomic_path, read_json, write_json
+from assay.util.guard import check_output, folder_lock, mark_output
 
 PRUNED = "pruned"
 CENTROIDS_FILE = "_centroids.npz"
-
-
-def default_k(n_docs: int) -> int:
-    """K_init scaled to the sample: ~sqrt(n/2), between 2 and 1,000 (CLIMB's K_init)."""
-    return int(np.clip(round(np.sqrt(n_docs / 2)), 2, 1000))
-
-
-def kmeans(x: np.ndarray, k: int, *, seed: int = 0, n_iter: int = 100) -> np.ndarray:
-    """Centroids (k x dim), with faiss when it is installed, else scikit-learn."""
-    if k > len(x):
-        raise ValueError(f"cannot make {k} clusters from {len(x)} documents")
-    try:
-        import faiss  # type: ignore[import-not-found]
-
-        km = faiss.Kmeans(x.shape[1], k, niter=n_iter, seed=seed, verbose=False)
-        km.train(np.ascontiguousarray(x, dtype=np.float32))
-        return np.asarray(km.centroids, dtype=np.float32)
-    except ImportError:
-        from sklearn.cluster import KMeans
-
-        km = KMeans(n_clusters=k, n_init=3, max_iter=n_iter, random_state=seed).fit(x)
-        return km.cluster_centers_.astype(np.float32)
-
-
-def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    d = (x * x).sum(1)[:, None] - 2 * x @ centroids.T + (centroids * centroids).sum(1)[None, :]
-    return np.argmin(d, axis=1)
 
 
 def merge_centroids(
@@ -92,22 +68,6 @@ def merge_centroids(
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     rank = np.argsort(np.argsort(first))
     return rank[inverse].astype(np.int64)
-
-
-def top_terms(texts: list[str], labels: np.ndarray, n: int = 10) -> dict[int, list[str]]:
-    """Class-based TF-IDF: terms frequent in a class and rare across classes."""
-    from sklearn.feature_extraction.text import CountVectorizer
-
-    classes = np.unique(labels)
-    vec = CountVectorizer(stop_words="english", max_features=30_000, token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b")  # fmt: skip
-    counts = vec.fit_transform(texts)
-    per_class = np.vstack([np.asarray(counts[labels == c].sum(axis=0)).ravel() for c in classes])
-    tf = per_class / np.maximum(per_class.sum(axis=1, keepdims=True), 1)
-    avg_words = per_class.sum() / len(classes)
-    idf = np.log1p(avg_words / np.maximum(per_class.sum(axis=0), 1))
-    score = np.where(per_class > 0, tf * idf, -np.inf)
-    vocab = np.asarray(vec.get_feature_names_out())
-    return {int(c): vocab[np.argsort(-score[i])[:n]].tolist() for i, c in enumerate(classes)}
 
 
 @dataclass
@@ -191,7 +151,7 @@ def cluster_corpus(
     overwrite: bool = False,
 ) -> ClusterResult:
     """Discover domains in `corpus` and write the side-car, the relabelled corpus and a report."""
-    from assay.runner import LocalRunner
+    from assay.exec.runner import LocalRunner
 
     out = Path(out_dir)
     corpus.check_output(out, "clusters folder")
@@ -217,7 +177,7 @@ def cluster_corpus(
                 raise ValueError(
                     "pruning needs prune_column and prune_below as well as prune_scores"
                 )
-            from assay.scores import read_scores
+            from assay.io.scores import read_scores
 
             scores = read_scores(str(prune_scores), corpus, [prune_column]).select(
                 "id", prune_column
@@ -323,7 +283,7 @@ def assign_domains(
     held-out losses on cluster domains (what BiMix fits, and what a mixture search can target)
     need held-out documents labelled this way.
     """
-    from assay.runner import LocalRunner
+    from assay.exec.runner import LocalRunner
 
     src = Path(cluster_dir)
     if not (src / CENTROIDS_FILE).exists():

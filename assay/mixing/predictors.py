@@ -22,16 +22,7 @@ from typing import Any
 
 import numpy as np
 
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation; NaN for fewer than 3 pairs or a constant side (a predictor
-    that predicts one value ranks nothing)."""
-    from scipy.stats import rankdata
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(np.corrcoef(rankdata(a), rankdata(b))[0, 1])
+from assay.common.numerics import spearman
 
 
 def _split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

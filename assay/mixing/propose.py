@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from assay.mixing.mixture import Mixture
+from assay.common.mixture import Mixture
 
 
 class MixtureProposer:

@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from assay._files import atomic_path
+from assay.util.files import atomic_path
 
 
 def run_row(run: Any) -> dict[str, Any]:

@@ -35,13 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from assay._files import config_hash, host_name, read_json, write_json
-from assay._guard import check_output, folder_lock
-from assay._progress import ProgressBar
-from assay.corpus import Corpus
-from assay.mixing.mixture import Mixture, resolve_mixture
-from assay.proxies.data import TokenCache, pack_mixture, tokenizer_fingerprint
-from assay.proxies.model import build_model, count_parameters, get_preset, save_model
+from assay.common.lm import count_parameters
+from assay.common.mixture import Mixture, resolve_mixture
+from assay.common.tokens import TokenCache, tokenizer_fingerprint
+from assay.io.corpus import Corpus
+from assay.proxies.data import pack_mixture
+from assay.proxies.model import build_model, get_preset, save_model
+from assay.util.files import host_name, read_json, write_json
+from assay.util.guard import check_output, folder_lock
+from assay.util.hashing import config_hash
+from assay.util.progress import ProgressBar
 
 RUN_FILE = "run.json"
 STATE_DIR = "state"  # final optimizer state of a run trained with keep_optimizer=True
@@ -189,7 +192,7 @@ def load_training_state(run_dir: str | os.PathLike, model: Any, optimizer: Any) 
 def _resolve_tokenizer(
     tokenizer: Any, corpus: Corpus | None, preset: str, out: Path, seed: int
 ) -> Any:
-    from assay.proxies.tokenizer import load_tokenizer, train_tokenizer
+    from assay.common.tokenizer import load_tokenizer, train_tokenizer
 
     if tokenizer is None:
         if corpus is None:
@@ -330,7 +333,7 @@ def train_proxy(
 
         evalset = None
         if heldout is not None:
-            from assay.eval.loss import build_eval_set
+            from assay.common.losses import build_eval_set
 
             evalset = build_eval_set(
                 heldout, tok, cfg.seq_len, max_docs_per_group=eval_docs, seed=seed
@@ -398,7 +401,7 @@ def train_proxy(
         )
         task_results: dict[str, dict[str, float]] = {}
         if tasks:
-            from assay.eval.harness import evaluate
+            from assay.common.harness import evaluate
 
             task_results = evaluate(unwrapped, tok, tasks)
         save_model(unwrapped, out / "model", tok)
@@ -448,7 +451,7 @@ def _save_state(
     """The final optimizer state (and where the schedule stands) in `out/state/`, atomically."""
     import torch
 
-    from assay._files import atomic_path
+    from assay.util.files import atomic_path
 
     with atomic_path(out / STATE_DIR / "optimizer.pt") as tmp:
         torch.save(optimizer.state_dict(), tmp)
@@ -473,7 +476,7 @@ class TrainingStopped(RuntimeError):
 
 
 def _eval(model: Any, evalset: Any, cfg: TrainConfig) -> dict[str, dict[str, float]]:
-    from assay.eval.loss import evaluate_bpb
+    from assay.common.losses import evaluate_bpb
 
     return evaluate_bpb(model, evalset, batch_tokens=cfg.eval_batch_tokens)
 

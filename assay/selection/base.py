@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from assay._files import read_json, write_json
-from assay._guard import check_writable_folder
+from assay.util.files import read_json, write_json
+from assay.util.guard import check_writable_folder
 
 SCORER_FILE = "scorer.json"
 

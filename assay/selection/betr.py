@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from assay._files import atomic_path, read_json, stable_hash64, write_json
-from assay.embed import Embedder, cosine_topk, describe
+from assay.common.embed import Embedder, cosine_topk, describe
 from assay.selection.base import Scorer, register_scorer
 from assay.selection.fasttext import FastTextScorer, adapt_to_sample
+from assay.util.files import atomic_path, read_json, write_json
+from assay.util.hashing import stable_hash64
 
 #: the paper's fastText settings (tuned with 1,000 Optuna trials at 10M documents)
 BETR_PARAMS: dict[str, Any] = {
@@ -253,7 +254,7 @@ def fit_betr(
 ) -> BETRScorer:
     """Fit BETR on a uniform sample of `corpus` (seeded hash of the id) against `targets`
     (a file, a built-in benchmark name or a list of texts; see `load_targets`)."""
-    from assay.selection.targets import load_targets
+    from assay.common.targets import load_targets
 
     examples = load_targets(targets, fields, max_items=max_targets, seed=seed)
     frame = corpus.sample(sample, seed=seed)

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from assay._files import write_json
 from assay.selection.base import Scorer, register_scorer
+from assay.util.files import write_json
 
 POSITIVE = "__label__pos"
 NEGATIVE = "__label__neg"
@@ -305,7 +305,7 @@ def _binary_report(pos_scores: np.ndarray, neg_scores: np.ndarray) -> dict[str, 
 
 
 def _texts(source: Any, n: int | None, seed: int) -> list[str]:
-    from assay.corpus import Corpus
+    from assay.io.corpus import Corpus
 
     if isinstance(source, Corpus):
         if n is None:

@@ -62,9 +62,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from assay._files import atomic_path, read_json, write_json
-from assay.embed import Embedder, describe, model_fingerprint
+from assay.common.embed import Embedder, describe, model_fingerprint
 from assay.selection.base import Scorer, register_scorer
+from assay.util.files import atomic_path, read_json, write_json
 
 SKILL_SOURCES = ("auto", "tags", "keyphrase", "cluster")
 AGGREGATIONS = ("quadratic", "linear")
@@ -268,7 +268,8 @@ def cluster_skills(
     An example has the clusters its sentences fall in, at most `max_skills` (those holding
     most of its sentences). A cluster is named by its top class-TF-IDF terms and embedded as
     its (renormalised) centroid."""
-    from assay.mixing.cluster import default_k, kmeans, nearest, top_terms
+    from assay.common.numerics import default_k, kmeans, nearest
+    from assay.common.text import top_terms
 
     sentences, owner = split_sentences(texts, min_chars)
     if len(sentences) < 2:
@@ -857,7 +858,7 @@ def champ_skill_tags(*, parents: bool = True, category: bool = True) -> dict[str
 @functools.lru_cache(maxsize=4)
 def _champ_tags(parents: bool, category: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """Cached: the dataset file is 72 MB of JSON, about a second to parse."""
-    from assay.eval.tasks import _package_file
+    from assay.common.tasks import _package_file
 
     data = json.loads(_package_file("champ_dataset", "dataset_files", "v0.json").read_text())
     concepts: dict[str, dict[str, Any]] = data["concepts"]
@@ -883,13 +884,13 @@ def _champ_tags(parents: bool, category: bool) -> tuple[tuple[str, tuple[str, ..
 @functools.lru_cache(maxsize=2)
 def _builtin_records(name: str) -> tuple[dict[str, Any], ...]:
     """The built-in benchmark's records, parsed once per process (CHAMP's file is large)."""
-    from assay.selection.targets import _builtin_records as records
+    from assay.common.targets import _builtin_records as records
 
     return tuple(records(name))
 
 
 def _builtin_reference(name: str, fields: Sequence[str] | None, want_tags: bool):
-    from assay.selection.targets import example_text
+    from assay.common.targets import example_text
 
     records = _builtin_records(name)
     texts = [example_text(r, fields or ("question", "answer"), f"{name}[{i}]") for i, r in enumerate(records, 1)]  # fmt: skip
@@ -902,7 +903,7 @@ def _builtin_reference(name: str, fields: Sequence[str] | None, want_tags: bool)
 
 
 def _file_reference(path: Path, fields: Sequence[str] | None, tags_field: str | None):
-    from assay.selection.targets import _file_records, example_text
+    from assay.common.targets import _file_records, example_text
 
     records = _file_records(path)
     if fields is None and records:
@@ -937,7 +938,7 @@ def load_reference(
     with no text are dropped together with their tags; `max_items` keeps a seeded subset."""
     import os
 
-    from assay.selection.targets import BUILTIN
+    from assay.common.targets import BUILTIN
 
     if isinstance(reference, (str, os.PathLike)) and str(reference) in BUILTIN:
         texts, found = _builtin_reference(str(reference), fields, want_tags and tags_field is None)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from assay.eval.loss import LN2, document_nll
+from assay.common.losses import LN2, document_nll
 from assay.selection.base import Scorer, register_scorer
 
 OUTPUTS = ("bpb", "loss", "perplexity")
@@ -73,8 +73,8 @@ class PerplexityScorer(Scorer):
 
     def _load(self) -> None:
         if self._model is None:
-            from assay.proxies.model import load_causal_lm
-            from assay.proxies.tokenizer import load_tokenizer
+            from assay.common.lm import load_causal_lm
+            from assay.common.tokenizer import load_tokenizer
 
             self._model = load_causal_lm(
                 self.model_path, self.gguf_file, dtype=self.dtype, device=self.device

@@ -38,8 +38,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from assay._files import atomic_path, read_json, write_json
-from assay.eval.loss import LN2
+from assay.common.losses import LN2
 from assay.selection.base import Scorer, register_scorer
 from assay.selection.fasttext import (
     DEFAULT_PARAMS,
@@ -47,6 +46,7 @@ from assay.selection.fasttext import (
     FastTextScorer,
     adapt_to_sample,
 )
+from assay.util.files import atomic_path, read_json, write_json
 
 #: The official classifier call: `fasttext.train_supervised(epoch=3, lr=0.1, wordNgrams=2)`; the
 #: other settings are assay's fastText defaults (see `assay.selection.fasttext.DEFAULT_PARAMS`).
@@ -158,28 +158,6 @@ def family_losses(
             )
         )
     return np.stack(rows) if rows else np.zeros((0, len(texts)), dtype=np.float64)
-
-
-def family_benchmark_scores(
-    models: Sequence[ModelSpec],
-    target_texts: Sequence[str],
-    *,
-    batch_tokens: int = 8192,
-    seq_len: int | None = None,
-) -> np.ndarray:
-    """A "benchmark score" per model for families without real benchmarks: minus mean bits/char.
-
-    PreSelect orders the family by benchmark accuracy. For proxies trained by assay, which are
-    far too small for benchmarks, the stand-in is how well each model predicts examples of the
-    target (benchmark training items, a domain of held-out text): the mean over target examples of
-    their bits per character, negated so that higher is better. Each example weighs the same, as
-    in an accuracy average, whatever its length. Empty examples are ignored.
-    """
-    target = list(target_texts)
-    if not any(t for t in target):
-        raise ValueError("no target examples: family_benchmark_scores needs non-empty texts")
-    bpc = family_losses(models, target, batch_tokens=batch_tokens, seq_len=seq_len)
-    return -np.nanmean(bpc, axis=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,51 +585,3 @@ class PreSelectScorer(Scorer):
         self.family = read_json(folder / FAMILY_FILE) if (folder / FAMILY_FILE).exists() else {}
         self.report = read_json(folder / REPORT_FILE) if (folder / REPORT_FILE).exists() else {}
         self.calibration = None
-
-
-def fit_preselect(
-    corpus: Any,
-    models: Sequence[ModelSpec],
-    *,
-    targets: Any = None,
-    fields: Sequence[str] | None = None,
-    max_targets: int | None = None,
-    calibration: int = 2_000,
-    seed: int = 0,
-    **params: Any,
-) -> PreSelectScorer:
-    """Fit PreSelect on a uniform calibration sample of `corpus`.
-
-    Each model is a path or a mapping with `path` and, optionally, its benchmark `score`
-    (higher is better). Models without a score get one from `targets` (a file, a built-in
-    benchmark name or texts): minus their bits per character on the target examples.
-    """
-    specs = [_spec(m) for m in models]
-    given = [m.get("score") if isinstance(m, Mapping) else None for m in models]
-    if len(specs) < MIN_MODELS:
-        raise ValueError(
-            f"PreSelect needs at least {MIN_MODELS} models (got {len(specs)}): with fewer, every "
-            "document's predictive strength is 0 or 1"
-        )
-    if all(g is not None for g in given):
-        scores = np.asarray(given, dtype=np.float64)
-    else:
-        if targets is None:
-            raise ValueError(
-                "PreSelect needs a benchmark score per model: give each model a score, or "
-                "targets to compute them from"
-            )
-        from assay.selection.targets import load_targets
-
-        examples = load_targets(targets, fields, max_items=max_targets, seed=seed)
-        missing = [i for i, g in enumerate(given) if g is None]
-        computed = dict(zip(missing, family_benchmark_scores([specs[i] for i in missing], examples), strict=True))  # fmt: skip
-        scores = np.asarray([computed.get(i, g) for i, g in enumerate(given)], dtype=np.float64)
-    frame = corpus.sample(calibration, seed=seed)
-    return PreSelectScorer(**params).fit(
-        frame.get_column("text").to_list(),
-        specs,
-        scores,
-        ids=frame.get_column("id").to_list(),
-        seed=seed,
-    )

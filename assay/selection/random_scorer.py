@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from assay._files import stable_hash64, uniform_from_hash
 from assay.selection.base import Scorer, register_scorer
+from assay.util.hashing import stable_hash64, uniform_from_hash
 
 
 @register_scorer("random")

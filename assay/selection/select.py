@@ -33,22 +33,22 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from assay._files import (
+from assay.common.text import count_tokens
+from assay.exec.runner import STATS_DIR, STATS_FILE, LocalRunner, Runner, report_progress
+from assay.io.corpus import Corpus
+from assay.io.scores import ScoreSet, check_score_columns, check_unique_ids, join_scores
+from assay.io.shards import ReadOptions, Shard, ShardStats
+from assay.io.write import ShardWriter, output_name
+from assay.util.files import (
     atomic_path,
-    config_hash,
     content_id,
     file_sha256,
-    mix64,
     read_json,
     read_parquet,
-    stable_hash64,
-    uniform_from_hash,
     write_json,
 )
-from assay._guard import check_output, folder_lock, mark_output
-from assay.corpus import Corpus, ReadOptions, Shard, ShardStats, ShardWriter, output_name
-from assay.runner import STATS_DIR, STATS_FILE, LocalRunner, Runner, report_progress
-from assay.scores import ScoreSet, check_score_columns, check_unique_ids, join_scores
+from assay.util.guard import check_output, folder_lock, mark_output
+from assay.util.hashing import config_hash, mix64, stable_hash64, uniform_from_hash
 
 Policy = Literal["topk", "gumbel", "threshold"]
 Measure = Literal["docs", "chars", "tokens"]
@@ -61,11 +61,6 @@ SELECT_DIR = "_select"
 SELECTION_FILE = "_selection.json"
 #: written after the decision: which keys (by content) it was made from
 DECIDED_FILE = "decided.json"
-
-#: Pieces of GPT-2's pre-tokenizer (contractions, letter runs, digit runs, punctuation runs,
-#: whitespace runs). Without a tokenizer, "tokens" are estimated as these pieces; byte-level BPE
-#: vocabularies of 32k-50k give about 1.0-1.3 tokens per piece on English prose.
-TOKEN_ESTIMATE_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,36 +262,6 @@ class SelectResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "kept_fraction": self.kept_fraction}
-
-
-def count_tokens(texts: pl.Series, tokenizer: str | None) -> np.ndarray:
-    """Token counts: exact with a local tokenizer (folder or tokenizer.json), else an estimate."""
-    if tokenizer is None:
-        return texts.str.count_matches(TOKEN_ESTIMATE_PATTERN).to_numpy().astype(np.float64)
-    tok = _load_tokenizer(tokenizer)
-    enc = tok.encode_batch(texts.to_list(), add_special_tokens=False)
-    return np.fromiter((len(e.ids) for e in enc), dtype=np.float64, count=len(enc))
-
-
-_TOKENIZERS: dict[str, Any] = {}
-
-
-def _load_tokenizer(path: str) -> Any:
-    if path not in _TOKENIZERS:
-        try:
-            from tokenizers import Tokenizer
-        except ImportError as e:  # pragma: no cover
-            raise ImportError(
-                "exact token counts need `tokenizers`: pip install 'assay[tokenizers]'"
-            ) from e
-        p = Path(path)
-        file = p / "tokenizer.json" if p.is_dir() else p
-        if not file.exists():
-            raise FileNotFoundError(
-                f"no tokenizer at {path} (expected a tokenizer.json file or a folder with one)"
-            )
-        _TOKENIZERS[path] = Tokenizer.from_file(str(file))
-    return _TOKENIZERS[path]
 
 
 @dataclass
@@ -593,3 +558,40 @@ def _clear_selection(out: Path, corpus: Corpus, cfg: SelectConfig) -> None:
         (out / f).unlink(missing_ok=True)
     for s in corpus.shards:
         (out / output_name(s, cfg.format)).unlink(missing_ok=True)
+
+
+def gumbel_topk(
+    benefit: np.ndarray,
+    k: int,
+    *,
+    tau: float = 0.5,
+    seed: int = 0,
+    id_hashes: np.ndarray | None = None,
+) -> np.ndarray:
+    """Indices of k items sampled without replacement with P proportional to softmax(benefit/tau).
+
+    The Gumbel-top-k trick (Kool et al. 2019): the k largest of `benefit / tau + G`, G i.i.d.
+    standard Gumbel. For MATES, benefit = -predicted influence (lower influence = lower reference
+    loss = better), i.e. `argtopk(-pred / tau + G)`.
+
+    Not the official MATES code, which keeps the k *smallest* of `pred / tau + G`: since
+    min(a + G) is not distributed like max(-a + G) (the Gumbel distribution is skewed), that
+    picks item i with P != softmax(-pred / tau)_i; e.g. for pred = (0, 1, 2), tau = 1, k = 1 it
+    gives about (0.702, 0.245, 0.053) instead of softmax's (0.665, 0.245, 0.090): the worst
+    documents are under-sampled (and the best over-sampled) relative to the intended law.
+
+    Noise comes from a seeded generator, or from (seed, id hash) when `id_hashes` is given (then
+    the draw of a document does not depend on its position). Returned best key first.
+    """
+    from assay.selection.select import gumbel_noise
+
+    b = np.asarray(benefit, dtype=np.float64)
+    if tau <= 0:
+        raise ValueError("tau must be positive")
+    if not 0 <= k <= len(b):
+        raise ValueError(f"k must be between 0 and {len(b)}, not {k}")
+    if id_hashes is not None and len(id_hashes) != len(b):
+        raise ValueError(f"{len(id_hashes)} id hashes for {len(b)} items")
+    key = b / tau + gumbel_noise(len(b) if id_hashes is None else id_hashes, seed)
+    order = np.argsort(-key, kind="stable")
+    return order[:k]

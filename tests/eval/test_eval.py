@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assay.corpus import Corpus
+from assay.common.lm import load_causal_lm
+from assay.common.losses import document_nll, windows_of
+from assay.common.tasks import build_tasks, champ_items, mmlu_dev_items
 from assay.eval import evaluate_model
-from assay.eval.loss import document_nll, windows_of
-from assay.eval.tasks import build_tasks, champ_items, mmlu_dev_items
-from assay.proxies.model import load_causal_lm
+from assay.io.corpus import Corpus
 
 
 def test_windows_predict_every_token_once() -> None:

@@ -108,7 +108,7 @@ def test_a_floor_keeps_every_domain_in_the_optimum() -> None:
 
 
 def test_fit_bimix_refuses_what_cannot_fit_before_training(token_cache, tmp_path) -> None:
-    from assay.mixing.bimix import fit_bimix
+    from assay.workflows.bimix import fit_bimix
 
     common = {"tokenizer": "unused", "tokens": 8 * 8 * 128, "train": {"batch_size": 8, "seq_len": 128}}  # fmt: skip
     with pytest.raises(ValueError, match="give a held-out corpus"):

@@ -10,7 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assay.mixing.climb import ClimbSearch, search_mixture, split_budget
+from assay.mixing.climb import ClimbSearch, split_budget
+from assay.workflows.search import search_mixture
 
 COUNTS = {"a": 4e6, "b": 2e6, "c": 1e6, "d": 5e5}
 OPTIMUM = np.array([0.1, 0.2, 0.6, 0.1])  # domains in sorted order

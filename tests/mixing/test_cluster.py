@@ -9,16 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assay.corpus import Corpus
-from assay.mixing.cluster import (
-    PRUNED,
-    assign_domains,
-    cluster_corpus,
-    merge_centroids,
-    top_terms,
-)
-from assay.scores import score_corpus
+from assay.common.text import top_terms
+from assay.io.corpus import Corpus
+from assay.mixing.cluster import PRUNED, assign_domains, cluster_corpus, merge_centroids
 from assay.selection.doc_stats import DocStatsScorer
+from assay.selection.score import score_corpus
 
 
 def _side(out: Path) -> pl.DataFrame:

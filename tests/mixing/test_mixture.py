@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assay.mixing.mixture import Mixture, resolve_mixture
+from assay.common.mixture import Mixture, resolve_mixture
 
 
 def test_validation() -> None:

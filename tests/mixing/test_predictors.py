@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from assay.mixing.predictors import LightGBMPredictor, LinearPredictor, heldout_spearman, spearman
+from assay.common.numerics import spearman
+from assay.mixing.predictors import LightGBMPredictor, LinearPredictor, heldout_spearman
 
 
 def _data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assay.corpus import Corpus
-from assay.mixing.mixture import Mixture
-from assay.proxies.data import TokenCache, pack_mixture
-from assay.proxies.tokenizer import load_tokenizer
+from assay.common.mixture import Mixture
+from assay.common.tokenizer import load_tokenizer
+from assay.common.tokens import TokenCache
+from assay.io.corpus import Corpus
+from assay.proxies.data import pack_mixture
 
 
 def test_tokenizer_is_byte_level_and_round_trips(

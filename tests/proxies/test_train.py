@@ -9,9 +9,10 @@ import polars as pl
 import pytest
 from conftest import PROXY_SETTINGS
 
-from assay.corpus import Corpus
-from assay.eval.loss import build_eval_set, unigram_bpb
-from assay.proxies.model import PRESETS, build_model, count_parameters, load_causal_lm
+from assay.common.lm import count_parameters, load_causal_lm
+from assay.common.losses import build_eval_set, unigram_bpb
+from assay.io.corpus import Corpus
+from assay.proxies.model import PRESETS, build_model
 from assay.proxies.runs import RunsTable
 from assay.proxies.train import ProxyRun, TrainConfig, TrainingStopped, lr_at, train_proxy
 
@@ -62,7 +63,7 @@ def test_a_proxy_beats_a_unigram_model(
     assert trained_proxy.effective_mixture == pytest.approx(expected, abs=0.01)
     # the saved model reloads and gives the same held-out result
     model = load_causal_lm(trained_proxy.model_dir)
-    from assay.eval.loss import evaluate_bpb
+    from assay.common.losses import evaluate_bpb
 
     again = evaluate_bpb(
         model,
@@ -117,7 +118,7 @@ def test_deterministic_and_resume_is_exact(tmp_path: Path, token_cache, proxy_to
 def test_runs_table_and_bpb_across_tokenizers(
     tmp_path: Path, demo_dir: Path, token_cache, proxy_tokenizer, trained_proxy: ProxyRun
 ) -> None:
-    from assay.proxies.tokenizer import train_tokenizer
+    from assay.common.tokenizer import train_tokenizer
 
     table = RunsTable(tmp_path / "runs.parquet")
     table.append(trained_proxy)

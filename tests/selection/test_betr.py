@@ -8,13 +8,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assay.corpus import Corpus
-from assay.runner import LocalRunner, RayRunner
-from assay.scores import score_corpus
+from assay.common.targets import load_targets
+from assay.exec.runner import LocalRunner, RayRunner
+from assay.io.corpus import Corpus
 from assay.selection.base import load_scorer
 from assay.selection.betr import BETRScorer, betr_keep_rate, rank_scores
 from assay.selection.fasttext import _binary_report, adapt_to_sample
-from assay.selection.targets import load_targets
+from assay.selection.score import score_corpus
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

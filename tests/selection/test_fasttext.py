@@ -12,11 +12,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assay.corpus import Corpus
-from assay.runner import LocalRunner
-from assay.scores import score_corpus
+from assay.exec.runner import LocalRunner
+from assay.io.corpus import Corpus
 from assay.selection.base import load_scorer
 from assay.selection.fasttext import FastTextScorer, train_quality_classifier
+from assay.selection.score import score_corpus
 
 pytest.importorskip("fasttext")
 

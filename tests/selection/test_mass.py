@@ -11,10 +11,9 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from assay.corpus import Corpus
-from assay.embed import Embedder
-from assay.runner import LocalRunner
-from assay.scores import score_corpus
+from assay.common.embed import Embedder
+from assay.exec.runner import LocalRunner
+from assay.io.corpus import Corpus
 from assay.selection.base import load_scorer
 from assay.selection.mass import (
     MassScorer,
@@ -32,6 +31,7 @@ from assay.selection.mass import (
     skill_similarities,
     split_sentences,
 )
+from assay.selection.score import score_corpus
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -13,21 +13,14 @@ import polars as pl
 import pytest
 import torch
 
-from assay.corpus import Corpus
+from assay.common.targets import load_targets
+from assay.io.corpus import Corpus
 from assay.proxies.train import TrainConfig, lr_at, train_proxy
 from assay.selection.base import load_scorer
-from assay.selection.mates import (
-    MatesScorer,
-    Prober,
-    ReferenceSet,
-    encode_documents,
-    gumbel_topk,
-    mates_train_config,
-    reference_loss,
-    run_mates,
-    spearman,
-)
-from assay.selection.targets import load_targets
+from assay.selection.mates import MatesScorer, spearman
+from assay.selection.select import gumbel_topk
+from assay.workflows.mates import mates_train_config, run_mates
+from assay.workflows.mates_probing import Prober, ReferenceSet, encode_documents, reference_loss
 
 SEQ = 64
 CFG = TrainConfig(batch_size=8, seq_len=SEQ)
@@ -204,8 +197,8 @@ def test_head_is_chosen_by_heldout_spearman() -> None:
 def test_scorer_saves_and_reloads_identically(
     tmp_path: Path, static_model: Path, real_texts: list[str], demo_dir: Path
 ) -> None:
-    from assay.runner import LocalRunner
-    from assay.scores import score_corpus
+    from assay.exec.runner import LocalRunner
+    from assay.selection.score import score_corpus
 
     texts = real_texts[:60]
     # a target the embeddings can predict: the length of the text
@@ -344,7 +337,7 @@ def test_rollouts_record_increments_from_the_same_start(
 
 
 def test_relational_model_and_greedy_selection_use_learned_alpha_tau() -> None:
-    from assay.selection.mates import RelationalInfluenceModel, group_select
+    from assay.selection.group_mates import RelationalInfluenceModel, group_select
 
     rng = np.random.default_rng(0)
     m, T, d = 200, 4, 8

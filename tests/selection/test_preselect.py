@@ -11,16 +11,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assay.corpus import Corpus
+from assay.io.corpus import Corpus
 from assay.selection.base import load_scorer
 from assay.selection.perplexity import PerplexityScorer
 from assay.selection.preselect import (
     PreSelectScorer,
     bits_per_char,
-    family_benchmark_scores,
     family_losses,
     predictive_strength,
 )
+from assay.workflows.preselect import family_benchmark_scores
 
 pytest.importorskip("fasttext")
 

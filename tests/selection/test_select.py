@@ -9,18 +9,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assay.corpus import Corpus
-from assay.runner import LocalRunner
-from assay.scores import score_corpus
+from assay.common.text import count_tokens
+from assay.exec.runner import LocalRunner
+from assay.io.corpus import Corpus
 from assay.selection.doc_stats import DocStatsScorer
-from assay.selection.select import (
-    SelectConfig,
-    count_tokens,
-    gumbel_topk_mask,
-    select,
-    threshold_mask,
-    topk_mask,
-)
+from assay.selection.score import score_corpus
+from assay.selection.select import SelectConfig, gumbel_topk_mask, select, threshold_mask, topk_mask
 
 # -- arrays ------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from assay.selection.targets import load_targets
+from assay.common.targets import load_targets
 
 
 def test_builtin_benchmark_examples_join_question_and_answer() -> None:

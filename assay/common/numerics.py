@@ -1,0 +1,43 @@
+"""Numerics several engines share: rank correlation, k-means."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation; NaN for fewer than 3 pairs or a constant side (a predictor
+    that predicts one value ranks nothing)."""
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(rankdata(a), rankdata(b))[0, 1])
+
+
+def default_k(n_docs: int) -> int:
+    """K_init scaled to the sample: ~sqrt(n/2), between 2 and 1,000 (CLIMB's K_init)."""
+    return int(np.clip(round(np.sqrt(n_docs / 2)), 2, 1000))
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int = 0, n_iter: int = 100) -> np.ndarray:
+    """Centroids (k x dim), with faiss when it is installed, else scikit-learn."""
+    if k > len(x):
+        raise ValueError(f"cannot make {k} clusters from {len(x)} documents")
+    try:
+        import faiss  # type: ignore[import-not-found]
+
+        km = faiss.Kmeans(x.shape[1], k, niter=n_iter, seed=seed, verbose=False)
+        km.train(np.ascontiguousarray(x, dtype=np.float32))
+        return np.asarray(km.centroids, dtype=np.float32)
+    except ImportError:
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=k, n_init=3, max_iter=n_iter, random_state=seed).fit(x)
+        return km.cluster_centers_.astype(np.float32)
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    d = (x * x).sum(1)[:, None] - 2 * x @ centroids.T + (centroids * centroids).sum(1)[None, :]
+    return np.argmin(d, axis=1)

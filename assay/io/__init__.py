@@ -1,0 +1,1 @@
+"""Reading and writing corpora and side-car score tables."""

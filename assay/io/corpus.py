@@ -1,0 +1,208 @@
+"""Sharded corpora: discover shards, stream validated batches, write shards.
+
+A `Corpus` is a list of shards (files, or slices of a Hugging Face dataset) plus the options for
+reading them. Shards that fit comfortably in memory are parsed whole by polars (as fast as polars
+alone); larger ones are streamed in blocks of whole lines or parquet row groups, so memory stays
+bounded whatever the size of a shard (see `assay._read`). Every batch is a polars DataFrame whose
+first two columns are `id` and `text`, followed by the other fields of the records.
+
+Bad records are never silently dropped: under `on_error="fail"` (the default) the first one raises
+a `CorpusError` naming the file and line; under `on_error="skip"` it is counted, by reason, in the
+shard's `ShardStats`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from assay.io.discover import discover_inputs
+from assay.io.shards import (
+    DEFAULT_MAX_CHARS,
+    FileShard,
+    HFIterableShard,
+    HFShard,
+    OnError,
+    ReadOptions,
+    Shard,
+    ShardStats,
+)
+from assay.io.write import ShardWriter, output_name
+from assay.util.guard import check_output, folder_lock, mark_output
+from assay.util.hashing import stable_hash64
+
+# ---------------------------------------------------------------------------------------------
+# Shards
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and normalisation of raw batches (the readers live in assay._read)
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus
+
+
+class Corpus:
+    """A set of shards plus the options to read them.
+
+    >>> corpus = Corpus("data/demo/train", on_error="skip")
+    >>> for batch in corpus.iter_batches():  # polars DataFrames: id, text, other fields
+    ...     ...
+    """
+
+    def __init__(
+        self,
+        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        text_field: str = "text",
+        id_field: str | None = "id",
+        on_error: OnError = "fail",
+        max_chars: int | None = DEFAULT_MAX_CHARS,
+        **read_options: Any,
+    ):
+        self.options = ReadOptions(
+            text_field=text_field,
+            id_field=id_field,
+            on_error=on_error,
+            max_chars=max_chars,
+            **read_options,
+        )
+        shards, self.inputs = discover_inputs(paths)
+        self.shards: list[Shard] = list(shards)
+
+    @classmethod
+    def from_shards(
+        cls,
+        shards: Sequence[Shard],
+        options: ReadOptions | None = None,
+        inputs: Sequence[str] | None = None,
+    ) -> Corpus:
+        corpus = cls.__new__(cls)
+        corpus.options = options or ReadOptions()
+        corpus.shards = list(shards)
+        corpus.inputs = list(inputs) if inputs is not None else []
+        return corpus
+
+    def input_paths(self) -> list[str]:
+        """Every local place this corpus reads: the folders, files and glob matches it was
+        given, and each shard's file. No output may equal, contain or lie inside one."""
+        return [*self.inputs, *(s.path for s in self.shards if isinstance(s, FileShard))]
+
+    def check_output(self, out: str | os.PathLike, what: str = "output") -> None:
+        """Refuse `out` if it equals, contains or lies inside any input of this corpus."""
+        check_output(out, self.input_paths(), what)
+
+    @classmethod
+    def from_hf(
+        cls,
+        dataset: Any,
+        *,
+        num_shards: int | None = None,
+        split: str | None = None,
+        **options: Any,
+    ) -> Corpus:
+        """Wrap a `datasets.Dataset`/`IterableDataset` (or a name/path for `load_dataset`)."""
+        import datasets
+
+        if isinstance(dataset, str):
+            dataset = datasets.load_dataset(dataset, split=split or "train")
+        if isinstance(dataset, datasets.DatasetDict):
+            if split is None:
+                raise ValueError(f"pass split= (one of {list(dataset)}) for a DatasetDict")
+            dataset = dataset[split]
+        opts = ReadOptions(**options)
+        if isinstance(dataset, datasets.IterableDataset):
+            return cls.from_shards([HFIterableShard(name="hf-00000", dataset=dataset)], opts)
+        n = len(dataset)
+        k = num_shards or max(1, min(64, n // 50_000 + 1))
+        bounds = np.linspace(0, n, k + 1).astype(int)
+        shards = [
+            HFShard(name=f"hf-{i:05d}", dataset=dataset, start=int(a), stop=int(b))
+            for i, (a, b) in enumerate(itertools.pairwise(bounds))
+        ]
+        return cls.from_shards(shards, opts)
+
+    def with_options(self, **changes: Any) -> Corpus:
+        return Corpus.from_shards(self.shards, replace(self.options, **changes), self.inputs)
+
+    def __repr__(self) -> str:
+        return f"Corpus({len(self.shards)} shards, text_field={self.options.text_field!r})"
+
+    def iter_batches(self, stats: ShardStats | None = None) -> Iterator[pl.DataFrame]:
+        for shard in self.shards:
+            yield from shard.read(self.options, stats)
+
+    def iter_texts(self) -> Iterator[str]:
+        for batch in self.iter_batches():
+            yield from batch.get_column("text").to_list()
+
+    def fingerprint(self) -> list[dict[str, Any]]:
+        return [s.fingerprint() for s in self.shards]
+
+    def sample(self, n: int, seed: int = 0, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """A uniform sample of `n` documents without replacement, in one streaming pass.
+
+        Keeps the `n` documents with the smallest seeded hash of their id ("bottom-k"), so the
+        sample does not depend on shard order or batch size, and growing `n` only adds documents.
+        """
+        if n <= 0:
+            raise ValueError("sample size must be positive")
+        best: pl.DataFrame | None = None
+        for batch in self.iter_batches():
+            if columns is not None:
+                batch = batch.select(
+                    ["id", "text", *[c for c in columns if c not in ("id", "text")]]
+                )
+            keys = stable_hash64(batch.get_column("id").to_list(), seed)
+            batch = batch.with_columns(pl.Series("_key", keys, dtype=pl.UInt64))
+            merged = batch if best is None else pl.concat([best, batch], how="diagonal_relaxed")
+            best = merged.sort("_key").head(n)
+        if best is None:
+            raise ValueError("cannot sample from an empty corpus")
+        return best.drop("_key")
+
+    def write(self, out_dir: str | os.PathLike, fmt: str | None = None) -> list[Path]:
+        """Copy (and convert) the corpus into `out_dir`, one output per shard, atomically."""
+        self.check_output(out_dir)
+        outs = []
+        with folder_lock(out_dir):
+            mark_output(out_dir, "corpus")
+            for shard in self.shards:
+                final = Path(out_dir) / output_name(shard, fmt)
+                with ShardWriter.atomic(final, self.options) as w:
+                    for batch in shard.read(self.options):
+                        w.write(batch)
+                outs.append(final)
+        return outs
+
+    def to_hf(self, cache_dir: str | os.PathLike | None = None) -> Any:
+        """A memory-mapped `datasets.Dataset`, built by streaming shards to parquet files."""
+        import tempfile
+
+        import datasets
+
+        target = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="assay-hf-"))
+        files = [str(p) for p in self.write(target, fmt="parquet")]
+        return datasets.load_dataset(
+            "parquet", data_files=files, split="train", cache_dir=str(target / "_cache")
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus statistics (`assay stats`)

@@ -1,0 +1,169 @@
+"""Side-car score tables: scores live beside the data, keyed by document id.
+
+This is dolma's "attributes" idea. Scoring a corpus writes, per input shard, one parquet file
+`<scores_dir>/<shard stem>.parquet` with an `id` column and one float32 column per score. A
+scores folder also holds `_scores.json` (which scorer, which columns) and the runner's stats.
+Several folders (one per scorer) combine by joining on `id`, so that selecting or mixing again
+never re-scores anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from assay.io.corpus import Corpus
+from assay.io.shards import RESERVED_COLUMNS, Shard
+from assay.util.files import read_json, read_parquet
+
+SCORES_META = "_scores.json"
+
+
+def score_file(scores_dir: str | os.PathLike, shard: Shard) -> Path:
+    return Path(scores_dir) / f"{shard.stem}.parquet"
+
+
+def check_unique_ids(ids: list[pl.Series], shard: Shard) -> None:
+    if not ids:
+        return
+    all_ids = pl.concat(ids)
+    dup = all_ids.filter(all_ids.is_duplicated())
+    if dup.len():
+        raise ValueError(
+            f"duplicate id {dup[0]!r} in shard {shard.name}: ids must be unique within a shard "
+            "(pass id_field=None to generate ids from file and line)"
+        )
+
+
+def check_score_columns(columns: Sequence[str], where: str) -> None:
+    """Refuse score column names that assay's tables already use for something else."""
+    for c in columns:
+        if c in RESERVED_COLUMNS:
+            raise ValueError(
+                f"{where}: a score column cannot be named {c!r}; {', '.join(RESERVED_COLUMNS)} "
+                "are reserved (set the scorer's column name to something else)"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and joining
+
+
+def score_columns(scores_dir: str | os.PathLike) -> list[str]:
+    meta = Path(scores_dir) / SCORES_META
+    if not meta.exists():
+        raise FileNotFoundError(
+            f"{scores_dir} is not a scores folder (no {SCORES_META}); run `assay score` first"
+        )
+    return list(read_json(meta)["columns"])
+
+
+class ScoreSet:
+    """One or more scores folders, joined on `id`.
+
+    >>> scores = ScoreSet(["runs/q/quality", "runs/q/doc_stats"])
+    >>> scores.for_shard(shard)           # id + every score column of that shard
+    """
+
+    def __init__(self, dirs: str | os.PathLike | Sequence[str | os.PathLike]):
+        if isinstance(dirs, str | os.PathLike):
+            dirs = [dirs]
+        if not dirs:
+            raise ValueError("no scores folders given")
+        self.dirs = [Path(d) for d in dirs]
+        self.columns_by_dir = {d: score_columns(d) for d in self.dirs}
+        for d, cols in self.columns_by_dir.items():
+            check_score_columns(cols, f"scores folder {d}")
+        owner: dict[str, Path] = {}
+        for d, cols in self.columns_by_dir.items():
+            for c in cols:
+                if c in owner:
+                    raise ValueError(
+                        f"score column {c!r} is in both {owner[c]} and {d}; rename one (column=...)"
+                    )
+                owner[c] = d
+        self.owner = owner
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.owner)
+
+    def for_shard(self, shard: Shard, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        wanted = list(columns) if columns is not None else self.columns
+        for c in wanted:
+            if c not in self.owner:
+                raise ValueError(f"no score column {c!r}; available: {', '.join(self.columns)}")
+        frame: pl.DataFrame | None = None
+        for d, cols in self.columns_by_dir.items():
+            take = [c for c in cols if c in wanted]
+            if not take:
+                continue
+            path = score_file(d, shard)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"no scores for shard {shard.name!r} in {d} (expected {path})"
+                )
+            part = read_parquet(path, columns=["id", *take])
+            frame = part if frame is None else frame.join(part, on="id", how="full", coalesce=True)
+        assert frame is not None
+        return frame
+
+    def files_for(self, shard: Shard, columns: Sequence[str]) -> list[Path]:
+        """The score files a shard's `columns` are read from (to record what a result used)."""
+        return [
+            score_file(d, shard)
+            for d, cols in self.columns_by_dir.items()
+            if any(c in cols for c in columns)
+        ]
+
+    def read_all(
+        self, shards: Sequence[Shard], columns: Sequence[str] | None = None
+    ) -> pl.DataFrame:
+        """Every score row of the given shards with a `shard` column; ids and floats only."""
+        parts = [
+            self.for_shard(s, columns).with_columns(pl.lit(s.name).alias("shard")) for s in shards
+        ]
+        return pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
+
+
+def join_scores(batch: pl.DataFrame, scores: pl.DataFrame) -> pl.DataFrame:
+    """Attach score columns to a batch of documents, keeping the batch's row order."""
+    clash = [c for c in scores.columns if c != "id" and c in batch.columns]
+    if clash:
+        raise ValueError(
+            f"the corpus has fields named like score columns ({', '.join(clash)}); a score "
+            "would be confused with the field: give the scorer another column name"
+        )
+    return batch.join(scores, on="id", how="left", maintain_order="left")
+
+
+def read_scores(
+    dirs: str | os.PathLike | Sequence[str | os.PathLike],
+    corpus: Corpus,
+    columns: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """All scores of a corpus as one table (id, shard, score columns)."""
+    return ScoreSet(dirs).read_all(corpus.shards, columns)
+
+
+def describe_scores(dirs: Any, corpus: Corpus) -> dict[str, dict[str, float]]:
+    """Summary statistics per score column (count, mean, quantiles)."""
+    table = read_scores(dirs, corpus)
+    out: dict[str, dict[str, float]] = {}
+    for c in table.columns:
+        if c in ("id", "shard"):
+            continue
+        s = table.get_column(c).drop_nulls()
+        out[c] = {
+            "count": s.len(),
+            "mean": float(s.mean()) if s.len() else float("nan"),
+            **{
+                f"p{q}": float(s.quantile(q / 100)) if s.len() else float("nan")
+                for q in (1, 10, 50, 90, 99)
+            },
+        }
+    return out

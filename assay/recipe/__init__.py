@@ -1,0 +1,1 @@
+"""Recipes: YAML lists of steps, validated with pydantic, run in self-describing run folders."""

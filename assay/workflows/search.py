@@ -1,0 +1,76 @@
+"""Mixture search (CLIMB, RegMix): proxies on proposals, a predictor, the best mixture."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from assay.mixing.climb import ClimbSearch, SearchResult, objective_value, split_budget
+from assay.util.files import write_json
+from assay.util.guard import check_output
+from assay.workflows.proxy_batch import heldout_paths, train_mixtures
+
+
+def search_mixture(
+    cache_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    objective: str,
+    tokenizer: str,
+    tokens: int,
+    runs: int = 14,
+    split: Sequence[float] = (4, 2, 1),
+    method: str = "climb",
+    preset: str = "tiny",
+    heldout: Sequence[str] | str | None = None,
+    eval_docs: int | None = None,
+    tasks: Sequence[str] = (),
+    train: Mapping[str, Any] | None = None,
+    predictor: str = "auto",
+    candidates: int = 10_000,
+    regmix_top_k: int = 16,
+    seed: int = 0,
+    runner: Any = None,
+    **proposer: Any,
+) -> SearchResult:
+    """Search a mixture over the domains of a TokenCache (built once with `TokenCache.build`).
+
+    method 'climb' spends `runs` proxies over the iterations of `split`; 'regmix' spends them
+    in one iteration and averages the predictor's top `regmix_top_k` candidates.
+    """
+    from assay.common.tokens import TokenCache
+    from assay.proxies.runs import run_row
+
+    if method not in ("climb", "regmix"):
+        raise ValueError(f"method must be 'climb' or 'regmix', not {method!r}")
+    per_iter = split_budget(runs, (1,) if method == "regmix" else split)
+    if per_iter[0] < 3:
+        raise ValueError(f"the first iteration has {per_iter[0]} runs; the predictor needs at least 3")  # fmt: skip
+    cache = TokenCache.open(cache_dir)
+    counts = {d: t.n_tokens for d, t in cache.domains.items()}
+    search = ClimbSearch(counts, predictor=predictor, candidates=candidates, seed=seed, budget=tokens, **proposer)  # fmt: skip
+    out = Path(out_dir)
+    check_output(out, heldout_paths(heldout), "search folder")
+    check_output(out, [cache_dir], "search folder", may_contain=True)
+    table = out / "runs.parquet"
+    result_runs: list[dict[str, Any]] = []
+    for it, n in enumerate(per_iter):
+        mixtures = search.propose(n)
+        done = train_mixtures(
+            cache_dir, [m.to_dict() for m in mixtures],
+            [out / "proxies" / f"it{it}-{k:03d}" for k in range(len(mixtures))],
+            tokens=tokens, tokenizer=tokenizer, preset=preset, seeds=seed, heldout=heldout,
+            eval_docs=eval_docs, train=train, tasks=tasks, runner=runner, runs_table=table,
+        )  # fmt: skip
+        for mix, run in zip(mixtures, done, strict=True):
+            value = objective_value(run_row(run), objective)
+            search.observe(mix, value)
+            result_runs.append({"iteration": it, "mixture": mix.to_dict(), "metric": value, "run": run["out_dir"]})  # fmt: skip
+    best = search.best(average_top_k=regmix_top_k if method == "regmix" else None)
+    spearman = {"lightgbm": search.spearman("lightgbm"), "linear": search.spearman("linear")}
+    result = SearchResult(best, objective, result_runs, spearman, per_iter, search.chosen_kind())
+    write_json(out / "search.json", result.to_dict())
+    best.save(out / "mixture.yaml")
+    return result
