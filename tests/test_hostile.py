@@ -26,14 +26,13 @@ from unittest import mock
 
 import polars as pl
 import pytest
+from click.testing import CliRunner
 from conftest import read_all, write_jsonl, write_parquet
-from typer.testing import CliRunner
 
 from assay.cli.main import app, main
 from assay.io.corpus import Corpus
 from assay.io.shards import CorpusError
-from assay.recipe.model import RecipeError, parse_recipe
-from assay.recipe.pipeline import run_recipe
+from assay.recipe import RecipeError, parse_recipe, run_recipe
 from assay.selection.doc_stats import DocStatsScorer
 from assay.selection.random_scorer import RandomScorer
 from assay.selection.score import score_corpus
@@ -372,11 +371,11 @@ def test_two_scorers_racing_for_one_folder_lose_nothing(tmp_path: Path, corpus_d
     assert len(winners) == 1, results
     rc, _, stderr = results[1 - winners[0]]
     said = " ".join(stderr.split())
-    assert rc == 2 and ("being written by another" in said or "another scorer" in said), said
-    column = json.loads((out / "_scores.json").read_text())["columns"]
-    for f in out.glob("*.parquet"):
+    assert rc == 2 and ("being written by another" in said or "other settings" in said), said
+    column = json.loads((out / "scores" / "_scores.json").read_text())["columns"]
+    for f in (out / "scores").glob("*.parquet"):
         assert pl.read_parquet(f).columns == ["id", *column]
-    assert len(list(out.glob("*.parquet"))) == 2
+    assert len(list((out / "scores").glob("*.parquet"))) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,7 +665,9 @@ def test_vocab_size_far_too_large_is_an_error_not_an_abort(
 def test_stats_on_the_demo_folder_and_bookkeeping_in_globs(
     tmp_path: Path, demo_dir: Path, corpus_dir: Path
 ) -> None:
-    stats = json.loads(cli.invoke(app, ["stats", str(demo_dir), "--json"]).output)
+    _cli_ok = cli.invoke(app, ["stats", str(demo_dir), "--out", str(corpus_dir.parent / "st")])
+    assert _cli_ok.exit_code == 0, _cli_ok.output
+    stats = json.loads((corpus_dir.parent / "st" / "stats.json").read_text())
     assert stats["docs"] > 0  # manifest.json is not read as a shard
     (corpus_dir / "_stats").mkdir()
     write_jsonl(corpus_dir / "_stats" / "x.jsonl", [{"id": "no", "text": "bookkeeping"}])

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from assay.recipe.model import parse_recipe
-from assay.recipe.pipeline import run_recipe
+from assay.recipe import parse_recipe, run_recipe
 
 
 def _recipe(demo_dir: Path, run_dir: Path, **select: object) -> dict:

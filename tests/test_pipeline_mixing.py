@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from assay.recipe.model import RecipeError, parse_recipe
-from assay.recipe.pipeline import run_recipe
+from assay.recipe import RecipeError, parse_recipe, run_recipe
 
 pytest.importorskip("lightgbm")
 

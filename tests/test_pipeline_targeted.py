@@ -12,8 +12,7 @@ import yaml
 from conftest import write_jsonl
 
 from assay.io.corpus import Corpus
-from assay.recipe.model import RecipeError, parse_recipe
-from assay.recipe.pipeline import run_recipe
+from assay.recipe import RecipeError, parse_recipe, run_recipe
 
 pytest.importorskip("fasttext")
 
@@ -112,7 +111,7 @@ def test_betr_random_proxies_and_compare(
 
 
 def _run_cli(path: Path, data: dict, run_dir: Path) -> str:
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from assay.cli.main import app
 
@@ -243,7 +242,9 @@ def test_select_by_target_driven_steps_is_accepted() -> None:
     assert recipe.steps[2].scores == ["betr"]
     # a step that writes no scores is still refused
     with pytest.raises(RecipeError, match="is a tokenizer step, not a score step"):
-        _validate({"tokenizer": {}}, {"select": {"scores": "tokenizer", "column": "x"}})
+        _validate(
+            {"tokenizer": {}}, {"select": {"scores": "tokenizer", "column": "x", "keep": 0.1}}
+        )
 
 
 def test_mass_step_and_verb(tmp_path: Path, demo_dir: Path, static_model: Path) -> None:

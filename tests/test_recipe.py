@@ -7,14 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from assay.recipe.model import (
-    RecipeError,
-    ScoreStep,
-    SelectStep,
-    dump_recipe,
-    load_recipe,
-    parse_recipe,
-)
+from assay.recipe import RecipeError, dump_recipe, load_recipe, parse_recipe
+from assay.recipe.steps.score import ScoreStep
+from assay.recipe.steps.select import SelectStep
 
 BASE = {
     "name": "t",
@@ -133,7 +128,8 @@ def test_proxy_steps_and_references() -> None:
         ],
     }
     r = parse_recipe(data, ["train_proxy.train.batch_size=4", "train_proxy.mixture=uniform"])
-    assert r.steps[1].train == {"lr": 0.01, "batch_size": 4} and r.steps[1].mixture == "uniform"
+    assert r.steps[1].train.model_dump(exclude_unset=True) == {"lr": 0.01, "batch_size": 4}
+    assert r.steps[1].mixture == "uniform"
     with pytest.raises(RecipeError, match=r"unknown training settings \['learning_rate'\]"):
         parse_recipe(data, ["train_proxy.train.learning_rate=1"])
     with pytest.raises(RecipeError, match="unknown proxy preset 'huge'"):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,8 @@ class Corpus:
         return cls.from_shards(shards, opts)
 
     def with_options(self, **changes: Any) -> Corpus:
-        return Corpus.from_shards(self.shards, replace(self.options, **changes), self.inputs)
+        options = ReadOptions.model_validate({**self.options.model_dump(), **changes})
+        return Corpus.from_shards(self.shards, options, self.inputs)
 
     def __repr__(self) -> str:
         return f"Corpus({len(self.shards)} shards, text_field={self.options.text_field!r})"

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+from pydantic import ConfigDict, Field, field_validator
 
 from assay.io.read import (
     REASONS,
@@ -22,6 +23,7 @@ from assay.io.read import (
     suspicious_rows,
     verify_rows,
 )
+from assay.util.config import Strict
 from assay.util.files import content_id, fingerprint
 
 OnError = Literal["fail", "skip"]
@@ -109,25 +111,46 @@ class ShardStats:
         return cls(**d)
 
 
-@dataclass(frozen=True)
-class ReadOptions:
+class ReadOptions(Strict):
     """How to read records. Field names are mapped to the canonical `id` and `text` columns."""
 
-    text_field: str = "text"
-    id_field: str | None = "id"
-    on_error: OnError = "fail"
-    max_chars: int | None = DEFAULT_MAX_CHARS
-    #: files whose estimated in-memory size is at most this are parsed whole by polars (fast);
-    #: larger ones are streamed in blocks of `block_bytes` (bounded memory)
-    whole_file_bytes: int = 256 << 20
-    block_bytes: int = 16 << 20
-    batch_rows: int = 8192
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        if self.on_error not in ("fail", "skip"):
-            raise ValueError(f"on_error must be 'fail' or 'skip', not {self.on_error!r}")
-        if self.max_chars is not None and self.max_chars <= 0:
-            raise ValueError("max_chars must be positive (or None for no limit)")
+    text_field: str = Field("text", description="Record field holding the document text.")
+    id_field: str | None = Field(
+        "id",
+        description="Record field holding a unique document id; null (or '') to generate "
+        "'<shard>:<line>' ids.",
+    )
+    on_error: OnError = Field(
+        "fail",
+        description="Bad records (malformed JSON, a missing, empty or non-string text, bad "
+        "UTF-8, too long): 'fail' stops with file and line; 'skip' counts them in the stats.",
+    )
+    max_chars: int | None = Field(
+        DEFAULT_MAX_CHARS,
+        ge=0,
+        description="Documents longer than this many characters are bad input; null or 0 "
+        "disables the limit.",
+    )
+    whole_file_bytes: int = Field(
+        256 << 20,
+        ge=0,
+        description="Files whose in-memory size (5x a compressed file's) is at most this are "
+        "parsed whole (fastest); larger ones are streamed in blocks (bounded memory).",
+    )
+    block_bytes: int = Field(16 << 20, ge=1 << 10, description="Block size of streamed files.")
+    batch_rows: int = Field(8192, ge=1, description="Rows per batch handed to a task.")
+
+    @field_validator("id_field")
+    @classmethod
+    def _empty_id_field(cls, v: str | None) -> str | None:
+        return v or None
+
+    @field_validator("max_chars")
+    @classmethod
+    def _zero_is_no_limit(cls, v: int | None) -> int | None:
+        return v or None
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from assay.common.lm import count_parameters
 from assay.common.mixture import Mixture, resolve_mixture
@@ -41,6 +42,7 @@ from assay.common.tokens import TokenCache, tokenizer_fingerprint
 from assay.io.corpus import Corpus
 from assay.proxies.data import pack_mixture
 from assay.proxies.model import build_model, get_preset, save_model
+from assay.util.config import Strict
 from assay.util.files import host_name, read_json, write_json
 from assay.util.guard import check_output, folder_lock
 from assay.util.hashing import config_hash
@@ -50,36 +52,53 @@ RUN_FILE = "run.json"
 STATE_DIR = "state"  # final optimizer state of a run trained with keep_optimizer=True
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Strict):
     """Optimisation settings; the defaults suit the tiny/xs presets at sequence length 256."""
 
-    seq_len: int = 256
-    batch_size: int = 16  # sequences per micro-batch
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup: float = 0.05  # fraction of steps (or a step count if >= 1)
-    schedule: str = "cosine"  # cosine | wsd | constant
-    decay_fraction: float = 0.2  # WSD: share of steps in the final linear decay
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 0  # steps; 0 evaluates only at the end
-    checkpoint_every: int = 0  # steps; 0 checkpoints only at the end
-    max_epochs: float = 4.0
-    on_cap: str = "redistribute"
-    arch: str = "llama"
-    eval_batch_tokens: int = 8192
+    seq_len: int = Field(256, ge=2, description="Tokens per training sequence.")
+    batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW).")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate / peak.")
+    warmup: float = Field(
+        0.05, ge=0, description="Warm-up: a fraction of the steps, or a step count if >= 1."
+    )
+    schedule: Literal["cosine", "wsd", "constant"] = Field(
+        "cosine",
+        description="Learning-rate schedule: cosine, wsd (warmup-stable-decay) or constant.",
+    )
+    decay_fraction: float = Field(
+        0.2, ge=0, le=1, description="WSD: share of the steps in the final linear decay."
+    )
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clipping (0: none).")
+    eval_every: int = Field(
+        0, ge=0, description="Held-out evaluation every this many steps (0: at the end only)."
+    )
+    checkpoint_every: int = Field(
+        0, ge=0, description="Checkpoint every this many steps (0: at the end only)."
+    )
+    max_epochs: float = Field(4.0, gt=0, description="Most passes over any domain's tokens.")
+    on_cap: Literal["redistribute", "error"] = Field(
+        "redistribute",
+        description="A domain with too few tokens for its share: redistribute the rest of its "
+        "share to the others, or stop with an error.",
+    )
+    arch: Literal["llama", "gpt2"] = Field("llama", description="Proxy architecture.")
+    eval_batch_tokens: int = Field(8192, ge=1, description="Tokens per evaluation batch.")
 
-    def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "wsd", "constant"):
-            raise ValueError(f"schedule must be cosine, wsd or constant, not {self.schedule!r}")
-        if self.batch_size < 1 or self.grad_accum < 1 or self.seq_len < 2:
-            raise ValueError("batch_size and grad_accum must be >= 1 and seq_len >= 2")
-        if self.lr <= 0:
-            raise ValueError("lr must be positive")
+    @model_validator(mode="before")
+    @classmethod
+    def _known_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"unknown training settings {unknown}; known: {', '.join(cls.model_fields)}"
+                )
+        return data
 
 
 @dataclass
@@ -247,7 +266,7 @@ def train_proxy(
 
     cfg = config or TrainConfig()
     if overrides:
-        cfg = TrainConfig(**{**asdict(cfg), **overrides})
+        cfg = TrainConfig.model_validate({**cfg.model_dump(), **overrides})
     get_preset(preset)
     out = Path(out_dir)
     if isinstance(data, Corpus):
@@ -270,7 +289,7 @@ def train_proxy(
             "seed": seed,
             "tokens": tokens,
             "mixture": mix.to_dict(),
-            "config": asdict(cfg),
+            "config": cfg.model_dump(),
             "tokenizer": tokenizer_fingerprint(tok),
             "data": cache.meta.get("identity"),
             "tasks": tasks or [],
@@ -427,7 +446,7 @@ def train_proxy(
             tokens_per_second=round(
                 (steps - start) * per_step * cfg.seq_len / max(train_seconds, 1e-9), 1
             ),
-            config=asdict(cfg),
+            config=cfg.model_dump(),
             tasks=task_results,
         )
         write_json(out / RUN_FILE, run.to_dict())

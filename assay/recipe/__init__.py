@@ -1,1 +1,23 @@
-"""Recipes: YAML lists of steps, validated with pydantic, run in self-describing run folders."""
+"""Recipes: YAML lists of steps, validated with pydantic, run in self-describing run folders.
+
+Each step kind is one file in `assay.recipe.steps`; `STEPS` maps kinds to their models.
+"""
+
+from assay.recipe.pipeline import RunOutcome, StepOutcome, run_recipe, run_step
+from assay.recipe.recipe import Recipe, RecipeError, dump_recipe, load_recipe, parse_recipe
+from assay.recipe.step import STEPS, Step, register_step
+
+__all__ = [
+    "STEPS",
+    "Recipe",
+    "RecipeError",
+    "RunOutcome",
+    "Step",
+    "StepOutcome",
+    "dump_recipe",
+    "load_recipe",
+    "parse_recipe",
+    "register_step",
+    "run_recipe",
+    "run_step",
+]

@@ -183,3 +183,39 @@ def _load_cached(path: str) -> Scorer:
     if key not in _CACHE:
         _CACHE[key] = load_scorer(path)
     return _CACHE[key]
+
+
+def sample_texts(source: Any, n: int | None, seed: int) -> list[str]:
+    """`n` texts of a Corpus (a uniform sample by seeded hash of the id) or of a sequence."""
+    from assay.io.corpus import Corpus
+
+    if isinstance(source, Corpus):
+        if n is None:
+            return list(source.iter_texts())
+        return source.sample(n, seed=seed).get_column("text").to_list()
+    texts = list(source)
+    if n is not None and len(texts) > n:
+        idx = np.sort(np.random.default_rng(seed).choice(len(texts), n, replace=False))
+        texts = [texts[i] for i in idx]
+    return texts
+
+
+def fit_binary(
+    scorer: Scorer,
+    positive: Any,
+    negative: Any,
+    *,
+    n: int | None = 10_000,
+    seed: int = 0,
+    balance: bool = True,
+) -> Scorer:
+    """Fit a scorer that learns positive against negative examples (fastText) on samples of two
+    corpora (or sequences of texts): `n` each, the negatives drawn with seed + 1."""
+    pos = sample_texts(positive, n, seed)
+    neg = sample_texts(negative, n, seed + 1)
+    try:
+        return scorer.fit(pos, neg, seed=seed, balance=balance)
+    except TypeError as e:
+        raise ValueError(
+            f"scorer {scorer.kind!r} does not train from positive and negative examples ({e})"
+        ) from None

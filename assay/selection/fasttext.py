@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from assay.selection.base import Scorer, register_scorer
+from assay.selection.base import Scorer, fit_binary, register_scorer
 from assay.util.files import write_json
 
 POSITIVE = "__label__pos"
@@ -304,20 +304,6 @@ def _binary_report(pos_scores: np.ndarray, neg_scores: np.ndarray) -> dict[str, 
     return {"accuracy": round(acc, 4), "auc": round(float(auc), 4), "n": len(s)}
 
 
-def _texts(source: Any, n: int | None, seed: int) -> list[str]:
-    from assay.io.corpus import Corpus
-
-    if isinstance(source, Corpus):
-        if n is None:
-            return list(source.iter_texts())
-        return source.sample(n, seed=seed).get_column("text").to_list()
-    texts = list(source)
-    if n is not None and len(texts) > n:
-        idx = np.sort(np.random.default_rng(seed).choice(len(texts), n, replace=False))
-        texts = [texts[i] for i in idx]
-    return texts
-
-
 def train_quality_classifier(
     positive: Any,
     negative: Any,
@@ -333,6 +319,5 @@ def train_quality_classifier(
     `positive` and `negative` are Corpus objects (sampled uniformly, `n` documents each, by a
     seeded hash of the id) or sequences of texts.
     """
-    pos = _texts(positive, n, seed)
-    neg = _texts(negative, n, seed + 1)
-    return FastTextScorer(column=column, params=params).fit(pos, neg, seed=seed, balance=balance)
+    scorer = FastTextScorer(column=column, params=params)
+    return fit_binary(scorer, positive, negative, n=n, seed=seed, balance=balance)

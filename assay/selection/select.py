@@ -22,7 +22,6 @@ the same inputs and seed select the same documents whatever the shard order or w
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+from pydantic import Field, field_validator, model_validator
 
 from assay.common.text import count_tokens
 from assay.exec.runner import STATS_DIR, STATS_FILE, LocalRunner, Runner, report_progress
@@ -39,6 +39,7 @@ from assay.io.corpus import Corpus
 from assay.io.scores import ScoreSet, check_score_columns, check_unique_ids, join_scores
 from assay.io.shards import ReadOptions, Shard, ShardStats
 from assay.io.write import ShardWriter, output_name
+from assay.util.config import Strict
 from assay.util.files import (
     atomic_path,
     content_id,
@@ -187,53 +188,65 @@ def threshold_mask(
 # Corpus-level selection
 
 
-@dataclass
-class SelectConfig:
+class SelectConfig(Strict):
     """What to keep. Validated on construction so that a bad recipe fails before any work."""
 
-    column: str
-    policy: Policy = "topk"
-    keep: float | None = None
-    by: Measure = "docs"
-    mode: Mode = "top"
-    threshold: float | None = None
-    tau: float = 1.0
-    seed: int = 0
-    tokenizer: str | None = None
-    group_by: str | None = "domain"
-    with_scores: bool = False
-    format: str | None = None
+    column: str = Field(description="Score column to select by.")
+    policy: Policy = Field(
+        "topk",
+        description="'topk' (exact, global), 'gumbel' (top-k of score/tau + Gumbel noise: "
+        "sampling without replacement) or 'threshold' (score >= threshold).",
+    )
+    keep: float | None = Field(
+        None, gt=0, le=1, description="Fraction to keep (topk, gumbel), measured by `by`."
+    )
+    by: Measure = Field("docs", description="Measure of the kept fraction: docs, chars or tokens.")
+    mode: Mode | Literal["high", "low", "medium"] = Field(
+        "top",
+        description="'top' (or 'high') keeps high scores, 'bottom' ('low') low ones, 'middle' "
+        "('medium') the band around the median (topk only).",
+    )
+    threshold: float | None = Field(None, description="Score threshold of the threshold policy.")
+    tau: float = Field(1.0, gt=0, description="Gumbel temperature: lower is closer to top-k.")
+    seed: int | None = Field(
+        None,
+        description="Seed of the Gumbel noise and tie-breaks (default: the recipe's seed; 0).",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="Local tokenizer (folder or tokenizer.json) for exact `by: tokens`; default "
+        "estimates tokens.",
+    )
+    group_by: str | None = Field(
+        "domain", description="Column to report kept fractions by (null for none)."
+    )
+    with_scores: bool = Field(False, description="Add every score column to the kept documents.")
+    format: str | None = Field(
+        None,
+        description="Output format (parquet, jsonl, jsonl.gz, jsonl.zst); default: the input's.",
+    )
 
-    def __post_init__(self) -> None:
-        self.mode = MODE_ALIASES.get(self.mode, self.mode)  # type: ignore[assignment]
-        if self.mode not in ("top", "bottom", "middle"):
-            raise ValueError(
-                f"mode must be top, bottom or middle (or high, low, medium), not {self.mode!r}"
-            )
-        if self.policy not in ("topk", "gumbel", "threshold"):
-            raise ValueError(f"policy must be topk, gumbel or threshold, not {self.policy!r}")
-        if self.by not in ("docs", "chars", "tokens"):
-            raise ValueError(f"by must be docs, chars or tokens, not {self.by!r}")
+    @field_validator("mode")
+    @classmethod
+    def _canonical_mode(cls, v: str) -> str:
+        return MODE_ALIASES.get(v, v)
+
+    @field_validator("column")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        check_score_columns([v], "select")
+        return v
+
+    @model_validator(mode="after")
+    def _policy_needs(self) -> SelectConfig:
         if self.policy == "threshold":
             if self.threshold is None:
                 raise ValueError("the threshold policy needs threshold=<score>")
-            if (
-                isinstance(self.threshold, bool)
-                or not isinstance(self.threshold, int | float)
-                or not math.isfinite(self.threshold)
-            ):
-                raise ValueError(f"threshold must be a finite number, not {self.threshold!r}")
-            if self.mode == "middle":
-                raise ValueError("mode 'middle' needs the topk policy")
-        else:
-            if self.keep is None:
-                raise ValueError(f"the {self.policy} policy needs keep=<fraction>")
-            _check_keep(self.keep)
-        if self.policy == "gumbel" and self.mode == "middle":
+        elif self.keep is None:
+            raise ValueError(f"the {self.policy} policy needs keep=<fraction>")
+        if self.mode == "middle" and self.policy != "topk":
             raise ValueError("mode 'middle' needs the topk policy")
-        if isinstance(self.tau, bool) or not (self.tau > 0 and math.isfinite(self.tau)):
-            raise ValueError(f"tau must be a positive number, not {self.tau!r}")
-        check_score_columns([self.column], "select")
+        return self
 
     def keys_config(self) -> dict[str, Any]:
         return {
@@ -395,12 +408,18 @@ def _decide(keys: pl.DataFrame, cfg: SelectConfig) -> np.ndarray:
     assert cfg.keep is not None
     if cfg.policy == "gumbel":
         return gumbel_topk_mask(
-            score, cfg.keep, tau=cfg.tau, weights=weight, mode=cfg.mode, seed=cfg.seed, id_hashes=h
+            score,
+            cfg.keep,
+            tau=cfg.tau,
+            weights=weight,
+            mode=cfg.mode,
+            seed=cfg.seed or 0,
+            id_hashes=h,
         )  # type: ignore[arg-type]
     # Seeded tie-break, so that a different seed also reshuffles exact ties.
     return _cut(
-        _policy_key(score, weight, mix64(h, cfg.seed), cfg.mode),
-        mix64(h, cfg.seed),
+        _policy_key(score, weight, mix64(h, cfg.seed or 0), cfg.mode),
+        mix64(h, cfg.seed or 0),
         weight,
         cfg.keep,
     )
@@ -450,7 +469,7 @@ def _select(
     runner: Runner,
     overwrite: bool,
 ) -> SelectResult:
-    full_cfg = {**asdict(cfg), "scores": score_dirs, "corpus": [s.name for s in corpus.shards]}
+    full_cfg = {**cfg.model_dump(), "scores": score_dirs, "corpus": [s.name for s in corpus.shards]}
     cfg_path = out / SELECT_DIR / "config.json"
     if cfg_path.exists():
         old = read_json(cfg_path)
@@ -511,7 +530,7 @@ def _summarise(
     keys: pl.DataFrame, mask: np.ndarray, cfg: SelectConfig, out: Path, skipped: dict[str, int]
 ) -> SelectResult:
     if keys.height == 0:
-        return SelectResult(str(out), asdict(cfg), 0, 0, 0.0, 0.0, None, {}, skipped)
+        return SelectResult(str(out), cfg.model_dump(), 0, 0, 0.0, 0.0, None, {}, skipped)
     k = keys.with_columns(pl.Series("kept", mask))
     kept = k.filter(pl.col("kept"))
     cutoff = None
@@ -539,7 +558,7 @@ def _summarise(
     }
     return SelectResult(
         out_dir=str(out),
-        config=asdict(cfg),
+        config=cfg.model_dump(),
         docs=k.height,
         kept_docs=int(mask.sum()),
         weight=float(k.get_column("weight").sum()),

@@ -130,9 +130,14 @@ def check_writable_folder(folder: str | os.PathLike) -> None:
 
 def safe_rmtree(folder: str | os.PathLike, within: str | os.PathLike) -> None:
     """Delete `folder` only if it lies strictly inside `within` and assay made it."""
-    f, root = _real(folder), _real(within)
-    if not f.exists():
+    if not Path(folder).exists():
         return
+    _check_deletable(folder, within)
+    shutil.rmtree(_real(folder))
+
+
+def _check_deletable(folder: str | os.PathLike, within: str | os.PathLike) -> None:
+    f, root = _real(folder), _real(within)
     if f == root or not f.is_relative_to(root):
         raise UnsafeOutputError(f"refusing to delete {folder}: it is not inside {within}")
     if not ((f / MARKER).exists() or (f / "step.json").exists()):
@@ -140,7 +145,21 @@ def safe_rmtree(folder: str | os.PathLike, within: str | os.PathLike) -> None:
             f"refusing to delete {folder}: it has no {MARKER}, so assay did not make it; "
             "move it away and run again"
         )
-    shutil.rmtree(f)
+
+
+def safe_clear(folder: str | os.PathLike, within: str | os.PathLike) -> None:
+    """Empty `folder` (keeping the folder and a lock held on it) under the same conditions as
+    `safe_rmtree`: strictly inside `within`, and made by assay."""
+    f = Path(folder)
+    children = [c for c in f.iterdir() if c.name != LOCK_NAME] if f.exists() else []
+    if not children:
+        return
+    _check_deletable(f, within)
+    for child in children:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 # ---------------------------------------------------------------------------------------------

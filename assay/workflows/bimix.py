@@ -28,6 +28,7 @@ def fit_bimix(
     min_share: float = 0.01,
     seed: int = 0,
     runner: Any = None,
+    plot: bool = False,
 ) -> BiMixFit:
     """Train `runs` proxies on different mixtures, fit the law on their evaluation curves,
     and return the optimal mixture for `budget` tokens (default: `tokens`).
@@ -36,7 +37,8 @@ def fit_bimix(
     the same domains as the cache (`assay.mixing.cluster.assign_domains` does that for
     clusters). The mixtures default to Dirichlet proposals around the natural mixture, so
     every domain is seen at several proportions (the law cannot place alpha otherwise).
-    Writes law.json, fit.json, mixture.yaml, points.parquet and runs.parquet to `out_dir`.
+    Writes law.json, fit.json, mixture.yaml, points.parquet and runs.parquet to `out_dir`,
+    and with `plot` the fits against the measured points (fits.png; needs matplotlib).
     """
     from pathlib import Path
 
@@ -105,4 +107,8 @@ def fit_bimix(
     law.save(out / "law.json")
     write_json(out / "fit.json", result.to_dict())
     mixture.save(out / "mixture.yaml")
+    if plot:
+        from assay.report import plot_bimix_fits
+
+        plot_bimix_fits(points, law, out / "fits.png")
     return result

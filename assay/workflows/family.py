@@ -124,3 +124,47 @@ def train_family(
             )
         )
     return runs
+
+
+def train_corpus_family(
+    corpus: Corpus,
+    folder: str | os.PathLike,
+    *,
+    vary: str = "mixture",
+    n: int = 5,
+    tokens: int = 200_000,
+    preset: str = "tiny",
+    presets: Sequence[str] = ("tiny", "xs", "s"),
+    concentration: float = 1.0,
+    tokenizer: str | None = None,
+    config: TrainConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """A family of proxies trained on `corpus` (PreSelect's family when no models are given):
+    one entry per member, `{"path": model folder, "name": ...}`, without benchmark scores.
+
+    The corpus is tokenized once into `folder/tokens` with `tokenizer`, or one trained into
+    `folder/tokenizer` at the preset's vocabulary size."""
+    from assay.common.tokenizer import load_tokenizer, train_tokenizer
+    from assay.proxies.model import get_preset
+
+    root = Path(folder)
+    if tokenizer is None:
+        tok_dir = root / "tokenizer"
+        if not (tok_dir / "tokenizer.json").exists():
+            train_tokenizer(corpus, get_preset(preset).vocab_size, tok_dir, seed=seed)
+        tokenizer = str(tok_dir)
+    cache = TokenCache.build(corpus, load_tokenizer(tokenizer), root / "tokens")
+    members = family_members(
+        vary,
+        n,
+        tokens=tokens,
+        domains=sorted(cache.domains),
+        presets=presets,
+        preset=preset,
+        concentration=concentration,
+        seed=seed,
+    )
+    runs = train_family(cache, members, root, tokenizer=tokenizer, config=config, progress=progress)
+    return [{"path": r.model_dir, "name": m.name} for r, m in zip(runs, members, strict=True)]

@@ -271,7 +271,7 @@ def run_mates(
         "probes": probes,
         "preset": preset,
         "seed": seed,
-        "config": asdict(cfg),
+        "config": cfg.model_dump(),
         "embedder": embedder,
         "heads": list(heads),
         "alphas": [float(a) for a in alphas],

@@ -33,12 +33,15 @@ def search_mixture(
     regmix_top_k: int = 16,
     seed: int = 0,
     runner: Any = None,
+    plot: bool = False,
     **proposer: Any,
 ) -> SearchResult:
     """Search a mixture over the domains of a TokenCache (built once with `TokenCache.build`).
 
     method 'climb' spends `runs` proxies over the iterations of `split`; 'regmix' spends them
-    in one iteration and averages the predictor's top `regmix_top_k` candidates.
+    in one iteration and averages the predictor's top `regmix_top_k` candidates. `plot` draws
+    the predictor's out-of-fold predictions against the measured runs
+    (`predicted_vs_measured.png`; needs matplotlib).
     """
     from assay.common.tokens import TokenCache
     from assay.proxies.runs import run_row
@@ -73,4 +76,22 @@ def search_mixture(
     result = SearchResult(best, objective, result_runs, spearman, per_iter, search.chosen_kind())
     write_json(out / "search.json", result.to_dict())
     best.save(out / "mixture.yaml")
+    if plot:
+        plot_search(result, out / "predicted_vs_measured.png")
     return result
+
+
+def plot_search(result: SearchResult, path: str | os.PathLike) -> None:
+    """The search predictor's out-of-fold predictions against the measured runs, as a PNG."""
+    import numpy as np
+
+    from assay.common.mixture import Mixture
+    from assay.mixing.predictors import out_of_fold
+    from assay.report import plot_predicted_vs_measured
+
+    domains = sorted(result.best)
+    X = np.vstack([Mixture(r["mixture"]).vector(domains) for r in result.runs])
+    y = np.array([r["metric"] for r in result.runs])
+    pred = out_of_fold(result.predictor, X, y, folds=min(5, len(y)))
+    label = f"{result.predictor} (out-of-fold)"
+    plot_predicted_vs_measured({label: (pred, y)}, path, metric=result.objective)

@@ -41,7 +41,7 @@ def test_schedules() -> None:
     wsd = TrainConfig(warmup=0.0, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
     assert lr_at(50, 100, wsd) == 1.0 and lr_at(79, 100, wsd) == 1.0
     assert lr_at(99, 100, wsd) == pytest.approx(0.0)
-    with pytest.raises(ValueError, match="schedule must be"):
+    with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="linear")
 
 

@@ -1,0 +1,128 @@
+"""cluster: an unlabeled corpus into domains (CLIMB's stage A)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from assay.recipe.spec import CorpusSpec
+from assay.recipe.step import Step, folder_id, register_step
+from assay.recipe.steps.betr import EMBEDDER_HELP
+from assay.util.config import Strict
+
+
+class PruneSpec(Strict):
+    """Drop clusters whose mean score is below a threshold (CLIMB drops quality < 3 of 5)."""
+
+    scores: str = Field(description="A score step or a scores folder.")
+    column: str = Field(description="The score column.")
+    below: float = Field(description="Drop clusters whose mean score is below this.")
+
+
+@register_step
+class ClusterStep(Step):
+    """Embed, k-means, prune and merge an unlabeled corpus into domains; write a side-car
+    `domain` per document, the relabelled corpus, and each domain's size and top terms."""
+
+    outputs = ("corpus", "domains", "clusters", "heldout")
+    corpus_output = "corpus"
+    references: ClassVar[dict[str, str]] = {"prune.scores": "scores"}
+    verb = "cluster"
+
+    kind: Literal["cluster"] = "cluster"
+    corpus: CorpusSpec | None = Field(None, description="The corpus (default: the recipe's).")
+    heldout: CorpusSpec | None = Field(
+        None, description="Also label this corpus (a held-out split) with the same domains."
+    )
+    embedder: str | None = Field(None, description=EMBEDDER_HELP)
+    long_docs: Literal["truncate", "mean"] = Field(
+        "truncate", description="Documents longer than the embedder's context: truncate or mean."
+    )
+    k_init: int | None = Field(
+        None, ge=2, description="k-means clusters (default about sqrt(sample / 2))."
+    )
+    sample: int = Field(20_000, ge=2, description="Documents the centroids are fitted on.")
+    merge_distance: float | None = Field(
+        None, ge=0, description="Merge clusters whose centroids are this close."
+    )
+    n_domains: int | None = Field(
+        None, ge=1, description="Merge clusters (Ward) down to this many domains."
+    )
+    min_cluster_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Clusters with less than this share of the sample join their nearest "
+        "larger one.",
+    )
+    prune: PruneSpec | None = Field(None, description="Drop clusters by a score.")
+    seed: int | None = Field(None, description="Seed of the sample and k-means.")
+
+    def plan(self, ctx: Any) -> Any:
+        from assay.mixing.cluster import assign_domains, cluster_corpus, read_clusters
+
+        corpus, fp = ctx.corpus(self.corpus)
+        heldout, heldout_fp = ctx.corpus(self.heldout) if self.heldout else (None, None)
+        prune = self.prune
+        identity = {
+            "corpus": fp,
+            "heldout": heldout_fp,
+            "embedder": folder_id(self.embedder),
+            "upstream": ctx.upstream(prune.scores) if prune else None,
+        }
+
+        def run(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
+            out = ctx.step_dir / "clusters"
+            if redo or not (out / "_clusters.json").exists():
+                cluster_corpus(
+                    corpus,
+                    out,
+                    embedder={"model": self.embedder, "long_docs": self.long_docs},
+                    k_init=self.k_init,
+                    sample=self.sample,
+                    merge_distance=self.merge_distance,
+                    n_domains=self.n_domains,
+                    min_cluster_share=self.min_cluster_share,
+                    prune_scores=ctx.ref(prune.scores, "scores") if prune else None,
+                    prune_column=prune.column if prune else None,
+                    prune_below=prune.below if prune else None,
+                    seed=ctx.seed(self.seed),
+                    runner=ctx.runner,
+                    overwrite=redo,
+                )
+            outputs = {
+                "corpus": str(out / "corpus"),
+                "domains": str(out / "domains"),
+                "clusters": str(out / "_clusters.json"),
+            }
+            if heldout is not None:
+                outputs["heldout"] = assign_domains(
+                    heldout, out, ctx.step_dir / "heldout", runner=ctx.runner, overwrite=redo
+                )
+            report = read_clusters(out)
+            keys = ("docs", "tokens_estimate", "top_terms")
+            summary = {
+                "k_init": report["k_init"],
+                "kept_clusters": report["kept_clusters"],
+                "domains": {d: {k: v[k] for k in keys} for d, v in report["domains"].items()},
+            }
+            return outputs, summary
+
+        return identity, run
+
+    @classmethod
+    def show(cls, outcome: Any, console: Any) -> None:
+        summary, outputs = outcome.summary, outcome.outputs
+        from rich.table import Table
+
+        t = Table(title=f"{len(summary['domains'])} domains from {summary['k_init']} clusters")
+        for c in ("domain", "docs", "tokens (est.)", "top terms"):
+            t.add_column(c)
+        for name, d in summary["domains"].items():
+            terms = ", ".join(d["top_terms"][:8])
+            t.add_row(name, f"{d['docs']:,}", f"{d['tokens_estimate']:,}", terms)
+        console.print(t)
+        console.print(f"relabelled corpus: {outputs['corpus']}", highlight=False)
+        if "heldout" in outputs:
+            console.print(f"relabelled held-out corpus: {outputs['heldout']}", highlight=False)
