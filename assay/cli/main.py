@@ -26,7 +26,13 @@ def show_step(cls: Any, outcome: Any) -> None:
     help="Score, select and mix language-model pretraining data.",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-def app() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show the traceback of every error (by default, errors about input, settings or "
+    "files are one line).",
+)
+def app(debug: bool) -> None:
     pass
 
 
@@ -81,12 +87,17 @@ def scorers() -> None:
         out.print(name)
 
 
-def main() -> None:
-    from assay.io.shards import CorpusError
-    from assay.recipe import RecipeError
+def main(argv: list[str] | None = None) -> None:
+    """The `assay` entry point: errors assay can explain (`AssayError`) are one line and exit
+    code 2; anything else is a bug and shows its traceback (as everything does with --debug)."""
+    import os
 
+    from assay.errors import AssayError
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args[:1] or os.environ.get("ASSAY_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        app(args, standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
@@ -95,7 +106,9 @@ def main() -> None:
     except click.exceptions.Abort:
         err.print("aborted")
         sys.exit(1)
-    except (CorpusError, RecipeError, ValueError, FileNotFoundError, ImportError) as e:
+    except AssayError as e:
+        if debug:
+            raise
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(2)
 

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 from pydantic import ConfigDict, Field, field_validator
 
+from assay.errors import InputError
 from assay.io.read import (
     REASONS,
     FileLevelError,
@@ -52,7 +53,7 @@ FOLDER_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s != ".json")
 RESERVED_COLUMNS = ("id", "text", "domain", "shard")
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """Bad input in a corpus file; the message names the file and, where known, the line."""
 
     def __init__(self, path: str, reason: str, line: int | None = None, where: str = "line"):

@@ -29,6 +29,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 import assay.recipe.steps  # noqa: F401  (registers the built-in steps)
+from assay.errors import ConfigError
 from assay.recipe.spec import CorpusSpec, RunnerSpec, check_name
 from assay.recipe.step import STEPS, Step, kinds_with
 from assay.util.config import Strict
@@ -118,7 +119,7 @@ class Recipe(Strict):
 # Loading
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     pass
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from assay.errors import StateError
 from assay.util.hashing import config_hash
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
@@ -163,7 +164,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-class OutputError(ValueError):
+class OutputError(StateError):
     """An output cannot be written (disk full, read-only or missing folder, no permission)."""
 
     def __init__(self, path: str | os.PathLike, cause: OSError):

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from assay.errors import StateError
 from assay.util.files import host_name, pid_alive, writing
 
 MARKER = "_assay.json"
@@ -40,12 +41,12 @@ LEGACY_MARKERS = (
 LOCK_NAME = ".assay-lock"
 
 
-class UnsafeOutputError(ValueError):
+class UnsafeOutputError(StateError):
     """An output that would write over, into or around an input, or over files assay did not
     write; nothing has been written."""
 
 
-class FolderLockedError(ValueError):
+class FolderLockedError(StateError):
     """Another process is writing the same output folder."""
 
 
