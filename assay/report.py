@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from assay.errors import DependencyError
+
 
 def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as e:  # pragma: no cover - the report extra is part of `all`
-        raise ImportError("plots need matplotlib: pip install 'assay[report]'") from e
+        raise DependencyError("plots need matplotlib: pip install 'assay[report]'") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -103,7 +105,9 @@ def plot_bimix_fits(points: Mapping[str, Sequence[Any]], law: Any, path: str | o
             ax.plot(grid, law.laws[d].predict(r[m][0], grid), color=color, lw=1)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(plt.NullFormatter())  # log minor labels overlap
-        ax.set_title(f"{d}: alpha={law.laws[d].alpha:.3f}, beta={law.laws[d].beta:.2f}", fontsize="small")  # fmt: skip
+        ax.set_title(
+            f"{d}: alpha={law.laws[d].alpha:.3f}, beta={law.laws[d].beta:.2f}", fontsize="small"
+        )
         ax.set_xlabel("tokens")
         ax.set_ylabel("held-out bits per byte")
         ax.legend(fontsize="x-small")

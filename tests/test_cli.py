@@ -78,12 +78,12 @@ def test_every_step_field_has_a_flag_and_every_flag_a_field() -> None:
     from assay.io.shards import ReadOptions
 
     def leaves(model: type, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-        from assay.cli.steps import _model_in
+        from assay.cli.steps import model_in
         from assay.recipe.spec import CorpusSpec
 
         out = set()
         for name, field in model.model_fields.items():
-            inner = _model_in(field.annotation)
+            inner = model_in(field.annotation)
             if inner is not None and not issubclass(inner, CorpusSpec):
                 out |= leaves(inner, (*prefix, name))
             else:

@@ -74,7 +74,7 @@ def run(
         for k, v in s.outputs.items():
             out.print(f"  {s.name}.{k}: {v}", highlight=False, soft_wrap=True)
     for s in result.steps:
-        out.print(f"[bold]{s.name}[/]:")
+        out.print(f"[bold]{s.name}[/]:", end=" ")
         STEPS[s.kind].show(s, out)
 
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     except AssayError as e:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

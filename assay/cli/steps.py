@@ -49,7 +49,7 @@ def _strip_optional(annotation: Any) -> Any:
     return annotation
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model a field holds (possibly optional, or beside a literal), if any."""
     ann = _strip_optional(annotation)
     candidates = _args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
@@ -121,7 +121,7 @@ class Flag:
 
 def _flags_for(path: tuple[str, ...], field: FieldInfo, flags: list[Flag]) -> None:
     annotation = field.annotation
-    model = _model_in(annotation)
+    model = model_in(annotation)
     name = "-".join(path).replace("_", "-")
     dest = "__".join(path)
     if model is not None and issubclass(model, CorpusSpec):

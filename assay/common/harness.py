@@ -2,7 +2,8 @@
 
     from assay.eval.harness import evaluate
     evaluate(model, tokenizer, ["assay_mmlu_dev", "assay_champ"])
-    # {"assay_mmlu_dev": {"acc": 0.25, "acc_norm": 0.26, "logprob": -9.1, "prob_norm": 0.25, "n": 270}}
+    # {"assay_mmlu_dev": {"acc": 0.25, "acc_norm": 0.26, "logprob": -9.1, "prob_norm": 0.25,
+    #                     "n": 270}}
 
 Tasks are lm-eval YAML files in a local folder (assay's own are built on first use from
 installed packages, see `assay.eval.tasks`; any folder of user tasks works too). Nothing is
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from assay.common.tasks import TASKS, build_tasks, default_task_dir
+from assay.errors import ConfigError
 
 
 def _offline() -> None:
@@ -56,7 +58,8 @@ def _lean_lm_eval(quiet: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        tqdm.std.tqdm.__init__, ev.get_git_commit_hash, ev.add_env_info = saved  # type: ignore[method-assign]
+        tqdm.std.tqdm.__init__ = saved[0]  # type: ignore[method-assign]
+        ev.get_git_commit_hash, ev.add_env_info = saved[1], saved[2]
 
 
 def evaluate(
@@ -82,8 +85,9 @@ def evaluate(
         build_tasks(folder)
     unknown = [t for t in tasks if not (folder / f"{t}.yaml").exists()]
     if unknown and task_dir is None:
-        raise ValueError(
-            f"unknown tasks {unknown}; assay's local tasks are {', '.join(TASKS)} (or pass task_dir)"
+        raise ConfigError(
+            f"unknown tasks {unknown}; assay's local tasks are {', '.join(TASKS)} "
+            "(or pass task_dir)"
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

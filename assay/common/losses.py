@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from assay.errors import InputError
+
 LN2 = math.log(2.0)
 
 
@@ -115,11 +117,11 @@ def build_eval_set(
     """Tokenize a held-out corpus; at most `max_docs_per_group` documents (a seeded sample) each."""
     import polars as pl
 
-    from assay.common.tokens import _backend
+    from assay.common.tokens import backend_tokenizer
 
     frames = list(corpus.iter_batches())
     if not frames:
-        raise ValueError("the held-out corpus has no documents")
+        raise InputError("the held-out corpus has no documents")
     df = pl.concat(frames, how="diagonal_relaxed")
     key = group_by if group_by and group_by in df.columns else None
     groups = (
@@ -128,7 +130,7 @@ def build_eval_set(
         else pl.repeat("all", df.height, eager=True)
     )
     df = df.with_columns(groups.alias("_group"))
-    backend = _backend(tokenizer)
+    backend = backend_tokenizer(tokenizer)
     bos = (
         tokenizer.bos_token_id
         if getattr(tokenizer, "bos_token_id", None) is not None

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from assay.errors import ConfigError, InputError, MissingError
+
 TOLERANCE = 1e-6
 
 
@@ -25,19 +27,20 @@ class Mixture(Mapping[str, float]):
 
     def __init__(self, weights: Mapping[str, float], *, normalize: bool = False):
         if not weights:
-            raise ValueError("a mixture needs at least one domain")
+            raise ConfigError("a mixture needs at least one domain")
         w = {str(k): float(v) for k, v in weights.items()}
         bad = {k: v for k, v in w.items() if not math.isfinite(v) or v < 0}
         if bad:
-            raise ValueError(f"mixture weights must be finite and non-negative: {bad}")
+            raise ConfigError(f"mixture weights must be finite and non-negative: {bad}")
         total = sum(w.values())
         if total <= 0:
-            raise ValueError("mixture weights sum to 0")
+            raise ConfigError("mixture weights sum to 0")
         if normalize:
             w = {k: v / total for k, v in w.items()}
         elif abs(total - 1.0) > TOLERANCE:
-            raise ValueError(
-                f"mixture weights must sum to 1 (they sum to {total:.6g}); pass normalize=True to rescale"
+            raise ConfigError(
+                f"mixture weights must sum to 1 (they sum to {total:.6g}); "
+                "pass normalize=True to rescale"
             )
         self._w = dict(sorted(w.items()))
 
@@ -68,8 +71,9 @@ class Mixture(Mapping[str, float]):
         known = set(known)
         unknown = sorted(set(self._w) - known)
         if unknown:
-            raise ValueError(
-                f"mixture names unknown domains {unknown}; known domains: {', '.join(sorted(known))}"
+            raise ConfigError(
+                f"mixture names unknown domains {unknown}; "
+                f"known domains: {', '.join(sorted(known))}"
             )
 
     def vector(self, domains: list[str]) -> np.ndarray:
@@ -106,12 +110,12 @@ class Mixture(Mapping[str, float]):
     def load(cls, path: str | os.PathLike) -> Mixture:
         p = Path(path)
         if not p.exists():
-            raise FileNotFoundError(f"mixture file not found: {p}")
+            raise MissingError(f"mixture file not found: {p}")
         data: Any = yaml.safe_load(p.read_text())
         if isinstance(data, dict) and "mixture" in data and isinstance(data["mixture"], dict):
             data = data["mixture"]
         if not isinstance(data, dict):
-            raise ValueError(f"{p}: a mixture file is a mapping of domain: weight")
+            raise ConfigError(f"{p}: a mixture file is a mapping of domain: weight")
         return cls(data)
 
 
@@ -126,7 +130,7 @@ def resolve_mixture(
     if isinstance(spec, str) and spec in ("natural", "uniform"):
         counts = {d: n for d, n in tokens_per_domain.items() if n > 0}
         if not counts:
-            raise ValueError("no domain has any tokens")
+            raise InputError("no domain has any tokens")
         if spec == "uniform":
             return Mixture.uniform(counts)
         return Mixture(counts, normalize=True)
@@ -135,7 +139,7 @@ def resolve_mixture(
         try:
             return Mixture({k.strip(): float(v) for k, v in pairs}, normalize=True)
         except ValueError as e:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot read mixture {spec!r}: write it as domain=weight,domain=weight"
             ) from e
     return as_mixture(spec)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from assay.errors import ConfigError
+
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation; NaN for fewer than 3 pairs or a constant side (a predictor
@@ -24,7 +26,7 @@ def default_k(n_docs: int) -> int:
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, n_iter: int = 100) -> np.ndarray:
     """Centroids (k x dim), with faiss when it is installed, else scikit-learn."""
     if k > len(x):
-        raise ValueError(f"cannot make {k} clusters from {len(x)} documents")
+        raise ConfigError(f"cannot make {k} clusters from {len(x)} documents")
     try:
         import faiss  # type: ignore[import-not-found]
 

@@ -21,19 +21,21 @@ from typing import Any
 
 import numpy as np
 
+from assay.errors import InputError, MissingError
+
 BUILTIN = ("assay_champ", "assay_mmlu_dev")
 
 
-def _builtin_records(name: str) -> list[dict[str, Any]]:
+def builtin_records(name: str) -> list[dict[str, Any]]:
     from assay.common import tasks
 
     return tasks.champ_items() if name == "assay_champ" else tasks.mmlu_dev_items()
 
 
-def _file_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def file_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) pairs; a bad line is an error naming the file and line."""
     if not path.exists():
-        raise FileNotFoundError(f"target file {path} does not exist")
+        raise MissingError(f"target file {path} does not exist")
     if path.suffix == ".parquet":
         import polars as pl
 
@@ -46,7 +48,7 @@ def _file_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             items = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+            raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
         return list(enumerate(items, start=1))
     out = []
     for n, line in enumerate(raw.splitlines(), start=1):
@@ -55,18 +57,18 @@ def _file_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             out.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+            raise InputError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
     return out
 
 
 def example_text(record: dict[str, Any], fields: Sequence[str], where: str = "") -> str:
     """Join a record's fields into one document (an answer index becomes the chosen text)."""
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: a target example must be a JSON object")
+        raise InputError(f"{where}: a target example must be a JSON object")
     parts = []
     for field in fields:
         if field not in record or record[field] is None:
-            raise ValueError(
+            raise InputError(
                 f"{where}: target example has no field {field!r} "
                 f"(it has {sorted(record)}; choose fields with `fields=`)"
             )
@@ -91,19 +93,21 @@ def load_targets(
         texts = [str(t) for t in source]
         where = "target examples"
     elif str(source) in BUILTIN:
-        records = list(enumerate(_builtin_records(str(source)), start=1))
-        texts = [example_text(r, fields or ("question", "answer"), f"{source}[{n}]") for n, r in records]  # fmt: skip
+        records = list(enumerate(builtin_records(str(source)), start=1))
+        texts = [
+            example_text(r, fields or ("question", "answer"), f"{source}[{n}]") for n, r in records
+        ]
         where = str(source)
     else:
         path = Path(source)
-        records = _file_records(path)
+        records = file_records(path)
         if fields is None and records:
             fields = ("text",) if "text" in records[0][1] else ("question", "answer")
         texts = [example_text(r, fields or (), f"{path}: line {n}") for n, r in records]
         where = str(path)
     texts = [t for t in texts if t.strip()]
     if not texts:
-        raise ValueError(f"{where}: no target examples (the target set is empty)")
+        raise InputError(f"{where}: no target examples (the target set is empty)")
     if max_items is not None and len(texts) > max_items:
         keep = np.sort(np.random.default_rng(seed).choice(len(texts), max_items, replace=False))
         texts = [texts[i] for i in keep]

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from assay.errors import DependencyError
 from assay.util.files import atomic_path
 
 TASKS = ("assay_mmlu_dev", "assay_champ")
@@ -76,15 +77,18 @@ PROMPTS = {
 }
 
 
-def _package_file(package: str, *parts: str) -> Path:
+def package_file(package: str, *parts: str, extra: str = "eval") -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"building this task needs the package {package!r}")
+        raise DependencyError(
+            f"building this task needs the package {package!r}: pip install 'assay[{extra}]'"
+        )
     return Path(next(iter(spec.submodule_search_locations)), *parts)
 
 
 _ITEM = re.compile(
-    r"Q: (?P<q>.*?)\n\(A\) (?P<a>.*?) \(B\) (?P<b>.*?) \(C\) (?P<c>.*?) \(D\) (?P<d>.*?)\nA: .*?The answer is \((?P<ans>[ABCD])\)",
+    r"Q: (?P<q>.*?)\n\(A\) (?P<a>.*?) \(B\) (?P<b>.*?) \(C\) (?P<c>.*?) \(D\) (?P<d>.*?)\n"
+    r"A: .*?The answer is \((?P<ans>[ABCD])\)",
     re.S,
 )
 
@@ -92,7 +96,7 @@ _ITEM = re.compile(
 def mmlu_dev_items() -> list[dict[str, Any]]:
     """Question, four choices and answer index of every MMLU dev exemplar lm-eval ships."""
     prompts = json.loads(
-        _package_file(
+        package_file(
             "lm_eval", "tasks", "mmlu", "flan_cot_fewshot", "_cot_prompts.json"
         ).read_text()
     )
@@ -116,7 +120,9 @@ def mmlu_dev_items() -> list[dict[str, Any]]:
 
 def champ_items(seed: int = 0) -> list[dict[str, Any]]:
     """Competition problems with their answer and three same-category distractor answers."""
-    data = json.loads(_package_file("champ_dataset", "dataset_files", "v0.json").read_text())
+    data = json.loads(
+        package_file("champ_dataset", "dataset_files", "v0.json", extra="demo").read_text()
+    )
     problems = [p for _, p in sorted(data["problems"].items()) if str(p.get("_answer", "")).strip()]
     by_cat: dict[str, list[str]] = {}
     for p in problems:

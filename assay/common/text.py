@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from assay.errors import DependencyError, MissingError
+
 #: Pieces of GPT-2's pre-tokenizer (contractions, letter runs, digit runs, punctuation runs,
 #: whitespace runs). Without a tokenizer, "tokens" are estimated as these pieces; byte-level BPE
 #: vocabularies of 32k-50k give about 1.0-1.3 tokens per piece on English prose.
@@ -31,13 +33,13 @@ def _load_tokenizer(path: str) -> Any:
         try:
             from tokenizers import Tokenizer
         except ImportError as e:  # pragma: no cover
-            raise ImportError(
+            raise DependencyError(
                 "exact token counts need `tokenizers`: pip install 'assay[tokenizers]'"
             ) from e
         p = Path(path)
         file = p / "tokenizer.json" if p.is_dir() else p
         if not file.exists():
-            raise FileNotFoundError(
+            raise MissingError(
                 f"no tokenizer at {path} (expected a tokenizer.json file or a folder with one)"
             )
         _TOKENIZERS[path] = Tokenizer.from_file(str(file))
@@ -49,7 +51,9 @@ def top_terms(texts: list[str], labels: np.ndarray, n: int = 10) -> dict[int, li
     from sklearn.feature_extraction.text import CountVectorizer
 
     classes = np.unique(labels)
-    vec = CountVectorizer(stop_words="english", max_features=30_000, token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b")  # fmt: skip
+    vec = CountVectorizer(
+        stop_words="english", max_features=30_000, token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b"
+    )
     counts = vec.fit_transform(texts)
     per_class = np.vstack([np.asarray(counts[labels == c].sum(axis=0)).ravel() for c in classes])
     tf = per_class / np.maximum(per_class.sum(axis=1, keepdims=True), 1)

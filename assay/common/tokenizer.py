@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from assay.errors import ConfigError, MissingError
 from assay.io.corpus import Corpus
 from assay.util.files import write_json
 
@@ -45,7 +46,7 @@ def train_tokenizer(
     from transformers import PreTrainedTokenizerFast
 
     if isinstance(vocab_size, bool) or not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
-        raise ValueError(
+        raise ConfigError(
             f"vocab_size must be between {MIN_VOCAB_SIZE} (the 256 bytes and special tokens) "
             f"and {MAX_VOCAB_SIZE:,}, not {vocab_size!r}"
         )
@@ -88,7 +89,7 @@ def load_tokenizer(path: str | os.PathLike, gguf_file: str | None = None) -> Any
 
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(
+        raise MissingError(
             f"no tokenizer at {p}: give a local tokenizer folder (nothing is downloaded)"
         )
     kwargs: dict[str, Any] = {"local_files_only": True}

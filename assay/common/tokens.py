@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from assay.errors import InputError, MissingError, StateError
 from assay.exec.runner import LocalRunner, Runner, report_progress
 from assay.io.corpus import Corpus
 from assay.io.shards import ReadOptions, Shard, ShardStats
@@ -20,13 +21,13 @@ from assay.util.hashing import config_hash
 ALL_DOMAINS = "all"
 
 
-def _backend(tokenizer: Any) -> Any:
+def backend_tokenizer(tokenizer: Any) -> Any:
     """The `tokenizers.Tokenizer` behind a transformers fast tokenizer (or itself)."""
     return getattr(tokenizer, "backend_tokenizer", tokenizer)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    return config_hash(_backend(tokenizer).to_str())
+    return config_hash(backend_tokenizer(tokenizer).to_str())
 
 
 @dataclass
@@ -117,7 +118,7 @@ class TokenCache:
     def open(cls, root: str | os.PathLike) -> TokenCache:
         r = Path(root)
         if not (r / cls.META).exists():
-            raise FileNotFoundError(f"{r} is not a token cache (no {cls.META})")
+            raise MissingError(f"{r} is not a token cache (no {cls.META})")
         meta = read_json(r / cls.META)
         domains = {
             d: DomainTokens(
@@ -142,10 +143,10 @@ class TokenCache:
     ) -> TokenCache:
         """Tokenize `corpus` into `root`, or open it if it was built with the same tokenizer."""
         r = Path(root)
-        backend = _backend(tokenizer)
+        backend = backend_tokenizer(tokenizer)
         eos_id = tokenizer.eos_token_id if hasattr(tokenizer, "eos_token_id") else None
         if eos_id is None:
-            raise ValueError("the tokenizer has no EOS token; documents could not be separated")
+            raise InputError("the tokenizer has no EOS token; documents could not be separated")
         corpus.check_output(r, "token cache")
         identity = {
             "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -158,7 +159,7 @@ class TokenCache:
             meta = read_json(r / cls.META)
             if meta.get("identity") == identity:
                 return cls.open(r)
-            raise ValueError(
+            raise StateError(
                 f"{r} holds tokens of another corpus, tokenizer or version of this corpus "
                 "(a shard changed since); use another folder or overwrite"
             )
@@ -168,7 +169,7 @@ class TokenCache:
         parts = [pl.read_parquet(r / "_shards" / task.output_name(s)) for s in corpus.shards]
         table = pl.concat(parts) if parts else pl.DataFrame()
         if table.height == 0:
-            raise ValueError("the corpus has no documents to tokenize")
+            raise InputError("the corpus has no documents to tokenize")
         vocab = backend.get_vocab_size(with_added_tokens=True)
         dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
         domains_meta: dict[str, Any] = {}

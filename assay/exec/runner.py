@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from assay.errors import ConfigError, DependencyError
 from assay.io.shards import FileShard, Shard, ShardStats
 from assay.util.files import (
     json_normal,
@@ -432,7 +433,7 @@ class RayRunner(Runner):
         try:
             import ray
         except ImportError as e:  # pragma: no cover - depends on the install
-            raise ImportError("the Ray runner needs Ray: pip install 'assay[ray]'") from e
+            raise DependencyError("the Ray runner needs Ray: pip install 'assay[ray]'") from e
         if not ray.is_initialized():
             import logging
 
@@ -526,7 +527,7 @@ def make_runner(
         return LocalRunner(workers=workers or 1, progress=progress)
     if kind == "ray":
         return RayRunner(address=address, workers=workers, progress=progress)
-    raise ValueError(f"unknown runner {kind!r}; use 'local' or 'ray'")
+    raise ConfigError(f"unknown runner {kind!r}; use 'local' or 'ray'")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from assay.errors import ConfigError, InputError
 from assay.io.discover import discover_inputs
 from assay.io.shards import (
     DEFAULT_MAX_CHARS,
@@ -119,7 +120,7 @@ class Corpus:
             dataset = datasets.load_dataset(dataset, split=split or "train")
         if isinstance(dataset, datasets.DatasetDict):
             if split is None:
-                raise ValueError(f"pass split= (one of {list(dataset)}) for a DatasetDict")
+                raise ConfigError(f"pass split= (one of {list(dataset)}) for a DatasetDict")
             dataset = dataset[split]
         opts = ReadOptions(**options)
         if isinstance(dataset, datasets.IterableDataset):
@@ -158,7 +159,7 @@ class Corpus:
         sample does not depend on shard order or batch size, and growing `n` only adds documents.
         """
         if n <= 0:
-            raise ValueError("sample size must be positive")
+            raise ConfigError("sample size must be positive")
         best: pl.DataFrame | None = None
         for batch in self.iter_batches():
             if columns is not None:
@@ -170,7 +171,7 @@ class Corpus:
             merged = batch if best is None else pl.concat([best, batch], how="diagonal_relaxed")
             best = merged.sort("_key").head(n)
         if best is None:
-            raise ValueError("cannot sample from an empty corpus")
+            raise InputError("cannot sample from an empty corpus")
         return best.drop("_key")
 
     def write(self, out_dir: str | os.PathLike, fmt: str | None = None) -> list[Path]:

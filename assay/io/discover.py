@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from assay.errors import InputError, MissingError
 from assay.io.shards import FOLDER_SUFFIXES, FileShard, format_of
 from assay.util.guard import is_assay_output
 
@@ -64,7 +65,7 @@ def discover_inputs(
         if os.path.isdir(p):
             files = _folder_files(Path(p))
             if not files:
-                raise FileNotFoundError(
+                raise MissingError(
                     f"no corpus files ({', '.join(FOLDER_SUFFIXES)}) under folder {p!r}"
                 )
             found += [(f, Path(p)) for f in files]
@@ -77,20 +78,20 @@ def discover_inputs(
             root = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
             files = _glob_files(p, root)
             if not files:
-                raise FileNotFoundError(f"no corpus files match {p!r}")
+                raise MissingError(f"no corpus files match {p!r}")
             found += [(f, root) for f in files]
             inputs += [str(f) for f in files]
             if "**" in p:  # a recursive pattern reads anything that appears under its root
                 inputs.append(str(root))
         else:
-            raise FileNotFoundError(f"corpus file not found: {p!r}")
+            raise MissingError(f"corpus file not found: {p!r}")
     shards: list[FileShard] = []
     seen: dict[str, str] = {}
     for f, root in found:
         format_of(f.name)  # raises for unsupported types, naming the file
         name = f.relative_to(root).as_posix() if root != Path("") else f.as_posix()
         if name in seen and seen[name] != str(f.resolve()):
-            raise ValueError(
+            raise InputError(
                 f"two input files map to the same shard name {name!r} ({seen[name]} and {f}); "
                 "pass their common parent folder instead"
             )
@@ -100,7 +101,7 @@ def discover_inputs(
     stems: dict[str, str] = {}
     for s in shards:
         if s.stem in stems:
-            raise ValueError(
+            raise InputError(
                 f"shards {stems[s.stem]!r} and {s.name!r} differ only by format; their outputs "
                 "would collide"
             )

@@ -54,7 +54,8 @@ class RawBatch:
     `records` are 1-based ordinals among the non-blank lines (or rows) of the file: generated ids
     come from them. `lines()` gives each row's 1-based line (or row) number, for messages.
     `raw()` gives each row's raw JSON line, for batches read leniently line by line, so that the
-    few rows whose parsed values are suspicious are checked (a strict parse needs none). `bad` lists records that did not parse: (line, reason, message).
+    few rows whose parsed values are suspicious are checked (a strict parse needs none). `bad`
+    lists records that did not parse: (line, reason, message).
     """
 
     df: pl.DataFrame

@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from assay.errors import ConfigError, InputError, MissingError
 from assay.io.corpus import Corpus
 from assay.io.shards import RESERVED_COLUMNS, Shard
 from assay.util.files import read_json, read_parquet
@@ -33,7 +34,7 @@ def check_unique_ids(ids: list[pl.Series], shard: Shard) -> None:
     all_ids = pl.concat(ids)
     dup = all_ids.filter(all_ids.is_duplicated())
     if dup.len():
-        raise ValueError(
+        raise InputError(
             f"duplicate id {dup[0]!r} in shard {shard.name}: ids must be unique within a shard "
             "(pass id_field=None to generate ids from file and line)"
         )
@@ -43,7 +44,7 @@ def check_score_columns(columns: Sequence[str], where: str) -> None:
     """Refuse score column names that assay's tables already use for something else."""
     for c in columns:
         if c in RESERVED_COLUMNS:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: a score column cannot be named {c!r}; {', '.join(RESERVED_COLUMNS)} "
                 "are reserved (set the scorer's column name to something else)"
             )
@@ -56,7 +57,7 @@ def check_score_columns(columns: Sequence[str], where: str) -> None:
 def score_columns(scores_dir: str | os.PathLike) -> list[str]:
     meta = Path(scores_dir) / SCORES_META
     if not meta.exists():
-        raise FileNotFoundError(
+        raise MissingError(
             f"{scores_dir} is not a scores folder (no {SCORES_META}); run `assay score` first"
         )
     return list(read_json(meta)["columns"])
@@ -73,7 +74,7 @@ class ScoreSet:
         if isinstance(dirs, str | os.PathLike):
             dirs = [dirs]
         if not dirs:
-            raise ValueError("no scores folders given")
+            raise ConfigError("no scores folders given")
         self.dirs = [Path(d) for d in dirs]
         self.columns_by_dir = {d: score_columns(d) for d in self.dirs}
         for d, cols in self.columns_by_dir.items():
@@ -82,7 +83,7 @@ class ScoreSet:
         for d, cols in self.columns_by_dir.items():
             for c in cols:
                 if c in owner:
-                    raise ValueError(
+                    raise InputError(
                         f"score column {c!r} is in both {owner[c]} and {d}; rename one (column=...)"
                     )
                 owner[c] = d
@@ -96,7 +97,7 @@ class ScoreSet:
         wanted = list(columns) if columns is not None else self.columns
         for c in wanted:
             if c not in self.owner:
-                raise ValueError(f"no score column {c!r}; available: {', '.join(self.columns)}")
+                raise ConfigError(f"no score column {c!r}; available: {', '.join(self.columns)}")
         frame: pl.DataFrame | None = None
         for d, cols in self.columns_by_dir.items():
             take = [c for c in cols if c in wanted]
@@ -104,9 +105,7 @@ class ScoreSet:
                 continue
             path = score_file(d, shard)
             if not path.exists():
-                raise FileNotFoundError(
-                    f"no scores for shard {shard.name!r} in {d} (expected {path})"
-                )
+                raise MissingError(f"no scores for shard {shard.name!r} in {d} (expected {path})")
             part = read_parquet(path, columns=["id", *take])
             frame = part if frame is None else frame.join(part, on="id", how="full", coalesce=True)
         assert frame is not None
@@ -134,7 +133,7 @@ def join_scores(batch: pl.DataFrame, scores: pl.DataFrame) -> pl.DataFrame:
     """Attach score columns to a batch of documents, keeping the batch's row order."""
     clash = [c for c in scores.columns if c != "id" and c in batch.columns]
     if clash:
-        raise ValueError(
+        raise InputError(
             f"the corpus has fields named like score columns ({', '.join(clash)}); a score "
             "would be confused with the field: give the scorer another column name"
         )

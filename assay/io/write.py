@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
+from assay.errors import ConfigError
 from assay.io.shards import (
     SUPPORTED_SUFFIXES,
     CorpusError,
@@ -32,7 +33,7 @@ def output_name(shard: Shard, fmt: str | None = None, default: str = "parquet") 
         fmt = default
     fmt = fmt.lstrip(".")
     if "." + fmt not in SUPPORTED_SUFFIXES:
-        raise ValueError(
+        raise ConfigError(
             f"unknown output format {fmt!r}; use parquet, jsonl, jsonl.gz or jsonl.zst"
         )
     return f"{shard.stem}.{fmt}"

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from assay.common.mixture import Mixture
+from assay.errors import ConfigError, InputError
 
 ENTROPIES = ("unigram", "joint", "conditional")
 
@@ -29,7 +30,9 @@ def _counts(tokens_per_domain: Mapping[str, float]) -> tuple[list[str], np.ndarr
     domains = sorted(tokens_per_domain)
     n = np.array([float(tokens_per_domain[d]) for d in domains])
     if not domains or (n < 0).any() or not np.isfinite(n).all() or n.sum() <= 0:
-        raise ValueError(f"token counts must be non-negative with a positive total: {dict(tokens_per_domain)}")  # fmt: skip
+        raise InputError(
+            f"token counts must be non-negative with a positive total: {dict(tokens_per_domain)}"
+        )
     return domains, n
 
 
@@ -46,7 +49,7 @@ def uniform(tokens_per_domain: Mapping[str, float]) -> Mixture:
 def temperature(tokens_per_domain: Mapping[str, float], t: float = 2.0) -> Mixture:
     """p_i ~ n_i^(1/t): t=1 is natural, large t approaches uniform, t<1 sharpens."""
     if not t > 0:
-        raise ValueError(f"temperature must be positive, not {t}")
+        raise ConfigError(f"temperature must be positive, not {t}")
     domains, n = _counts(tokens_per_domain)
     logw = np.where(n > 0, np.log(np.maximum(n, 1e-300)) / t, -np.inf)
     return Mixture.from_vector(domains, np.exp(logw - logw.max()))
@@ -62,11 +65,11 @@ def unimax(
     ones. A budget beyond every cap is an error (it cannot be met without more epochs).
     """
     if not budget > 0 or not max_epochs > 0:
-        raise ValueError("budget and max_epochs must be positive")
+        raise ConfigError("budget and max_epochs must be positive")
     domains, n = _counts(tokens_per_domain)
     caps = n * max_epochs
     if budget > caps.sum() * (1 + 1e-9):
-        raise ValueError(
+        raise ConfigError(
             f"a budget of {budget:,.0f} tokens exceeds every domain's cap of {max_epochs:g} "
             f"epochs ({caps.sum():,.0f} tokens in all): raise max_epochs or lower the budget"
         )
@@ -89,7 +92,7 @@ def bigram_entropies(tokens: np.ndarray, vocab_size: int, *, chunk: int = 1024) 
     """
     t = np.asarray(tokens, dtype=np.int64)
     if len(t) < 2:
-        raise ValueError("need at least 2 tokens to count bigrams")
+        raise InputError("need at least 2 tokens to count bigrams")
     first, second = t[:-1], t[1:]
     keep = (np.arange(1, len(t)) % chunk) != 0  # drop pairs that cross a window boundary
     pairs = first[keep] * vocab_size + second[keep]
@@ -125,7 +128,7 @@ def entropy_mixture(
     entropies.
     """
     if kind not in ENTROPIES:
-        raise ValueError(f"kind must be one of {ENTROPIES}, not {kind!r}")
+        raise ConfigError(f"kind must be one of {ENTROPIES}, not {kind!r}")
     rng = np.random.default_rng(seed)
     entropies: dict[str, dict[str, float]] = {}
     for name, dom in sorted(cache.domains.items()):
@@ -138,7 +141,7 @@ def entropy_mixture(
             continue
         entropies[name] = bigram_entropies(tokens, cache.vocab_size)
     if not entropies:
-        raise ValueError("no domain has enough tokens to measure its entropy")
+        raise InputError("no domain has enough tokens to measure its entropy")
     h = np.array([entropies[d][kind] for d in sorted(entropies)])
     w = np.exp(h - h.max())
     return Mixture.from_vector(sorted(entropies), w), entropies
@@ -170,12 +173,12 @@ def baseline_mixture(
         info["t"] = temperature_t
     elif method == "unimax":
         if budget is None:
-            raise ValueError("unimax needs the token budget it spreads")
+            raise ConfigError("unimax needs the token budget it spreads")
         mix = unimax(counts, budget, max_epochs)
         info.update(budget=budget, max_epochs=max_epochs)
     elif method == "entropy":
         mix, info["entropies"] = entropy_mixture(cache, entropy, seed=seed)
         info["kind"] = entropy
     else:
-        raise ValueError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
+        raise ConfigError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
     return mix, info

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from assay.common.mixture import Mixture
+from assay.errors import ConfigError, InputError
 
 MIN_POINTS = 5  # five coefficients (four free)
 
@@ -52,20 +53,22 @@ def _fit_domain(r: np.ndarray, s: np.ndarray, loss: np.ndarray, name: str) -> Do
     from scipy.optimize import least_squares
 
     if len(loss) < MIN_POINTS:
-        raise ValueError(
+        raise InputError(
             f"domain {name!r}: {len(loss)} points; the law needs at least {MIN_POINTS} "
             "(several eval steps of at least 2 runs with different proportions)"
         )
     if not (np.isfinite(loss).all() and np.isfinite(r).all() and np.isfinite(s).all()):
-        raise ValueError(
+        raise InputError(
             f"domain {name!r}: non-finite losses, proportions or steps in the fit data"
         )
     if (loss <= 0).any() or (r <= 0).any() or (s <= 0).any():
-        raise ValueError(f"domain {name!r}: losses, proportions and steps must be positive")
+        raise InputError(f"domain {name!r}: losses, proportions and steps must be positive")
     if len(np.unique(r)) < 2:
-        raise ValueError(f"domain {name!r}: every point has the same proportion; alpha is not identifiable")  # fmt: skip
+        raise InputError(
+            f"domain {name!r}: every point has the same proportion; alpha is not identifiable"
+        )
     if len(np.unique(s)) < 3:
-        raise ValueError(f"domain {name!r}: fewer than 3 distinct steps; beta is not identifiable")  # fmt: skip
+        raise InputError(f"domain {name!r}: fewer than 3 distinct steps; beta is not identifiable")
     log_loss = np.log(loss)
     log_r, log_s = np.log(r), np.log(s)
 
@@ -88,7 +91,9 @@ def _fit_domain(r: np.ndarray, s: np.ndarray, loss: np.ndarray, name: str) -> Do
             best = fit
     alpha, beta, log_b, log_c = best.x
     rmse = float(np.sqrt(np.mean(best.fun**2)))
-    return DomainLaw(1.0, float(alpha), float(np.exp(log_b)), float(beta), float(np.exp(log_c)), len(loss), rmse)  # fmt: skip
+    return DomainLaw(
+        1.0, float(alpha), float(np.exp(log_b)), float(beta), float(np.exp(log_c)), len(loss), rmse
+    )
 
 
 class BiMix:
@@ -108,7 +113,7 @@ class BiMix:
         domains = np.asarray(cols["domain"]).astype(str)
         r, s, loss = (np.asarray(cols[k], dtype=np.float64) for k in ("r", "s", "loss"))
         if not len(domains):
-            raise ValueError("no points to fit the law on")
+            raise InputError("no points to fit the law on")
         self.laws = {
             str(d): _fit_domain(r[domains == d], s[domains == d], loss[domains == d], str(d))
             for d in sorted(set(domains))
@@ -122,7 +127,9 @@ class BiMix:
             out[d] = float(self.laws[d].predict(r, s)) if r > 0 else float("inf")
         return out
 
-    def total_loss(self, mixture: Mapping[str, float], s: float, weights: Mapping[str, float] | None = None) -> float:  # fmt: skip
+    def total_loss(
+        self, mixture: Mapping[str, float], s: float, weights: Mapping[str, float] | None = None
+    ) -> float:
         pred = self.predict(mixture, s)
         return float(sum((weights or {}).get(d, 1.0) * v for d, v in pred.items()))
 
@@ -147,24 +154,28 @@ class BiMix:
 
         d = self.domains
         if not 0 <= min_share * len(d) < 1:
-            raise ValueError(f"min_share={min_share} leaves nothing to share among {len(d)} domains")  # fmt: skip
+            raise ConfigError(
+                f"min_share={min_share} leaves nothing to share among {len(d)} domains"
+            )
         w = np.array([(weights or {}).get(x, 1.0) for x in d], dtype=np.float64)
         if (w < 0).any() or w.sum() <= 0:
-            raise ValueError("domain weights must be non-negative with a positive sum")
+            raise ConfigError("domain weights must be non-negative with a positive sum")
         unknown = sorted(set(weights or {}) - set(d))
         if unknown:
-            raise ValueError(f"weights name unknown domains {unknown}; the law has {d}")
+            raise ConfigError(f"weights name unknown domains {unknown}; the law has {d}")
         alpha = np.array([self.laws[x].alpha for x in d])
         a = np.array([self.laws[x].A for x in d])
         k = np.array([self.laws[x].B * s ** -self.laws[x].beta + self.laws[x].C for x in d])
         g = w * alpha * a * k  # r_i = (g_i / lambda)^(1/(1+alpha_i))
         active = g > 0
         if not active.any():
-            raise ValueError("no domain's loss depends on its proportion (all alpha = 0)")
+            raise InputError("no domain's loss depends on its proportion (all alpha = 0)")
 
         def shares(log_lam: float) -> np.ndarray:
             r = np.full(len(d), min_share)
-            r[active] = np.maximum(min_share, np.exp((np.log(g[active]) - log_lam) / (1 + alpha[active])))  # fmt: skip
+            r[active] = np.maximum(
+                min_share, np.exp((np.log(g[active]) - log_lam) / (1 + alpha[active]))
+            )
             return r
 
         def excess(log_lam: float) -> float:
@@ -197,16 +208,34 @@ class BiMix:
         def objective(z: np.ndarray) -> float:
             return self.total_loss(dict(zip(d, point(z), strict=True)), s, weights)
 
-        res = minimize(objective, np.zeros(len(d)), method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 20_000})  # fmt: skip
+        res = minimize(
+            objective,
+            np.zeros(len(d)),
+            method="Nelder-Mead",
+            options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 20_000},
+        )
         return Mixture.from_vector(d, point(res.x))
 
-    def budget_curve(self, budgets: Sequence[float], weights: Mapping[str, float] | None = None, *, min_share: float = 0.0) -> list[dict[str, Any]]:  # fmt: skip
+    def budget_curve(
+        self,
+        budgets: Sequence[float],
+        weights: Mapping[str, float] | None = None,
+        *,
+        min_share: float = 0.0,
+    ) -> list[dict[str, Any]]:
         """Optimal mixture and its predicted losses at each budget (to choose a budget)."""
         rows = []
         for s in budgets:
             mix = self.optimal_mixture(s, weights, min_share=min_share, check=False)
             pred = self.predict(mix, s)
-            rows.append({"s": float(s), "mixture": mix.to_dict(), "loss": pred, "total": float(sum(pred.values()))})  # fmt: skip
+            rows.append(
+                {
+                    "s": float(s),
+                    "mixture": mix.to_dict(),
+                    "loss": pred,
+                    "total": float(sum(pred.values())),
+                }
+            )
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,7 +273,11 @@ def points_from_runs(
     frame = runs.read() if hasattr(runs, "read") else runs
     out: dict[str, list] = {"domain": [], "r": [], "s": [], "loss": [], "run": []}
     for row in frame.iter_rows(named=True):
-        curve = json.loads(row["curve"]) if isinstance(row.get("curve"), str) else row.get("curve") or []  # fmt: skip
+        curve = (
+            json.loads(row["curve"])
+            if isinstance(row.get("curve"), str)
+            else row.get("curve") or []
+        )
         for point in curve:
             for d, loss in point.get("bpb", {}).items():
                 r = row.get(f"{mixture_prefix}{d}")
@@ -284,7 +317,10 @@ def evaluate_fit(points: Any) -> dict[str, Any]:
     for d in law.domains:
         m = last & (domain == d)
         rel = np.abs(law.laws[d].predict(r[m], s[m]) / loss[m] - 1)
-        report["extrapolation"][d] = {"mean_rel_error": float(rel.mean()), "max_rel_error": float(rel.max())}  # fmt: skip
+        report["extrapolation"][d] = {
+            "mean_rel_error": float(rel.mean()),
+            "max_rel_error": float(rel.max()),
+        }
     runs = sorted(set(run))
     if len(runs) >= 3:
         pred = np.full(len(s), np.nan)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from assay.common.mixture import Mixture
+from assay.errors import ConfigError, InputError
 from assay.mixing.predictors import heldout_spearman, make_predictor
 from assay.mixing.propose import MixtureProposer
 
@@ -35,7 +36,7 @@ from assay.mixing.propose import MixtureProposer
 def split_budget(runs: int, split: Sequence[float]) -> list[int]:
     """Proxy runs per iteration, proportional to `split`, each at least 1."""
     if runs < len(split):
-        raise ValueError(
+        raise ConfigError(
             f"a search of {runs} proxy runs is too small for {len(split)} iterations "
             "(each needs at least one run); add runs or use fewer iterations"
         )
@@ -63,7 +64,9 @@ class ClimbSearch:
         **proposer: Any,
     ):
         if predictor not in ("auto", "lightgbm", "linear"):
-            raise ValueError(f"predictor must be 'auto', 'lightgbm' or 'linear', not {predictor!r}")
+            raise ConfigError(
+                f"predictor must be 'auto', 'lightgbm' or 'linear', not {predictor!r}"
+            )
         self.proposer = MixtureProposer(tokens_per_domain, seed=seed, **proposer)
         self.domains = self.proposer.domains
         self.predictor_kind = predictor
@@ -77,7 +80,7 @@ class ClimbSearch:
 
     def observe(self, mixture: Mapping[str, float], metric: float) -> None:
         if not np.isfinite(metric):
-            raise ValueError(f"metric for {dict(mixture)} is not finite: {metric}")
+            raise InputError(f"metric for {dict(mixture)} is not finite: {metric}")
         w = Mixture(mixture, normalize=True).vector(self.domains)
         self.X.append(w)
         self.y.append(float(metric))
@@ -86,9 +89,9 @@ class ClimbSearch:
 
     def fit(self) -> Any:
         if len(self.y) < 3:
-            raise ValueError(f"{len(self.y)} observed runs: the predictor needs at least 3")
+            raise ConfigError(f"{len(self.y)} observed runs: the predictor needs at least 3")
         kind = self.chosen_kind()
-        self.predictor = make_predictor(kind, **({"seed": self.seed} if kind == "lightgbm" else {}))  # fmt: skip
+        self.predictor = make_predictor(kind, **({"seed": self.seed} if kind == "lightgbm" else {}))
         self.predictor.fit(np.vstack(self.X), np.asarray(self.y))
         return self.predictor
 
@@ -167,5 +170,7 @@ def objective_value(row: Mapping[str, Any], objective: str) -> float:
     """A runs-table row's objective: a column name, negated with a leading '-'."""
     sign, name = (-1.0, objective[1:]) if objective.startswith("-") else (1.0, objective)
     if name not in row or row[name] is None:
-        raise ValueError(f"objective {name!r} is not a column of the runs table (columns: {sorted(row)})")  # fmt: skip
+        raise ConfigError(
+            f"objective {name!r} is not a column of the runs table (columns: {sorted(row)})"
+        )
     return sign * float(row[name])

@@ -34,6 +34,7 @@ import polars as pl
 from assay.common.embed import Embedder
 from assay.common.numerics import default_k, kmeans, nearest
 from assay.common.text import count_tokens, top_terms
+from assay.errors import ConfigError, InputError, MissingError
 from assay.exec.runner import Runner, report_progress
 from assay.io.corpus import Corpus
 from assay.io.shards import ReadOptions, Shard, ShardStats
@@ -56,7 +57,7 @@ def merge_centroids(
 
     if n_domains is not None:
         if n_domains > len(centroids):
-            raise ValueError(f"n_domains={n_domains} is more than the {len(centroids)} clusters")
+            raise ConfigError(f"n_domains={n_domains} is more than the {len(centroids)} clusters")
         tree = linkage(centroids, method="ward")
         labels = fcluster(tree, t=n_domains, criterion="maxclust")
     elif distance is not None:
@@ -113,7 +114,13 @@ class AssignTask:
             stats.docs_out += batch.height
             report_progress(batch.height)
         writer.close()
-        schema = {"id": pl.String, "cluster": pl.Int32, "domain": pl.String, "chars": pl.UInt32, "tokens": pl.Int64}  # fmt: skip
+        schema = {
+            "id": pl.String,
+            "cluster": pl.Int32,
+            "domain": pl.String,
+            "chars": pl.UInt32,
+            "tokens": pl.Int64,
+        }
         side = pl.concat(sides) if sides else pl.DataFrame(schema=schema)
         with atomic_path(Path(self.side_dir) / f"{shard.stem}.parquet") as tmp:
             side.write_parquet(tmp)
@@ -165,51 +172,16 @@ def cluster_corpus(
             emb = Embedder(**embedder) if isinstance(embedder, dict) else Embedder(embedder)
         frame = corpus.sample(sample, seed=seed)
         if frame.height < 2:
-            raise ValueError(f"the corpus has {frame.height} documents: too few to cluster")
+            raise InputError(f"the corpus has {frame.height} documents: too few to cluster")
         k = k_init or default_k(frame.height)
         vecs = emb.embed(frame.get_column("text").to_list())
         centroids = kmeans(vecs, k, seed=seed)
         labels = nearest(vecs, centroids)
-
-        keep = np.ones(k, dtype=bool)
-        if prune_scores is not None:
-            if prune_column is None or prune_below is None:
-                raise ValueError(
-                    "pruning needs prune_column and prune_below as well as prune_scores"
-                )
-            from assay.io.scores import read_scores
-
-            scores = read_scores(str(prune_scores), corpus, [prune_column]).select(
-                "id", prune_column
-            )
-            joined = (
-                frame.select("id")
-                .with_columns(pl.Series("c", labels))
-                .join(scores, on="id", how="left")
-            )
-            if joined.get_column(prune_column).null_count():
-                raise ValueError(
-                    f"{prune_scores} has no {prune_column!r} score for some sampled documents"
-                )
-            means = joined.group_by("c").agg(pl.col(prune_column).mean())
-            for c, m in means.iter_rows():
-                keep[c] = m >= prune_below
-            if not keep.any():
-                raise ValueError(f"every cluster's mean {prune_column} is below {prune_below}")
+        keep = _kept_clusters(corpus, frame, labels, k, prune_scores, prune_column, prune_below)
         kept = np.flatnonzero(keep)
-        # clusters too small to be a domain (outliers: tables, boilerplate) join their nearest
-        # large cluster rather than becoming a domain of a few documents with no held-out data
-        sizes = np.bincount(labels, minlength=k)
-        small = keep & (sizes < min_cluster_share * frame.height)
-        big = np.flatnonzero(keep & ~small)
-        if not len(big):
-            raise ValueError(f"every cluster holds less than {min_cluster_share:.1%} of the sample")
-        merged = merge_centroids(centroids[big], distance=merge_distance, n_domains=n_domains)
-        domain_of = [PRUNED] * k
-        for c, d in zip(big, merged, strict=True):
-            domain_of[c] = f"cluster_{d:02d}"
-        for c in np.flatnonzero(small):
-            domain_of[c] = domain_of[big[np.argmin(((centroids[big] - centroids[c]) ** 2).sum(1))]]
+        domain_of, small = _cluster_domains(
+            centroids, labels, keep, min_cluster_share, merge_distance, n_domains
+        )
 
         # the fitted state first, so that held-out or new shards can be assigned the same way
         with atomic_path(out / CENTROIDS_FILE) as tmp, open(tmp, "wb") as f:
@@ -224,13 +196,78 @@ def cluster_corpus(
         report = _report(out, frame, labels, domain_of, k, kept, seed)
         report["absorbed_clusters"] = [int(c) for c in np.flatnonzero(small)]
         write_json(out / "_clusters.json", report)
-        return ClusterResult(str(out), k, report["domains"], [int(c) for c in np.flatnonzero(~keep)], frame.height)  # fmt: skip
+        return ClusterResult(
+            str(out), k, report["domains"], [int(c) for c in np.flatnonzero(~keep)], frame.height
+        )
+
+
+def _kept_clusters(
+    corpus: Corpus,
+    frame: pl.DataFrame,
+    labels: np.ndarray,
+    k: int,
+    prune_scores: str | os.PathLike | None,
+    prune_column: str | None,
+    prune_below: float | None,
+) -> np.ndarray:
+    """Per cluster, whether it is kept: all, or (with `prune_scores`) those whose sampled
+    documents' mean `prune_column` is at least `prune_below`."""
+    keep = np.ones(k, dtype=bool)
+    if prune_scores is None:
+        return keep
+    if prune_column is None or prune_below is None:
+        raise ConfigError("pruning needs prune_column and prune_below as well as prune_scores")
+    from assay.io.scores import read_scores
+
+    scores = read_scores(str(prune_scores), corpus, [prune_column]).select("id", prune_column)
+    joined = (
+        frame.select("id").with_columns(pl.Series("c", labels)).join(scores, on="id", how="left")
+    )
+    if joined.get_column(prune_column).null_count():
+        raise InputError(f"{prune_scores} has no {prune_column!r} score for some sampled documents")
+    means = joined.group_by("c").agg(pl.col(prune_column).mean())
+    for c, m in means.iter_rows():
+        keep[c] = m >= prune_below
+    if not keep.any():
+        raise ConfigError(f"every cluster's mean {prune_column} is below {prune_below}")
+    return keep
+
+
+def _cluster_domains(
+    centroids: np.ndarray,
+    labels: np.ndarray,
+    keep: np.ndarray,
+    min_cluster_share: float,
+    merge_distance: float | None,
+    n_domains: int | None,
+) -> tuple[list[str], np.ndarray]:
+    """Each cluster's domain (or PRUNED), and which kept clusters were too small to be one."""
+    k = len(keep)
+    # clusters too small to be a domain (outliers: tables, boilerplate) join their nearest
+    # large cluster rather than becoming a domain of a few documents with no held-out data
+    sizes = np.bincount(labels, minlength=k)
+    small = keep & (sizes < min_cluster_share * len(labels))
+    big = np.flatnonzero(keep & ~small)
+    if not len(big):
+        raise ConfigError(f"every cluster holds less than {min_cluster_share:.1%} of the sample")
+    merged = merge_centroids(centroids[big], distance=merge_distance, n_domains=n_domains)
+    domain_of = [PRUNED] * k
+    for c, d in zip(big, merged, strict=True):
+        domain_of[c] = f"cluster_{d:02d}"
+    for c in np.flatnonzero(small):
+        domain_of[c] = domain_of[big[np.argmin(((centroids[big] - centroids[c]) ** 2).sum(1))]]
+    return domain_of, small
 
 
 def _report(
-    out: Path, frame: pl.DataFrame, labels: np.ndarray, domain_of: list[str],
-    k: int, kept: np.ndarray, seed: int,
-) -> dict[str, Any]:  # fmt: skip
+    out: Path,
+    frame: pl.DataFrame,
+    labels: np.ndarray,
+    domain_of: list[str],
+    k: int,
+    kept: np.ndarray,
+    seed: int,
+) -> dict[str, Any]:
     # the side-cars carry each document's size, so the report never reads the texts again
     table = pl.concat(
         [
@@ -287,7 +324,7 @@ def assign_domains(
 
     src = Path(cluster_dir)
     if not (src / CENTROIDS_FILE).exists():
-        raise FileNotFoundError(f"{src} holds no clustering ({CENTROIDS_FILE} is missing)")
+        raise MissingError(f"{src} holds no clustering ({CENTROIDS_FILE} is missing)")
     with np.load(src / CENTROIDS_FILE, allow_pickle=False) as z:
         centroids, domain_of = z["centroids"], [str(d) for d in z["domain_of"]]
     emb = Embedder(**read_json(src / "_embedder.json"))

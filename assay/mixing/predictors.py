@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from assay.common.numerics import spearman
+from assay.errors import ConfigError, DependencyError, InputError
 
 
 def _split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +85,9 @@ class LightGBMPredictor:
         try:
             import lightgbm as lgb
         except ImportError as e:  # pragma: no cover - depends on the install
-            raise ImportError("the LightGBM predictor needs lightgbm: pip install 'assay[mixing]'") from e  # fmt: skip
+            raise DependencyError(
+                "the LightGBM predictor needs lightgbm: pip install 'assay[mixing]'"
+            ) from e
         X, y = _check(X, y)
         train, val = _split(len(y), self.validation, self.seed)
         self.model = lgb.LGBMRegressor(**self.params)
@@ -97,9 +100,11 @@ class LightGBMPredictor:
             else:  # pragma: no cover - older lightgbm
                 evaluation = {"eval_set": [(X[val], y[val])]}
             self.model.fit(
-                X[train], y[train], **evaluation,
+                X[train],
+                y[train],
+                **evaluation,
                 callbacks=[lgb.early_stopping(self.early_stopping, verbose=False)],
-            )  # fmt: skip
+            )
             self.validation_spearman = spearman(self.model.predict(X[val]), y[val])
             self.best_rounds = int(self.model.best_iteration_ or self.params["n_estimators"])
         else:
@@ -114,11 +119,11 @@ class LightGBMPredictor:
 def _check(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if X.ndim != 2 or len(X) != len(y):
-        raise ValueError(f"X must be (runs, domains) and y one value per run: {X.shape}, {y.shape}")
+        raise InputError(f"X must be (runs, domains) and y one value per run: {X.shape}, {y.shape}")
     if len(y) < 2:
-        raise ValueError(f"{len(y)} proxy runs: too few to fit a predictor")
+        raise InputError(f"{len(y)} proxy runs: too few to fit a predictor")
     if not (np.isfinite(X).all() and np.isfinite(y).all()):
-        raise ValueError("mixtures and metrics must be finite to fit a predictor")
+        raise InputError("mixtures and metrics must be finite to fit a predictor")
     return X, y
 
 
@@ -127,10 +132,12 @@ def make_predictor(kind: str, **params: Any) -> Any:
         return LightGBMPredictor(**params)
     if kind == "linear":
         return LinearPredictor(**params)
-    raise ValueError(f"predictor must be 'lightgbm' or 'linear', not {kind!r}")
+    raise ConfigError(f"predictor must be 'lightgbm' or 'linear', not {kind!r}")
 
 
-def out_of_fold(kind: str, X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, **params: Any) -> np.ndarray:  # fmt: skip
+def out_of_fold(
+    kind: str, X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, **params: Any
+) -> np.ndarray:
     """Each run's prediction by a predictor fitted on the other folds (k-fold)."""
     X, y = _check(X, y)
     order = np.random.default_rng(seed).permutation(len(y))
@@ -142,6 +149,8 @@ def out_of_fold(kind: str, X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed
     return pred
 
 
-def heldout_spearman(kind: str, X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, **params: Any) -> float:  # fmt: skip
+def heldout_spearman(
+    kind: str, X: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0, **params: Any
+) -> float:
     """Spearman correlation of out-of-fold predictions with the measured metric (k-fold)."""
     return spearman(out_of_fold(kind, X, y, folds=folds, seed=seed, **params), np.asarray(y))

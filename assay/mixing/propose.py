@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from assay.common.mixture import Mixture
+from assay.errors import ConfigError, InputError
 
 
 class MixtureProposer:
@@ -38,11 +39,11 @@ class MixtureProposer:
         self.domains = sorted(tokens_per_domain)
         n = np.array([float(tokens_per_domain[d]) for d in self.domains])
         if len(self.domains) < 2 or (n <= 0).any():
-            raise ValueError(
+            raise InputError(
                 f"proposals need at least 2 domains with tokens: {dict(tokens_per_domain)}"
             )
         if not temperature > 0:
-            raise ValueError("temperature must be positive")
+            raise ConfigError("temperature must be positive")
         self.tokens = n
         self.natural = n / n.sum()
         prior = self.natural**temperature
@@ -54,7 +55,7 @@ class MixtureProposer:
         self.rng = np.random.default_rng(seed)
         self.seen: set[tuple[float, ...]] = set()
         if budget is not None and max_epochs is not None and budget > n.sum() * max_epochs:
-            raise ValueError(
+            raise ConfigError(
                 f"a budget of {budget:,.0f} tokens needs more than {max_epochs:g} epochs of the "
                 f"whole corpus ({n.sum():,.0f} tokens): no mixture can satisfy the cap"
             )
@@ -84,7 +85,7 @@ class MixtureProposer:
         while len(out) < n:
             tries += 1
             if tries > max_tries * max(n, 1):
-                raise ValueError(
+                raise ConfigError(
                     f"only {len(out)} of {n} distinct mixtures satisfy the caps after {tries - 1} "
                     "draws: loosen max_epochs / max_ratio or the floor"
                 )

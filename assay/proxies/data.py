@@ -25,6 +25,7 @@ import numpy as np
 
 from assay.common.mixture import Mixture
 from assay.common.tokens import DomainTokens, TokenCache
+from assay.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # Packing
@@ -47,12 +48,13 @@ class PackedData:
 def _allocate(
     weights: np.ndarray, available: np.ndarray, total: int, domains: list[str], on_cap: str
 ) -> tuple[np.ndarray, list[str]]:
-    """Sequences per domain: proportional to `weights`, none above `available`, summing to `total`."""
+    """Sequences per domain: proportional to `weights`, none above `available`, summing to
+    `total`."""
     if available[weights > 0].sum() < total:
-        raise ValueError(
-            f"the budget needs {total:,} sequences but the domains of the mixture can give at most "
-            f"{int(available[weights > 0].sum()):,} within their epoch caps; lower the budget, raise "
-            "max_epochs, or add domains"
+        raise ConfigError(
+            f"the budget needs {total:,} sequences but the domains of the mixture can give at "
+            f"most {int(available[weights > 0].sum()):,} within their epoch caps; lower the "
+            "budget, raise max_epochs, or add domains"
         )
     target = weights / weights.sum() * total
     capped = np.zeros(len(weights), dtype=bool)
@@ -67,8 +69,9 @@ def _allocate(
         target[free] = weights[free] / weights[free].sum() * left
     capped_names = [domains[i] for i in np.flatnonzero(capped)]
     if capped_names and on_cap == "error":
-        raise ValueError(
-            f"the epoch cap binds for {capped_names}: their share of the budget needs more repetitions than max_epochs allows"
+        raise ConfigError(
+            f"the epoch cap binds for {capped_names}: their share of the budget needs more "
+            "repetitions than max_epochs allows"
         )
     # Largest remainder rounding, never above what is available.
     counts = np.floor(target).astype(np.int64)
@@ -112,14 +115,15 @@ def pack_mixture(
     max_epochs: float = 4.0,
     on_cap: str = "redistribute",
 ) -> PackedData:
-    """Pack `tokens` tokens (rounded down to whole sequences) from the cache in `mixture` proportions."""
+    """Pack `tokens` tokens (rounded down to whole sequences) from the cache in `mixture`
+    proportions."""
     if on_cap not in ("redistribute", "error"):
-        raise ValueError("on_cap must be 'redistribute' or 'error'")
+        raise ConfigError("on_cap must be 'redistribute' or 'error'")
     if seq_len < 2:
-        raise ValueError("seq_len must be at least 2")
+        raise ConfigError("seq_len must be at least 2")
     total = tokens // seq_len
     if total < 1:
-        raise ValueError(f"a budget of {tokens} tokens is less than one sequence of {seq_len}")
+        raise ConfigError(f"a budget of {tokens} tokens is less than one sequence of {seq_len}")
     domains = sorted(cache.domains)
     mixture.check_domains(domains)
     weights = mixture.vector(domains)
@@ -155,7 +159,8 @@ def pack_mixture(
     }
     if capped:
         report["cap_note"] = (
-            f"the epoch cap ({max_epochs}) bound for {', '.join(capped)}: they were used {max_epochs} times "
-            "and the rest of their share went to the other domains in proportion to their weights"
+            f"the epoch cap ({max_epochs}) bound for {', '.join(capped)}: they were used "
+            f"{max_epochs} times and the rest of their share went to the other domains in "
+            "proportion to their weights"
         )
     return PackedData(input_ids[perm], domain_index[perm], domains, report)

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from assay.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -47,7 +49,7 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise ValueError(f"unknown proxy preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown proxy preset {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
@@ -95,7 +97,7 @@ def build_model(
         )
         model = GPT2LMHeadModel(cfg)
     else:
-        raise ValueError(f"unknown architecture {arch!r}; use 'llama' or 'gpt2'")
+        raise ConfigError(f"unknown architecture {arch!r}; use 'llama' or 'gpt2'")
     model.config.assay = {"preset": preset, "arch": arch, **asdict(p), "vocab_size": vocab}
     return model
 

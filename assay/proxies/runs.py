@@ -23,6 +23,7 @@ from typing import Any
 
 import polars as pl
 
+from assay.errors import ConfigError
 from assay.util.files import atomic_path
 
 
@@ -77,7 +78,7 @@ class RunsTable:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if self.path.suffix != ".parquet":
-            raise ValueError(f"the runs table is a .parquet file, not {self.path.name}")
+            raise ConfigError(f"the runs table is a .parquet file, not {self.path.name}")
 
     def read(self) -> pl.DataFrame:
         if not self.path.exists():

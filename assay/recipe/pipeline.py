@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from assay.errors import ConfigError
 from assay.exec.runner import Runner, make_runner
 from assay.io.corpus import Corpus
 from assay.recipe.recipe import Recipe, dump_recipe, load_recipe
@@ -50,9 +51,18 @@ from assay.util.hashing import config_hash
 
 STEP_FILE = "step.json"
 _VERSIONED = [
-    "assay", "numpy", "polars", "pyarrow", "pydantic", "fasttext-numpy2", "ray", "datasets",
-    "tokenizers", "torch", "transformers",
-]  # fmt: skip
+    "assay",
+    "numpy",
+    "polars",
+    "pyarrow",
+    "pydantic",
+    "fasttext-numpy2",
+    "ray",
+    "datasets",
+    "tokenizers",
+    "torch",
+    "transformers",
+]
 
 
 @dataclass
@@ -138,7 +148,7 @@ class StepContext:
             outputs = self.outputs[spec.step]
             output = spec.output or STEPS[self.kinds[spec.step]].corpus_output
             if output not in outputs:
-                raise ValueError(
+                raise ConfigError(
                     f"step {spec.step!r} has no output {output!r}; it has {sorted(outputs)}"
                 )
             corpus = spec.open([outputs[output]])
@@ -265,7 +275,7 @@ def run_recipe(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     elif overrides:
-        raise ValueError("overrides apply to recipe files; edit the Recipe object instead")
+        raise ConfigError("overrides apply to recipe files; edit the Recipe object instead")
     root = Path(run_dir) if run_dir else recipe.resolved_run_dir
     _check_run_dir(root)
     for path in _external_paths(recipe):  # before the run directory is created
@@ -365,7 +375,7 @@ def run_step(
     earlier steps are paths here (an output, or a step folder holding it)."""
     out = Path(folder)
     if step.reads_corpus and getattr(step, "corpus", None) is None and corpus is None:
-        raise ValueError(f"the {step.kind} step needs a corpus")
+        raise ConfigError(f"the {step.kind} step needs a corpus")
     # before the folder is created: it must not touch what the step reads
     inputs = _external_paths(step) + (_external_paths(corpus) if corpus else [])
     inputs += [v for v in _reference_values(step) if Path(v).exists()]

@@ -29,7 +29,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 import assay.recipe.steps  # noqa: F401  (registers the built-in steps)
-from assay.errors import ConfigError
+from assay.errors import ConfigError, MissingError
 from assay.recipe.spec import CorpusSpec, RunnerSpec, check_name
 from assay.recipe.step import STEPS, Step, kinds_with
 from assay.util.config import Strict
@@ -216,7 +216,7 @@ def parse_recipe(data: Any, overrides: list[str] | None = None, source: str = "<
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"recipe not found: {p}")
+        raise MissingError(f"recipe not found: {p}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

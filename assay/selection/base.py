@@ -2,16 +2,30 @@
 
 A scorer is an estimator in the scikit-learn sense: `fit(...) -> self`, then
 `score(texts) -> float32 array`, one value per text, higher meaning "keep". It never touches
-corpora; `assay.scores.score_corpus` runs any scorer over a corpus through the runner.
+corpora; `assay.selection.score.score_corpus` runs any scorer over a corpus through the runner.
+
+A scorer's parameters are its constructor's (scikit-learn's `get_params` convention): every
+`__init__` argument is kept, unchanged or normalised, as an attribute of the same name, so
+`type(s)(**s.get_params())` rebuilds it unfitted.
 
 Saved scorers are folders: `scorer.json` (the registered type and the constructor config) plus
 whatever state the scorer writes (a fastText `.bin`, safetensors weights, ...). Nothing is ever
 unpickled from a scorer folder.
+
+Scorers are found by name: the built-in ones (imported on first use), then installed plugins,
+packages that declare an entry point in the group `assay.scorers`:
+
+    [project.entry-points."assay.scorers"]
+    shout = "assay_shout:ShoutScorer"
+
+A plugin is imported only when its scorer is asked for; a built-in's name cannot be taken.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +33,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from assay.errors import AssayError, ConfigError, MissingError, StateError
 from assay.util.files import read_json, write_json
 from assay.util.guard import check_writable_folder
 
 SCORER_FILE = "scorer.json"
+
+#: the entry-point group through which installed packages add scorers
+ENTRY_POINT_GROUP = "assay.scorers"
 
 _REGISTRY: dict[str, type[Scorer]] = {}
 
@@ -37,6 +55,10 @@ _BUILTIN_MODULES = {
     "mass": "assay.selection.mass",
     "mates": "assay.selection.mates",
 }
+
+
+class NotFittedError(StateError, RuntimeError):
+    """A scorer used or saved before it was fitted (also a RuntimeError, as it always was)."""
 
 
 class Scorer:
@@ -65,11 +87,27 @@ class Scorer:
         """All output columns for a batch; most scorers have exactly one."""
         return {self.column: self.score(texts)}
 
-    # -- persistence ---------------------------------------------------------------------------
-    def get_config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments; `type(self)(**config)` rebuilds the unfitted scorer."""
-        return {"column": self.column}
+    # -- parameters ----------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's arguments, read from the attributes of the same names (JSON-able);
+        `type(self)(**self.get_params())` rebuilds the unfitted scorer."""
+        out = {}
+        for name in init_params(type(self)):
+            try:
+                out[name] = getattr(self, name)
+            except AttributeError:
+                raise AttributeError(
+                    f"{type(self).__name__}.__init__ takes {name!r} but the scorer has no "
+                    f"attribute {name!r}: a scorer keeps every constructor argument as an "
+                    "attribute of the same name"
+                ) from None
+        return out
 
+    def get_config(self) -> dict[str, Any]:
+        """`get_params()`, under the name that `scorer.json` and score folders use."""
+        return self.get_params()
+
+    # -- persistence ---------------------------------------------------------------------------
     @property
     def is_fitted(self) -> bool:
         return True
@@ -81,7 +119,7 @@ class Scorer:
 
     def save(self, path: str | os.PathLike) -> Scorer:
         if not self.is_fitted:
-            raise RuntimeError(f"{type(self).__name__} must be fitted before it is saved")
+            raise NotFittedError(f"{type(self).__name__} must be fitted before it is saved")
         folder = Path(path)
         if not (folder / SCORER_FILE).exists():
             check_writable_folder(folder)  # never mix a model into a folder of other files
@@ -126,12 +164,34 @@ class Scorer:
         return f"{type(self).__name__}({cfg})"
 
 
+@functools.cache
+def init_params(cls: type) -> tuple[str, ...]:
+    """The names of a scorer class's constructor parameters (its `get_params` keys)."""
+    out = []
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.kind is p.VAR_POSITIONAL:
+            raise TypeError(f"{cls.__name__}.__init__ takes *{p.name}: name every parameter")
+        if p.kind is not p.VAR_KEYWORD:
+            out.append(p.name)
+    return tuple(out)
+
+
+def _is_builtin(name: str, cls: type) -> bool:
+    module = _BUILTIN_MODULES.get(name)
+    return module is not None and (cls.__module__ + ".").startswith(module + ".")
+
+
 def register_scorer(name: str):
     """Class decorator: make a scorer available to recipes and the CLI under `name`."""
 
     def deco(cls: type[Scorer]) -> type[Scorer]:
+        if name in _BUILTIN_MODULES and not _is_builtin(name, cls):
+            raise ConfigError(
+                f"{cls.__module__}.{cls.__qualname__} cannot be registered as {name!r}: that is "
+                "the name of a built-in scorer; register it under another name"
+            )
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"scorer name {name!r} is already registered by {_REGISTRY[name]}")
+            raise ConfigError(f"scorer name {name!r} is already registered by {_REGISTRY[name]}")
         cls.kind = name
         _REGISTRY[name] = cls
         return cls
@@ -139,17 +199,63 @@ def register_scorer(name: str):
     return deco
 
 
+def plugin_entry_points() -> dict[str, Any]:
+    """Installed scorer plugins: entry points of the group `assay.scorers`, by scorer name
+    (read from the installed packages' metadata; nothing is imported)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _plugin_source(ep: Any) -> str:
+    dist = getattr(ep, "dist", None)
+    package = f" of the package {dist.name}" if dist is not None else ""
+    return f"the {ENTRY_POINT_GROUP} entry point {ep.name} = {ep.value!r}{package}"
+
+
+def _load_plugin(name: str, ep: Any) -> type[Scorer]:
+    """Import a plugin's scorer class and register it under its entry point's name (a class
+    that registers itself, or one with a `kind`, must use that same name)."""
+    where = _plugin_source(ep)
+    try:
+        cls = ep.load()
+    except AssayError:  # e.g. it registered a name it may not take
+        raise
+    except (ImportError, AttributeError) as e:  # no such module, or no such class in it
+        raise ConfigError(f"{where} cannot be loaded: {type(e).__name__}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+        raise ConfigError(f"{where} is not a Scorer subclass but {cls!r}")
+    if _REGISTRY.get(name) is not cls:
+        kind = cls.__dict__.get("kind") or name
+        if kind != name:
+            raise ConfigError(
+                f"{where} loads {cls.__module__}.{cls.__qualname__}, whose kind is {kind!r}: "
+                "the entry point must be named after the scorer"
+            )
+        register_scorer(name)(cls)
+    return cls
+
+
 def scorer_class(name: str) -> type[Scorer]:
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
+    """The scorer class registered as `name`: a built-in, an installed plugin (imported now),
+    or a class registered in this process."""
     if name not in _REGISTRY:
-        known = sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
-        raise ValueError(f"unknown scorer {name!r}; known scorers: {', '.join(known)}")
+        if name in _BUILTIN_MODULES:
+            importlib.import_module(_BUILTIN_MODULES[name])
+        else:
+            ep = plugin_entry_points().get(name)
+            if ep is not None:
+                _load_plugin(name, ep)
+    if name not in _REGISTRY:
+        known = ", ".join(available_scorers())
+        raise ConfigError(f"unknown scorer {name!r}; known scorers: {known}")
     return _REGISTRY[name]
 
 
 def available_scorers() -> list[str]:
-    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+    """Every scorer name: built-in, registered in this process, and installed plugins (not
+    imported to be listed)."""
+    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES) | set(plugin_entry_points()))
 
 
 def make_scorer(name: str, **params: Any) -> Scorer:
@@ -158,7 +264,7 @@ def make_scorer(name: str, **params: Any) -> Scorer:
     try:
         return cls(**params)
     except TypeError as e:
-        raise ValueError(f"bad parameters for scorer {name!r}: {e}") from None
+        raise ConfigError(f"bad parameters for scorer {name!r}: {e}") from None
 
 
 def load_scorer(path: str | os.PathLike) -> Scorer:
@@ -166,7 +272,7 @@ def load_scorer(path: str | os.PathLike) -> Scorer:
     folder = Path(path)
     meta_path = folder / SCORER_FILE
     if not meta_path.exists():
-        raise FileNotFoundError(f"{folder} is not a saved scorer (no {SCORER_FILE})")
+        raise MissingError(f"{folder} is not a saved scorer (no {SCORER_FILE})")
     meta = read_json(meta_path)
     scorer = scorer_class(meta["type"])(**meta.get("config", {}))
     scorer._load_state(folder)
@@ -183,6 +289,14 @@ def _load_cached(path: str) -> Scorer:
     if key not in _CACHE:
         _CACHE[key] = load_scorer(path)
     return _CACHE[key]
+
+
+def embedder_settings(embedder: dict[str, Any] | str | None) -> dict[str, Any]:
+    """`Embedder` settings as the dict a scorer keeps: a model name or folder is
+    {"model": it}, None the default model; a dict is copied."""
+    if isinstance(embedder, str) or embedder is None:
+        return {"model": embedder}
+    return dict(embedder)
 
 
 def sample_texts(source: Any, n: int | None, seed: int) -> list[str]:
@@ -216,6 +330,6 @@ def fit_binary(
     try:
         return scorer.fit(pos, neg, seed=seed, balance=balance)
     except TypeError as e:
-        raise ValueError(
+        raise ConfigError(
             f"scorer {scorer.kind!r} does not train from positive and negative examples ({e})"
         ) from None

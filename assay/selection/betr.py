@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from assay.common.embed import Embedder, cosine_topk, describe
-from assay.selection.base import Scorer, register_scorer
+from assay.errors import ConfigError, InputError
+from assay.selection.base import NotFittedError, Scorer, embedder_settings, register_scorer
 from assay.selection.fasttext import FastTextScorer, adapt_to_sample
 from assay.util.files import atomic_path, read_json, write_json
 from assay.util.hashing import stable_hash64
@@ -63,7 +64,7 @@ def rank_scores(
     mean: `score` = mean over examples of log2(1 / rank).
     """
     if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {aggregation!r}")
+        raise ConfigError(f"aggregation must be one of {AGGREGATIONS}, not {aggregation!r}")
     n, m = len(sample), len(targets)
     if aggregation == "mean":
         total = np.zeros(n, dtype=np.float64)
@@ -123,12 +124,10 @@ class BETRScorer(Scorer):
     ):
         super().__init__(column)
         if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {aggregation!r}")
+            raise ConfigError(f"aggregation must be one of {AGGREGATIONS}, not {aggregation!r}")
         if not 0 < positive_fraction < 1:
-            raise ValueError(f"positive_fraction must be in (0, 1), not {positive_fraction}")
-        self.embedder_config = (
-            {"model": embedder} if isinstance(embedder, str) or embedder is None else dict(embedder)
-        )
+            raise ConfigError(f"positive_fraction must be in (0, 1), not {positive_fraction}")
+        self.embedder = embedder_settings(embedder)
         self.aggregation = aggregation
         self.positive_fraction = positive_fraction
         self.params = {**BETR_PARAMS, **(params or {})}
@@ -136,16 +135,6 @@ class BETRScorer(Scorer):
         self.classifier: FastTextScorer | None = None
         self.report: dict[str, Any] = {}
         self.labels: dict[str, np.ndarray] = {}
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "column": self.column,
-            "embedder": self.embedder_config,
-            "aggregation": self.aggregation,
-            "positive_fraction": self.positive_fraction,
-            "params": self.params,
-            "adapt_to_sample": self.adapt_to_sample,
-        }
 
     @property
     def is_fitted(self) -> bool:
@@ -155,8 +144,8 @@ class BETRScorer(Scorer):
     def portable(self) -> bool:
         return self.classifier is None
 
-    def embedder(self) -> Embedder:
-        return Embedder(**self.embedder_config)
+    def make_embedder(self) -> Embedder:
+        return Embedder(**self.embedder)
 
     def fit(
         self,
@@ -171,18 +160,18 @@ class BETRScorer(Scorer):
         targets = [t for t in targets if t and t.strip()]
         sample = list(sample)
         if not targets:
-            raise ValueError("BETR needs target examples: the target set is empty")
+            raise InputError("BETR needs target examples: the target set is empty")
         if ids is not None and len(ids) != len(sample):
-            raise ValueError(f"{len(ids)} ids for {len(sample)} sample documents")
+            raise InputError(f"{len(ids)} ids for {len(sample)} sample documents")
         n_pos = round(self.positive_fraction * len(sample))
         if len(sample) < MIN_SAMPLE or n_pos < 10:
             need = max(MIN_SAMPLE, int(np.ceil(10 / self.positive_fraction)))
-            raise ValueError(
+            raise ConfigError(
                 f"the pool sample is too small to train BETR's classifier: {len(sample)} "
                 f"documents give {n_pos} positives at positive_fraction={self.positive_fraction}; "
                 f"sample at least {need} documents"
             )
-        embedder = self.embedder()
+        embedder = self.make_embedder()
         t_vecs = embedder.embed(targets, progress=progress)
         s_vecs = embedder.embed(sample, progress=progress)
         ranks = rank_scores(t_vecs, s_vecs, aggregation=self.aggregation, min_ranked=n_pos)
@@ -219,7 +208,7 @@ class BETRScorer(Scorer):
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         if self.classifier is None:
-            raise RuntimeError("BETRScorer is not fitted: call fit() or load a saved one")
+            raise NotFittedError("BETRScorer is not fitted: call fit() or load a saved one")
         return self.classifier.score(texts)
 
     def _save_state(self, folder: Path) -> None:

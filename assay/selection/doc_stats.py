@@ -14,11 +14,11 @@ Python loop over documents. Columns (each also usable as the `score` via `stat=`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import polars as pl
 
+from assay.errors import ConfigError
 from assay.selection.base import Scorer, register_scorer
 
 STATS = ("n_chars", "n_words", "mean_word_len", "alpha_frac", "dup_line_frac", "unique_word_frac")
@@ -30,13 +30,10 @@ class DocStatsScorer(Scorer):
 
     def __init__(self, column: str | None = None, stat: str = "alpha_frac", prefix: str = ""):
         if stat not in STATS:
-            raise ValueError(f"unknown statistic {stat!r}; choose from {', '.join(STATS)}")
+            raise ConfigError(f"unknown statistic {stat!r}; choose from {', '.join(STATS)}")
         super().__init__(column or f"{prefix}{stat}")
         self.stat = stat
         self.prefix = prefix
-
-    def get_config(self) -> dict[str, Any]:
-        return {"column": self.column, "stat": self.stat, "prefix": self.prefix}
 
     @property
     def columns(self) -> list[str]:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from assay.selection.base import Scorer, fit_binary, register_scorer
+from assay.errors import ConfigError, DependencyError, InputError, MissingError
+from assay.selection.base import NotFittedError, Scorer, fit_binary, register_scorer
 from assay.util.files import write_json
 
 POSITIVE = "__label__pos"
@@ -58,7 +59,7 @@ def _fasttext() -> Any:
     try:
         import fasttext
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
+        raise DependencyError(
             "the fastText scorer needs fastText: pip install 'assay[fasttext]'"
         ) from e
     # fastText prints a warning on every load_model call; it says nothing useful here.
@@ -138,14 +139,11 @@ class FastTextScorer(Scorer):
         super().__init__(column)
         unknown = set(params or {}) - set(_fasttext_arg_names())
         if unknown:
-            raise ValueError(f"unknown fastText parameters: {sorted(unknown)}")
+            raise ConfigError(f"unknown fastText parameters: {sorted(unknown)}")
         self.params = {**DEFAULT_PARAMS, **(params or {})}
         self.model: Any = None
         self.report: dict[str, Any] = {}
         self.lr_used: float = float(self.params["lr"])
-
-    def get_config(self) -> dict[str, Any]:
-        return {"column": self.column, "params": self.params}
 
     @property
     def is_fitted(self) -> bool:
@@ -174,7 +172,7 @@ class FastTextScorer(Scorer):
         neg = [t for t in negative if t and t.strip()]
         for label, docs in (("positive", pos), ("negative", neg)):
             if len(docs) < MIN_DOCS_PER_CLASS:
-                raise ValueError(
+                raise InputError(
                     f"too few {label} documents to train fastText: {len(docs)} "
                     f"(need at least {MIN_DOCS_PER_CLASS})"
                 )
@@ -200,7 +198,7 @@ class FastTextScorer(Scorer):
                 train_p = [pos[i] for i in perm_p[n_val_p:]]
                 train_n = [neg[i] for i in perm_n[n_val_n:]]
                 self.model = self._train(train_p, train_n, seed, rng)
-                report["validation"] = _binary_report(self.score(val_p), self.score(val_n))
+                report["validation"] = binary_report(self.score(val_p), self.score(val_n))
         self.model = self._train(pos, neg, seed, rng)
         report["train_seconds"] = round(time.perf_counter() - t0, 3)
         if self.lr_used != self.params["lr"]:
@@ -233,7 +231,7 @@ class FastTextScorer(Scorer):
                     if "NaN" not in str(e):
                         raise
                     if attempt == DIVERGENCE_RETRIES:
-                        raise ValueError(
+                        raise InputError(
                             f"fastText training diverged (NaN) even at lr={lr:g}. The training text "
                             "is probably degenerate (very few distinct words); use real documents "
                             "or more of them."
@@ -251,7 +249,7 @@ class FastTextScorer(Scorer):
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         if self.model is None:
-            raise RuntimeError("FastTextScorer is not fitted: call fit() or load a saved one")
+            raise NotFittedError("FastTextScorer is not fitted: call fit() or load a saved one")
         if not texts:
             return np.zeros(0, dtype=np.float32)
         labels, probs = self.model.predict([to_line(t) for t in texts], k=1)
@@ -273,21 +271,34 @@ class FastTextScorer(Scorer):
     def _load_state(self, folder: Path) -> None:
         path = folder / "model.bin"
         if not path.exists():
-            raise FileNotFoundError(f"{folder} has no model.bin")
+            raise MissingError(f"{folder} has no model.bin")
         self.model = _fasttext().load_model(str(path))
         labels = set(self.model.get_labels())
         if labels != {POSITIVE, NEGATIVE}:
-            raise ValueError(f"{path} is not a binary assay classifier (labels {sorted(labels)})")
+            raise InputError(f"{path} is not a binary assay classifier (labels {sorted(labels)})")
 
 
 def _fasttext_arg_names() -> list[str]:
     return [
-        "lr", "dim", "ws", "epoch", "minCount", "minCountLabel", "minn", "maxn", "neg",
-        "wordNgrams", "loss", "bucket", "thread", "lrUpdateRate", "t",
-    ]  # fmt: skip
+        "lr",
+        "dim",
+        "ws",
+        "epoch",
+        "minCount",
+        "minCountLabel",
+        "minn",
+        "maxn",
+        "neg",
+        "wordNgrams",
+        "loss",
+        "bucket",
+        "thread",
+        "lrUpdateRate",
+        "t",
+    ]
 
 
-def _binary_report(pos_scores: np.ndarray, neg_scores: np.ndarray) -> dict[str, float]:
+def binary_report(pos_scores: np.ndarray, neg_scores: np.ndarray) -> dict[str, float]:
     """Held-out accuracy at 0.5 and ROC AUC (rank-based, ties counted half)."""
     y = np.r_[np.ones(len(pos_scores)), np.zeros(len(neg_scores))]
     s = np.r_[pos_scores, neg_scores].astype(np.float64)

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from assay.common.numerics import spearman
+from assay.errors import ConfigError, InputError
+from assay.selection.base import NotFittedError
 from assay.selection.mates import MIN_PROBES, MatesScorer
 from assay.util.files import atomic_path, read_json, write_json
 
@@ -63,49 +65,25 @@ class RelationalInfluenceModel:
         e_all = np.asarray(embeddings, dtype=np.float32)
         y_raw = np.asarray(increments, dtype=np.float64)
         if e_all.ndim != 3 or y_raw.shape != e_all.shape[:2]:
-            raise ValueError(
+            raise InputError(
                 "embeddings must be (trajectories, T, dim) and increments (trajectories, T)"
             )
-        m, T, d = e_all.shape
+        m, T, _ = e_all.shape
         n_val = max(2, round(holdout * m))
         if m - n_val < 2 or m * T < MIN_PROBES:
-            raise ValueError(
+            raise InputError(
                 f"{m} trajectories of {T} documents are too few to fit and check a relational "
                 f"influence model; probe at least {max(MIN_PROBES, 4 * T)} documents"
             )
         mean, std = float(y_raw.mean()), float(y_raw.std())
         if std == 0:
-            raise ValueError("every rollout step has the same influence; nothing to learn")
+            raise InputError("every rollout step has the same influence; nothing to learn")
         y = (y_raw - mean) / std
         order = np.random.default_rng(seed).permutation(m)
         val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
         torch.manual_seed(seed)
-        w = torch.zeros(d, requires_grad=True)
-        b = torch.zeros((), requires_grad=True)
-        alpha = torch.ones((), requires_grad=True)
-        tau = torch.ones((), requires_grad=True)
-        opt = torch.optim.AdamW([w, b, alpha, tau], lr=self.lr, weight_decay=0.0)
-        et, ev = torch.from_numpy(e_all[train]), torch.from_numpy(e_all[val])
-        yt = torch.from_numpy(y[train].astype(np.float32))
-        best: tuple[float, int, tuple] | None = None
-        for epoch in range(1, self.epochs + 1):
-            pred, _ = self._forward(et, w, b, alpha, tau.clamp(min=1e-3))
-            loss = torch.mean((pred - yt) ** 2)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if epoch % self.eval_every == 0 or epoch == self.epochs:
-                with torch.no_grad():
-                    pv, _ = self._forward(ev, w, b, alpha, tau.clamp(min=1e-3))
-                rho = spearman(pv.numpy().ravel(), y[val].ravel())
-                key = -np.inf if math.isnan(rho) else rho
-                if best is None or key > best[0]:
-                    snap = tuple(t.detach().clone() for t in (w, b, alpha, tau))
-                    best = (key, epoch, snap)
-        assert best is not None
-        w_, b_, a_, t_ = best[2]
-        self.w = w_.numpy().astype(np.float32)
-        self.b, self.alpha, self.tau = float(b_), float(a_), max(float(t_), 1e-3)
+        ev = torch.from_numpy(e_all[val])
+        best_epoch = self._train(e_all[train], y[train], ev, y[val])
         with torch.no_grad():
             pv, uv = self._forward(
                 ev, *map(torch.as_tensor, (self.w, self.b, self.alpha, self.tau))
@@ -119,17 +97,51 @@ class RelationalInfluenceModel:
             "target_std": std,
             "spearman": spearman(pv.numpy().ravel(), y[val].ravel()),
             "individual": spearman(uv.numpy().ravel(), y[val].ravel()),
-            "best_epoch": best[1],
+            "best_epoch": best_epoch,
             "alpha": self.alpha,
             "tau": self.tau,
             "head": {"head": "relational"},
         }
         return self
 
+    def _train(self, e_train: np.ndarray, y_train: np.ndarray, ev: Any, y_val: np.ndarray) -> int:
+        """Full-batch AdamW on the training trajectories; keeps (in `self`) the parameters with
+        the best held-out Spearman and returns their epoch."""
+        import torch
+
+        d = e_train.shape[2]
+        w = torch.zeros(d, requires_grad=True)
+        b = torch.zeros((), requires_grad=True)
+        alpha = torch.ones((), requires_grad=True)
+        tau = torch.ones((), requires_grad=True)
+        opt = torch.optim.AdamW([w, b, alpha, tau], lr=self.lr, weight_decay=0.0)
+        et = torch.from_numpy(e_train)
+        yt = torch.from_numpy(y_train.astype(np.float32))
+        best: tuple[float, int, tuple] | None = None
+        for epoch in range(1, self.epochs + 1):
+            pred, _ = self._forward(et, w, b, alpha, tau.clamp(min=1e-3))
+            loss = torch.mean((pred - yt) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if epoch % self.eval_every == 0 or epoch == self.epochs:
+                with torch.no_grad():
+                    pv, _ = self._forward(ev, w, b, alpha, tau.clamp(min=1e-3))
+                rho = spearman(pv.numpy().ravel(), y_val.ravel())
+                key = -np.inf if math.isnan(rho) else rho
+                if best is None or key > best[0]:
+                    snap = tuple(t.detach().clone() for t in (w, b, alpha, tau))
+                    best = (key, epoch, snap)
+        assert best is not None
+        w_, b_, a_, t_ = best[2]
+        self.w = w_.numpy().astype(np.float32)
+        self.b, self.alpha, self.tau = float(b_), float(a_), max(float(t_), 1e-3)
+        return best[1]
+
     def individual(self, embeddings: np.ndarray) -> np.ndarray:
         """u = w . e + b: the z-scored individual influence (lower = better)."""
         if self.w is None:
-            raise RuntimeError("the relational model is not fitted")
+            raise NotFittedError("the relational model is not fitted")
         return np.asarray(embeddings, dtype=np.float64) @ self.w.astype(np.float64) + self.b
 
     def save(self, folder: str | os.PathLike) -> None:
@@ -189,11 +201,11 @@ def group_select(
     u = np.asarray(influence, dtype=np.float64)
     e = np.asarray(embeddings, dtype=np.float32)
     if len(u) != len(e):
-        raise ValueError(f"{len(u)} influence values for {len(e)} embeddings")
+        raise InputError(f"{len(u)} influence values for {len(e)} embeddings")
     if not 0 < keep <= 1:
-        raise ValueError(f"keep must be a fraction in (0, 1], not {keep}")
+        raise ConfigError(f"keep must be a fraction in (0, 1], not {keep}")
     if tau <= 0:
-        raise ValueError("tau must be positive")
+        raise ConfigError("tau must be positive")
     mask = np.zeros(len(u), dtype=bool)
     if not len(u):
         return mask

@@ -66,7 +66,8 @@ from typing import Any
 import numpy as np
 
 from assay.common.numerics import spearman
-from assay.selection.base import Scorer, register_scorer
+from assay.errors import ConfigError, InputError
+from assay.selection.base import NotFittedError, Scorer, embedder_settings, register_scorer
 from assay.util.files import atomic_path, host_name, read_json, write_json
 from assay.util.hashing import stable_hash64
 
@@ -131,7 +132,11 @@ def _fit_mlp(
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return {k: v.detach().numpy().astype(np.float32) for k, v in zip(("w1", "b1", "w2", "b2"), (w1, b1, w2, b2), strict=True)}  # fmt: skip
+    names = ("w1", "b1", "w2", "b2")
+    return {
+        k: v.detach().numpy().astype(np.float32)
+        for k, v in zip(names, (w1, b1, w2, b2), strict=True)
+    }
 
 
 def _predict_head(kind: str, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -157,10 +162,27 @@ def _candidates(heads: Sequence[str], alphas: Sequence[float]) -> list[dict[str,
         elif h == "mlp":
             out.append({"head": "mlp"})
         else:
-            raise ValueError(f"unknown influence-model head {h!r}; choose from {HEADS}")
+            raise ConfigError(f"unknown influence-model head {h!r}; choose from {HEADS}")
     if not out:
-        raise ValueError("no influence-model heads to fit")
+        raise ConfigError("no influence-model heads to fit")
     return out
+
+
+def _influence_stats(y_raw: np.ndarray, n: int) -> tuple[float, float]:
+    """Mean and standard deviation of the oracle influence of `n` probes, checked."""
+    if len(y_raw) != n:
+        raise InputError(f"{len(y_raw)} influence values for {n} texts")
+    if n < MIN_PROBES:
+        raise InputError(
+            f"{n} probes are too few to fit and check an influence model; probe at "
+            f"least {MIN_PROBES} documents (the paper probes 80,000 per stage)"
+        )
+    if not np.all(np.isfinite(y_raw)):
+        raise InputError("the oracle influence has NaN or infinite values")
+    mean, std = float(y_raw.mean()), float(y_raw.std())
+    if std == 0:
+        raise InputError("every probe has the same oracle influence; nothing to learn")
+    return mean, std
 
 
 @register_scorer("mates")
@@ -203,48 +225,35 @@ class MatesScorer(Scorer):
     ):
         super().__init__(column)
         if not 0 < holdout < 0.5:
-            raise ValueError(f"holdout must be a fraction in (0, 0.5), not {holdout}")
+            raise ConfigError(f"holdout must be a fraction in (0, 0.5), not {holdout}")
         _candidates(heads, alphas)  # validates
         if finetune and finetune_device is None:
             import torch
 
             if not torch.cuda.is_available():
-                raise RuntimeError(
+                raise ConfigError(
                     "fine-tuning the encoder of the influence model (finetune=True) needs a CUDA "
                     "GPU; without one, use the frozen embeddings and a trained head (the default), "
                     "or force another device with finetune_device='cpu' (slow)"
                 )
-        self.embedder_config = (
-            {"model": embedder} if isinstance(embedder, str) or embedder is None else dict(embedder)
-        )
-        self.heads, self.alphas = list(heads), [float(a) for a in alphas]
-        self.holdout, self.hidden, self.epochs, self.mlp_lr = holdout, hidden, epochs, mlp_lr
-        self.refit, self.finetune = refit, finetune
-        self.finetune_device, self.finetune_epochs = finetune_device, finetune_epochs
-        self.finetune_lr, self.finetune_batch = finetune_lr, finetune_batch
+        self.embedder = embedder_settings(embedder)
+        self.heads = list(heads)
+        self.alphas = [float(a) for a in alphas]
+        self.holdout = holdout
+        self.hidden = hidden
+        self.epochs = epochs
+        self.mlp_lr = mlp_lr
+        self.refit = refit
+        self.finetune = finetune
+        self.finetune_device = finetune_device
+        self.finetune_epochs = finetune_epochs
+        self.finetune_lr = finetune_lr
+        self.finetune_batch = finetune_batch
         self._encoder: Any = None  # the fine-tuned SentenceTransformer, when finetune=True
         self.head: dict[str, Any] | None = None  # {"head": kind, "alpha"?: ...}
         self.weights: dict[str, np.ndarray] = {}
         self.report: dict[str, Any] = {}
         self.probe_table: dict[str, np.ndarray] = {}
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "column": self.column,
-            "embedder": self.embedder_config,
-            "heads": self.heads,
-            "alphas": self.alphas,
-            "holdout": self.holdout,
-            "hidden": self.hidden,
-            "epochs": self.epochs,
-            "mlp_lr": self.mlp_lr,
-            "refit": self.refit,
-            "finetune": self.finetune,
-            "finetune_device": self.finetune_device,
-            "finetune_epochs": self.finetune_epochs,
-            "finetune_lr": self.finetune_lr,
-            "finetune_batch": self.finetune_batch,
-        }
 
     @property
     def is_fitted(self) -> bool:
@@ -254,10 +263,10 @@ class MatesScorer(Scorer):
     def portable(self) -> bool:
         return self._encoder is None
 
-    def embedder(self) -> Any:
+    def make_embedder(self) -> Any:
         from assay.common.embed import Embedder
 
-        return Embedder(**self.embedder_config)
+        return Embedder(**self.embedder)
 
     def _fit_one(self, cand: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int) -> dict:
         if cand["head"] == "ridge":
@@ -277,18 +286,7 @@ class MatesScorer(Scorer):
         """Fit on probed documents and their oracle influence (L_ref after - before)."""
         texts = list(texts)
         y_raw = np.asarray(influence, dtype=np.float64)
-        if len(y_raw) != len(texts):
-            raise ValueError(f"{len(y_raw)} influence values for {len(texts)} texts")
-        if len(texts) < MIN_PROBES:
-            raise ValueError(
-                f"{len(texts)} probes are too few to fit and check an influence model; probe at "
-                f"least {MIN_PROBES} documents (the paper probes 80,000 per stage)"
-            )
-        if not np.all(np.isfinite(y_raw)):
-            raise ValueError("the oracle influence has NaN or infinite values")
-        mean, std = float(y_raw.mean()), float(y_raw.std())
-        if std == 0:
-            raise ValueError("every probe has the same oracle influence; nothing to learn")
+        mean, std = _influence_stats(y_raw, len(texts))
         y = (y_raw - mean) / std
         keys = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
         # seeded split by a hash of the id: the same probes are held out whatever their order
@@ -301,21 +299,9 @@ class MatesScorer(Scorer):
             x = (
                 embeddings
                 if embeddings is not None
-                else self.embedder().embed(texts, progress=progress)
+                else self.make_embedder().embed(texts, progress=progress)
             )
-            x = np.asarray(x, dtype=np.float32)
-            results = []
-            for i, cand in enumerate(_candidates(self.heads, self.alphas)):
-                w = self._fit_one(cand, x[train], y[train], seed + i)
-                pred = _predict_head(cand["head"], w, x[val])
-                rho = spearman(pred, y[val])
-                mse = float(np.mean((pred - y[val]) ** 2))
-                results.append({**cand, "spearman": rho, "mse": mse, "_w": w, "_pred": pred})
-            best = max(results, key=lambda r: _rank_key(r["spearman"]))
-            self.head = {k: v for k, v in best.items() if k in ("head", "alpha")}
-            best_i = results.index(best)
-            refit = self.refit
-            self.weights = self._fit_one(self.head, x, y, seed + best_i) if refit else best["_w"]
+            best, results = self._fit_heads(np.asarray(x, dtype=np.float32), y, train, val, seed)
         held_pred = np.full(len(texts), np.nan)
         held_pred[val] = best["_pred"]
         split = np.array(["train"] * len(texts), dtype=object)
@@ -337,9 +323,27 @@ class MatesScorer(Scorer):
             "spearman": best["spearman"],
             "candidates": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
             "refit_on_all": self.refit and not self.finetune,
-            "embedder": self.embedder_config,
+            "embedder": self.embedder,
         }
         return self
+
+    def _fit_heads(
+        self, x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray, seed: int
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Fit every candidate head on `train`, keep the best by Spearman on `val` (refitted on
+        all probes with `refit`); the best candidate's row and every candidate's."""
+        results = []
+        for i, cand in enumerate(_candidates(self.heads, self.alphas)):
+            w = self._fit_one(cand, x[train], y[train], seed + i)
+            pred = _predict_head(cand["head"], w, x[val])
+            rho = spearman(pred, y[val])
+            mse = float(np.mean((pred - y[val]) ** 2))
+            results.append({**cand, "spearman": rho, "mse": mse, "_w": w, "_pred": pred})
+        best = max(results, key=lambda r: _rank_key(r["spearman"]))
+        self.head = {k: v for k, v in best.items() if k in ("head", "alpha")}
+        best_i = results.index(best)
+        self.weights = self._fit_one(self.head, x, y, seed + best_i) if self.refit else best["_w"]
+        return best, results
 
     def _fit_finetuned(
         self,
@@ -354,49 +358,15 @@ class MatesScorer(Scorer):
         import copy
 
         import torch
-        import torch.nn.functional as F
 
-        emb = self.embedder()
-        if emb.kind != "sentence-transformers":
-            raise ValueError(
-                "finetune=True needs a sentence-transformers encoder (the default MiniLM or a "
-                f"local folder), not the {emb.kind} model {emb.model_path}"
-            )
-        from sentence_transformers import SentenceTransformer
-
-        from assay.common.embed import _quiet_transformers
-
-        _quiet_transformers()
-        device = self.finetune_device or "cuda"
-        torch.manual_seed(seed)
-        st = SentenceTransformer(emb.model_path, device=device)
-        st.max_seq_length = min(emb.max_tokens, st.max_seq_length or emb.max_tokens)
-        dim_fn = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
-        preprocess = getattr(st, "preprocess", None) or st.tokenize
-        dim = int(dim_fn())
-        head = torch.nn.Linear(dim, 1).to(device)
-        dropout = torch.nn.Dropout(0.1)
-        opt = torch.optim.AdamW(
-            [*st.parameters(), *head.parameters()], lr=self.finetune_lr, weight_decay=0.01
-        )
+        st, head, opt, device = self._finetune_model(seed)
         rng = np.random.default_rng(seed)
         yt = torch.tensor(y, dtype=torch.float32, device=device)
         results: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
         self._encoder = st
         for epoch in range(1, self.finetune_epochs + 1):
-            st.train()
-            order_t = train[rng.permutation(len(train))]
-            for a in range(0, len(train), self.finetune_batch):
-                batch = order_t[a : a + self.finetune_batch]
-                feats = preprocess([texts[i] for i in batch])
-                feats = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in feats.items()}
-                vec = F.normalize(st(feats)["sentence_embedding"], dim=-1)
-                pred = head(dropout(vec))[:, 0]
-                loss = F.mse_loss(pred, yt[batch])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            self._finetune_epoch(st, head, opt, texts, yt, train[rng.permutation(len(train))])
             w = {
                 "w": head.weight.detach().cpu().numpy()[0].astype(np.float32),
                 "b": head.bias.detach().cpu().numpy().astype(np.float32),
@@ -419,23 +389,72 @@ class MatesScorer(Scorer):
         self.weights = best["_w"]
         return best, results
 
+    def _finetune_model(self, seed: int) -> tuple[Any, Any, Any, str]:
+        """The encoder to fine-tune (seeded), its linear head, their optimizer and the device."""
+        import torch
+
+        emb = self.make_embedder()
+        if emb.kind != "sentence-transformers":
+            raise ConfigError(
+                "finetune=True needs a sentence-transformers encoder (the default MiniLM or a "
+                f"local folder), not the {emb.kind} model {emb.model_path}"
+            )
+        from sentence_transformers import SentenceTransformer
+
+        from assay.common.embed import quiet_transformers
+
+        quiet_transformers()
+        device = self.finetune_device or "cuda"
+        torch.manual_seed(seed)
+        st = SentenceTransformer(emb.model_path, device=device)
+        st.max_seq_length = min(emb.max_tokens, st.max_seq_length or emb.max_tokens)
+        dim_fn = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+        head = torch.nn.Linear(int(dim_fn()), 1).to(device)
+        opt = torch.optim.AdamW(
+            [*st.parameters(), *head.parameters()], lr=self.finetune_lr, weight_decay=0.01
+        )
+        return st, head, opt, device
+
+    def _finetune_epoch(
+        self, st: Any, head: Any, opt: Any, texts: list[str], yt: Any, order: np.ndarray
+    ) -> None:
+        """One pass over the training probes in `order`: MSE of the head on the unit-length
+        embedding (dropout 0.1) against the z-scored influence."""
+        import torch
+        import torch.nn.functional as F
+
+        device = yt.device
+        preprocess = getattr(st, "preprocess", None) or st.tokenize
+        dropout = torch.nn.Dropout(0.1)
+        st.train()
+        for a in range(0, len(order), self.finetune_batch):
+            batch = order[a : a + self.finetune_batch]
+            feats = preprocess([texts[i] for i in batch])
+            feats = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in feats.items()}
+            vec = F.normalize(st(feats)["sentence_embedding"], dim=-1)
+            pred = head(dropout(vec))[:, 0]
+            loss = F.mse_loss(pred, yt[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
     def _encode(self, texts: list[str]) -> np.ndarray:
         """Unit-length embeddings from the fine-tuned encoder (eval mode, no gradients)."""
         import torch
 
-        from assay.common.embed import _unit
+        from assay.common.embed import unit_rows
 
         self._encoder.eval()
         with torch.inference_mode():
             vecs = self._encoder.encode(
                 texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False
             )
-        return _unit(np.asarray(vecs, dtype=np.float32))
+        return unit_rows(np.asarray(vecs, dtype=np.float32))
 
     def predict(self, texts: Sequence[str], *, embeddings: np.ndarray | None = None) -> np.ndarray:
         """Predicted z-scored oracle influence (lower = better for the target)."""
         if self.head is None:
-            raise RuntimeError("MatesScorer is not fitted: call fit() or load a saved one")
+            raise NotFittedError("MatesScorer is not fitted: call fit() or load a saved one")
         if len(texts) == 0:
             return np.zeros(0, dtype=np.float64)
         if embeddings is not None:
@@ -443,7 +462,7 @@ class MatesScorer(Scorer):
         elif self._encoder is not None:
             x = self._encode(list(texts))
         else:
-            x = self.embedder().embed(list(texts))
+            x = self.make_embedder().embed(list(texts))
         return _predict_head(self.head["head"], self.weights, x)
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
@@ -487,14 +506,14 @@ class MatesScorer(Scorer):
         if self.head.get("finetuned"):
             from sentence_transformers import SentenceTransformer
 
-            from assay.common.embed import _best_device, _quiet_transformers
+            from assay.common.embed import best_device, quiet_transformers
 
-            _quiet_transformers()
+            quiet_transformers()
             self._encoder = SentenceTransformer(
-                str(folder / "encoder"), device=self.finetune_device or _best_device()
+                str(folder / "encoder"), device=self.finetune_device or best_device()
             )
             self._encoder.max_seq_length = min(
-                self.embedder().max_tokens, self._encoder.max_seq_length or 1 << 30
+                self.make_embedder().max_tokens, self._encoder.max_seq_length or 1 << 30
             )
         if (folder / "fit_report.json").exists():
             self.report = read_json(folder / "fit_report.json")

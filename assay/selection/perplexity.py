@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from assay.common.losses import LN2, document_nll
+from assay.errors import ConfigError
 from assay.selection.base import Scorer, register_scorer
 
 OUTPUTS = ("bpb", "loss", "perplexity")
@@ -44,29 +45,22 @@ class PerplexityScorer(Scorer):
         device: str | None = None,
     ):
         if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
+            raise ConfigError(f"output must be one of {OUTPUTS}, not {output!r}")
         super().__init__(column)
-        self.model_path, self.gguf_file, self.output = str(model), gguf_file, output
-        self.seq_len, self.batch_tokens, self.dtype, self.device = (
-            seq_len,
-            batch_tokens,
-            dtype,
-            device,
-        )
+        self.model = str(model)
+        self.gguf_file = gguf_file
+        self.output = output
+        self.seq_len = seq_len
+        self.batch_tokens = batch_tokens
+        self.dtype = dtype
+        self.device = device
         self._model: Any = None
         self._tokenizer: Any = None
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "model": self.model_path,
-            "column": self.column,
-            "gguf_file": self.gguf_file,
-            "output": self.output,
-            "seq_len": self.seq_len,
-            "batch_tokens": self.batch_tokens,
-            "dtype": self.dtype,
-            "device": self.device,
-        }
+    @property
+    def model_path(self) -> str:
+        """The reference model's folder (or the folder of its GGUF file)."""
+        return self.model
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_model": None, "_tokenizer": None}

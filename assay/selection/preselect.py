@@ -39,7 +39,8 @@ from typing import Any, Union
 import numpy as np
 
 from assay.common.losses import LN2
-from assay.selection.base import Scorer, register_scorer
+from assay.errors import ConfigError, InputError
+from assay.selection.base import NotFittedError, Scorer, register_scorer
 from assay.selection.fasttext import (
     DEFAULT_PARAMS,
     MIN_DOCS_PER_CLASS,
@@ -73,14 +74,14 @@ ModelSpec = Union[str, "os.PathLike[str]", Mapping[str, Any], Any]
 # Losses
 
 
-def _spec(model: ModelSpec) -> dict[str, Any]:
+def model_spec(model: ModelSpec) -> dict[str, Any]:
     """A model spec as {"path", "gguf_file", "name"} (name may be None)."""
     if isinstance(model, Mapping):
         if "path" not in model:
-            raise ValueError(f"a model given as a mapping needs a 'path' key: {dict(model)}")
+            raise ConfigError(f"a model given as a mapping needs a 'path' key: {dict(model)}")
         unknown = set(model) - {"path", "gguf_file", "name", "score"}
         if unknown:
-            raise ValueError(f"unknown keys in model spec: {sorted(unknown)}")
+            raise ConfigError(f"unknown keys in model spec: {sorted(unknown)}")
         return {
             "path": str(model["path"]),
             "gguf_file": model.get("gguf_file"),
@@ -90,7 +91,7 @@ def _spec(model: ModelSpec) -> dict[str, Any]:
         return {"path": str(model), "gguf_file": None, "name": None}
     if isinstance(getattr(model, "model_dir", None), str):  # a ProxyRun
         return {"path": model.model_dir, "gguf_file": None, "name": None}
-    raise TypeError(
+    raise ConfigError(
         f"a model is a path, a mapping with a 'path' or a ProxyRun, not {type(model).__name__}"
     )
 
@@ -147,7 +148,7 @@ def family_losses(
     texts = list(texts)
     rows = []
     for m in models:
-        s = _spec(m)
+        s = model_spec(m)
         rows.append(
             bits_per_char(
                 s["path"],
@@ -168,7 +169,7 @@ def _names(n: int, names: Sequence[str] | None) -> list[str]:
     if names is None:
         return [f"model {i}" for i in range(n)]
     if len(names) != n:
-        raise ValueError(f"{len(names)} model names for {n} models")
+        raise ConfigError(f"{len(names)} model names for {n} models")
     return [str(x) for x in names]
 
 
@@ -176,24 +177,26 @@ def _check_scores(benchmark_scores: Any, names: Sequence[str] | None) -> np.ndar
     """Validated benchmark scores (float64): at least three, finite and pairwise distinct."""
     scores = np.asarray(benchmark_scores, dtype=np.float64)
     if scores.ndim != 1:
-        raise ValueError(f"benchmark scores must be one number per model, got shape {scores.shape}")
+        raise ConfigError(
+            f"benchmark scores must be one number per model, got shape {scores.shape}"
+        )
     n = len(scores)
     if n < MIN_MODELS:
-        raise ValueError(
+        raise ConfigError(
             f"PreSelect needs at least {MIN_MODELS} models (got {n}): with fewer, every "
             "document's predictive strength is 0 or 1"
         )
     label = _names(n, names)
     if not np.isfinite(scores).all():
         bad = [label[i] for i in np.flatnonzero(~np.isfinite(scores))]
-        raise ValueError(f"benchmark scores must be finite; not for {', '.join(bad)}")
+        raise ConfigError(f"benchmark scores must be finite; not for {', '.join(bad)}")
     order = np.argsort(scores, kind="stable")
     tied = np.flatnonzero(np.diff(scores[order]) == 0)
     if len(tied):
         pairs = ", ".join(
             f"{label[order[k]]} and {label[order[k + 1]]} ({scores[order[k]]:g})" for k in tied
         )
-        raise ValueError(
+        raise ConfigError(
             f"benchmark scores must be distinct, so that the models have an order; tied: {pairs}"
         )
     return scores
@@ -202,17 +205,18 @@ def _check_scores(benchmark_scores: Any, names: Sequence[str] | None) -> np.ndar
 def _check_family(
     losses: np.ndarray, benchmark_scores: Any, names: Sequence[str] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validated (losses, scores) as float64 arrays; raises ValueError with the reason."""
+    """Validated (losses, scores) as float64 arrays; raises ConfigError (the scores) or
+    InputError (the losses) with the reason."""
     scores = _check_scores(benchmark_scores, names)
     n = len(scores)
     losses = np.asarray(losses, dtype=np.float64)
     if losses.ndim != 2 or losses.shape[0] != n:
-        raise ValueError(
+        raise InputError(
             f"losses must have shape (n_models, n_docs) = ({n}, n_docs), got {losses.shape}"
         )
     if not np.isfinite(losses).all():
         rows, cols = np.nonzero(~np.isfinite(losses))
-        raise ValueError(
+        raise InputError(
             f"losses must be finite: {len(rows)} values are not (first: "
             f"{_names(n, names)[rows[0]]}, document {cols[0]})"
         )
@@ -279,6 +283,135 @@ def _default_names(specs: Sequence[dict[str, Any]] | None, n: int) -> list[str]:
     return names
 
 
+def _losses_of(
+    texts: list[str],
+    specs: list[dict[str, Any]] | None,
+    benchmark_scores: Any,
+    model_names: Sequence[str] | None,
+    losses: np.ndarray | None,
+    batch_tokens: int,
+    seq_len: int | None,
+) -> np.ndarray:
+    """The family's losses (n_models x n_docs, float64): given, or computed with the models
+    (the family is checked first, before minutes of scoring with it)."""
+    n_docs = len(texts)
+    if losses is None:
+        if specs is None:
+            raise ConfigError("give the model family (models=) or precomputed losses (losses=)")
+        if len(benchmark_scores) != len(specs):
+            raise ConfigError(f"{len(benchmark_scores)} benchmark scores for {len(specs)} models")
+        _check_scores(benchmark_scores, model_names or _default_names(specs, len(specs)))
+        losses = family_losses(specs, texts, batch_tokens=batch_tokens, seq_len=seq_len)
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.ndim != 2 or losses.shape[1] != n_docs:
+        raise InputError(
+            f"losses must have shape (n_models, {n_docs}) for {n_docs} texts, got {losses.shape}"
+        )
+    return losses
+
+
+def _family_names(
+    specs: list[dict[str, Any]] | None, n_models: int, model_names: Sequence[str] | None
+) -> list[str]:
+    """The models' names: given, or from the specs; checked against the losses' rows."""
+    if specs is not None and len(specs) != n_models:
+        raise ConfigError(f"{len(specs)} models but losses for {n_models}")
+    names = (
+        [str(x) for x in model_names]
+        if model_names is not None
+        else _default_names(specs, n_models)
+    )
+    if len(names) != n_models or len(set(names)) != n_models:
+        raise ConfigError(f"model_names must be {n_models} distinct names, got {names}")
+    return names
+
+
+def _usable_documents(
+    texts: list[str], losses: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of the documents that count (non-empty, with finite losses), and the masks of
+    the non-empty and of the finite ones."""
+    n_docs, n_models = len(texts), losses.shape[0]
+    nonempty = np.fromiter((bool(t and t.strip()) for t in texts), dtype=bool, count=n_docs)
+    finite = np.isfinite(losses).all(axis=0) if n_models else np.ones(n_docs, dtype=bool)
+    usable = np.flatnonzero(nonempty & finite)
+    need = 2 * MIN_DOCS_PER_CLASS
+    if len(usable) < need:
+        raise InputError(
+            f"too few calibration documents: {len(usable)} usable of {n_docs} (non-empty, "
+            f"with finite losses); PreSelect needs at least {need} ({MIN_DOCS_PER_CLASS} "
+            "positives and as many negatives), and far more to learn anything"
+        )
+    return usable, nonempty, finite
+
+
+def _family_summary(
+    names: list[str],
+    specs: list[dict[str, Any]] | None,
+    scores: np.ndarray,
+    used_losses: np.ndarray,
+    pairs: int,
+) -> dict[str, Any]:
+    """`family.json`: every model (path, benchmark score, rank, mean bits per character) and
+    their order, worst to best."""
+    order = np.argsort(scores, kind="stable")
+    model_rows = []
+    for i, name in enumerate(names):
+        spec = specs[i] if specs is not None else {}
+        model_rows.append(
+            {
+                "name": name,
+                "path": spec.get("path"),
+                "gguf_file": spec.get("gguf_file"),
+                "benchmark_score": float(scores[i]),
+                "rank": int(np.flatnonzero(order == i)[0]),  # 0 = worst
+                "mean_bpc": float(used_losses[i].mean()),
+            }
+        )
+    return {
+        "models": model_rows,
+        "order": [names[i] for i in order],
+        "pairs": pairs,
+        "benchmark_scores": "higher is better; order is worst to best",
+    }
+
+
+def _per_document(
+    n_docs: int, usable: np.ndarray, strength: np.ndarray, pos: np.ndarray, neg: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every calibration document's predictive strength (NaN if unusable) and label (1
+    positive, 0 negative, -1 neither)."""
+    label = np.full(n_docs, -1, dtype=np.int8)
+    label[usable[pos]] = 1
+    label[usable[neg]] = 0
+    full_strength = np.full(n_docs, np.nan, dtype=np.float32)
+    full_strength[usable] = strength
+    return full_strength, label
+
+
+def _strength_summary(
+    concordant: np.ndarray,
+    pairs: int,
+    strength: np.ndarray,
+    pos: np.ndarray,
+    neg: np.ndarray,
+    rule: str,
+) -> dict[str, Any]:
+    """The fit report's account of the predictive strengths and of the labels drawn from them."""
+    hist = np.bincount(concordant, minlength=pairs + 1)
+    return {
+        "pairs": pairs,
+        "perfect": int(hist[pairs]),
+        "histogram": {f"{k}/{pairs}": int(c) for k, c in enumerate(hist)},
+        "mean_strength": round(float(strength.mean()), 4),
+        "positive_rule": rule,
+        "positives": len(pos),
+        "negatives": len(neg),
+        "positive_min_strength": float(strength[pos].min()),
+        "negative_max_strength": float(strength[neg].max()),
+    }
+
+
 def _rank(key: np.ndarray, seed: int, descending: bool) -> np.ndarray:
     """Indices sorted by `key`, ties broken by a seeded random permutation."""
     tiebreak = np.random.default_rng(seed).permutation(len(key))
@@ -310,9 +443,9 @@ class PreSelectScorer(Scorer):
     ):
         super().__init__(column)
         if not 0 < positive_fraction <= 0.5:
-            raise ValueError(f"positive_fraction must be in (0, 0.5], not {positive_fraction}")
+            raise ConfigError(f"positive_fraction must be in (0, 0.5], not {positive_fraction}")
         if min_positives < 1:
-            raise ValueError(f"min_positives must be positive, not {min_positives}")
+            raise ConfigError(f"min_positives must be positive, not {min_positives}")
         self.params = {**DEFAULT_PARAMS, **PRESELECT_PARAMS, **(params or {})}
         self.positive_fraction = float(positive_fraction)
         self.min_positives = int(min_positives)
@@ -322,15 +455,6 @@ class PreSelectScorer(Scorer):
         self.family: dict[str, Any] = {}
         #: per calibration document: id, chars, bpc.<model>, predictive_strength, label
         self.calibration: Any = None  # a polars DataFrame after fit
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "column": self.column,
-            "params": self.params,
-            "positive_fraction": self.positive_fraction,
-            "min_positives": self.min_positives,
-            "adapt_to_sample": self.adapt_to_sample,
-        }
 
     @property
     def is_fitted(self) -> bool:
@@ -373,63 +497,30 @@ class PreSelectScorer(Scorer):
         texts = list(texts)
         n_docs = len(texts)
         if benchmark_scores is None:
-            raise ValueError("PreSelect needs benchmark_scores: one number per model")
-        specs = [_spec(m) for m in models] if models is not None else None
-        if losses is None:
-            if specs is None:
-                raise ValueError("give the model family (models=) or precomputed losses (losses=)")
-            # validate the family before minutes of scoring with it
-            if len(benchmark_scores) != len(specs):
-                raise ValueError(
-                    f"{len(benchmark_scores)} benchmark scores for {len(specs)} models"
-                )
-            _check_scores(benchmark_scores, model_names or _default_names(specs, len(specs)))
-            losses = family_losses(specs, texts, batch_tokens=batch_tokens, seq_len=seq_len)
-        losses = np.asarray(losses, dtype=np.float64)
-        if losses.ndim != 2 or losses.shape[1] != n_docs:
-            raise ValueError(
-                f"losses must have shape (n_models, {n_docs}) for {n_docs} texts, "
-                f"got {losses.shape}"
-            )
-        n_models = losses.shape[0]
-        if specs is not None and len(specs) != n_models:
-            raise ValueError(f"{len(specs)} models but losses for {n_models}")
-        names = (
-            [str(x) for x in model_names]
-            if model_names is not None
-            else _default_names(specs, n_models)
+            raise ConfigError("PreSelect needs benchmark_scores: one number per model")
+        specs = [model_spec(m) for m in models] if models is not None else None
+        losses = _losses_of(
+            texts, specs, benchmark_scores, model_names, losses, batch_tokens, seq_len
         )
-        if len(names) != n_models or len(set(names)) != n_models:
-            raise ValueError(f"model_names must be {n_models} distinct names, got {names}")
-        if ids is None:
-            ids = [str(i) for i in range(n_docs)]
-        ids = [str(x) for x in ids]
+        n_models = losses.shape[0]
+        names = _family_names(specs, n_models, model_names)
+        ids = [str(x) for x in ids] if ids is not None else [str(i) for i in range(n_docs)]
         if len(ids) != n_docs:
-            raise ValueError(f"{len(ids)} ids for {n_docs} texts")
-
+            raise InputError(f"{len(ids)} ids for {n_docs} texts")
         if np.ndim(benchmark_scores) != 1 or len(benchmark_scores) != n_models:
-            raise ValueError(
+            raise ConfigError(
                 f"benchmark_scores must hold one number per model ({n_models}), got "
                 f"{np.shape(benchmark_scores)}"
             )
         _check_scores(benchmark_scores, names)
-        nonempty = np.fromiter((bool(t and t.strip()) for t in texts), dtype=bool, count=n_docs)
-        finite = np.isfinite(losses).all(axis=0) if n_models else np.ones(n_docs, dtype=bool)
-        usable = np.flatnonzero(nonempty & finite)
-        need = 2 * MIN_DOCS_PER_CLASS
-        if len(usable) < need:
-            raise ValueError(
-                f"too few calibration documents: {len(usable)} usable of {n_docs} (non-empty, "
-                f"with finite losses); PreSelect needs at least {need} ({MIN_DOCS_PER_CLASS} "
-                "positives and as many negatives), and far more to learn anything"
-            )
+        usable, nonempty, finite = _usable_documents(texts, losses)
         used_losses, scores = _check_family(losses[:, usable], benchmark_scores, names)
         z = n_models * (n_models - 1) // 2
         concordant = _concordant_pairs(used_losses, scores)
         strength = (concordant / z).astype(np.float32)
 
         if concordant.min() == concordant.max():
-            raise ValueError(
+            raise InputError(
                 f"every calibration document has the same predictive strength "
                 f"({concordant[0]}/{z}): the family's losses do not tell documents apart"
             )
@@ -439,34 +530,9 @@ class PreSelectScorer(Scorer):
         self._clf = FastTextScorer(column=self.column, params=params)
         self._clf.fit([texts[usable[i]] for i in pos], [texts[usable[i]] for i in neg], seed=seed)
 
-        label = np.full(n_docs, -1, dtype=np.int8)
-        label[usable[pos]] = 1
-        label[usable[neg]] = 0
-        full_strength = np.full(n_docs, np.nan, dtype=np.float32)
-        full_strength[usable] = strength
+        full_strength, label = _per_document(n_docs, usable, strength, pos, neg)
         self.calibration = self._calibration_table(ids, texts, losses, names, full_strength, label)
-
-        order = np.argsort(scores, kind="stable")
-        model_rows = []
-        for i in range(n_models):
-            spec = specs[i] if specs is not None else {}
-            model_rows.append(
-                {
-                    "name": names[i],
-                    "path": spec.get("path"),
-                    "gguf_file": spec.get("gguf_file"),
-                    "benchmark_score": float(scores[i]),
-                    "rank": int(np.flatnonzero(order == i)[0]),  # 0 = worst
-                    "mean_bpc": float(used_losses[i].mean()),
-                }
-            )
-        self.family = {
-            "models": model_rows,
-            "order": [names[i] for i in order],
-            "pairs": z,
-            "benchmark_scores": "higher is better; order is worst to best",
-        }
-        hist = np.bincount(concordant, minlength=z + 1)
+        self.family = _family_summary(names, specs, scores, used_losses, z)
         self.report = {
             "preselect": {
                 "calibration_docs": n_docs,
@@ -475,15 +541,7 @@ class PreSelectScorer(Scorer):
                 "dropped_nonfinite_loss": int((nonempty & ~finite).sum()),
                 "models": n_models,
                 "order": self.family["order"],
-                "pairs": z,
-                "perfect": int(hist[z]),
-                "histogram": {f"{k}/{z}": int(c) for k, c in enumerate(hist)},
-                "mean_strength": round(float(strength.mean()), 4),
-                "positive_rule": rule,
-                "positives": len(pos),
-                "negatives": len(neg),
-                "positive_min_strength": float(strength[pos].min()),
-                "negative_max_strength": float(strength[neg].max()),
+                **_strength_summary(concordant, z, strength, pos, neg, rule),
                 "seed": seed,
             },
             "fasttext": self._clf.report,
@@ -502,7 +560,7 @@ class PreSelectScorer(Scorer):
             rest = np.flatnonzero(concordant < z)
             n_neg = min(len(pos), len(rest))
             if n_neg < MIN_DOCS_PER_CLASS:
-                raise ValueError(
+                raise InputError(
                     f"{len(pos)} of {n} calibration documents have perfect predictive strength, "
                     f"leaving {len(rest)} for negatives (need {MIN_DOCS_PER_CLASS}): the family "
                     "ranks the same way on almost every document; use a larger sample or models "
@@ -557,7 +615,7 @@ class PreSelectScorer(Scorer):
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         if not self._clf.is_fitted:
-            raise RuntimeError("PreSelectScorer is not fitted: call fit() or load a saved one")
+            raise NotFittedError("PreSelectScorer is not fitted: call fit() or load a saved one")
         return self._clf.score(texts)
 
     # -- persistence ---------------------------------------------------------------------------

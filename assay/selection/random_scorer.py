@@ -9,7 +9,6 @@ selection policies).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -22,9 +21,6 @@ class RandomScorer(Scorer):
     def __init__(self, column: str = "random", seed: int = 0):
         super().__init__(column)
         self.seed = int(seed)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"column": self.column, "seed": self.seed}
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from assay.errors import InputError, StateError
 from assay.exec.runner import LocalRunner, Runner, RunResult, report_progress
 from assay.io.corpus import Corpus
 from assay.io.read import prefetched
@@ -56,7 +57,7 @@ class ScoreTask:
                     )
                 if np.isnan(values).any():
                     i = int(np.flatnonzero(np.isnan(values))[0])
-                    raise ValueError(
+                    raise InputError(
                         f"scorer returned NaN for document {cols['id'][i]!r} in {shard.name}"
                     )
                 cols[name] = pl.Series(name, values, dtype=pl.Float32)
@@ -112,7 +113,7 @@ def score_corpus(
                 old.get("columns") != meta["columns"]
                 or old.get("scorer", {}).get("config") != meta["scorer"]["config"]
             ):
-                raise ValueError(
+                raise StateError(
                     f"{out} already holds scores from another scorer ({old.get('scorer')}); "
                     "use another folder or overwrite=True"
                 )

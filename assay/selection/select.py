@@ -34,6 +34,7 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from assay.common.text import count_tokens
+from assay.errors import ConfigError, InputError, StateError
 from assay.exec.runner import STATS_DIR, STATS_FILE, LocalRunner, Runner, report_progress
 from assay.io.corpus import Corpus
 from assay.io.scores import ScoreSet, check_score_columns, check_unique_ids, join_scores
@@ -90,7 +91,7 @@ def _cut(key: np.ndarray, tiebreak: np.ndarray, weights: np.ndarray, keep: float
 
 def _check_keep(keep: float) -> None:
     if isinstance(keep, bool) or not isinstance(keep, int | float) or not (0 < keep <= 1):
-        raise ValueError(f"keep must be a fraction in (0, 1], not {keep!r}")
+        raise ConfigError(f"keep must be a fraction in (0, 1], not {keep!r}")
 
 
 def _policy_key(
@@ -110,7 +111,7 @@ def _policy_key(
         pct = np.empty_like(mid)
         pct[order] = mid
         return -np.abs(pct - 0.5)
-    raise ValueError(f"mode must be top, bottom or middle, not {mode!r}")
+    raise ConfigError(f"mode must be top, bottom or middle, not {mode!r}")
 
 
 def topk_mask(
@@ -160,9 +161,9 @@ def gumbel_topk_mask(
     """
     _check_keep(keep)
     if tau <= 0:
-        raise ValueError("tau must be positive")
+        raise ConfigError("tau must be positive")
     if mode not in ("top", "bottom"):
-        raise ValueError("Gumbel selection supports mode 'top' or 'bottom'")
+        raise ConfigError("Gumbel selection supports mode 'top' or 'bottom'")
     s = np.asarray(scores, dtype=np.float64)
     sign = 1.0 if mode == "top" else -1.0
     noise = gumbel_noise(len(s) if id_hashes is None else id_hashes, seed)
@@ -181,7 +182,7 @@ def threshold_mask(
         return s >= threshold
     if mode == "bottom":
         return s <= threshold
-    raise ValueError("threshold selection supports mode 'top' or 'bottom'")
+    raise ConfigError("threshold selection supports mode 'top' or 'bottom'")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +310,7 @@ class KeysTask:
             if missing.any():
                 if self.options.on_error == "fail":
                     doc = joined.filter(missing).get_column("id")[0]
-                    raise ValueError(
+                    raise StateError(
                         f"document {doc!r} of shard {shard.name} has no {cfg.column!r} score; "
                         "score the corpus again (the scores are stale) or use on_error='skip'"
                     )
@@ -453,7 +454,7 @@ def select(
     check_output(out, score_dirs, "selection folder")
     available = ScoreSet(score_dirs).columns  # also validates the folders
     if cfg.column not in available:
-        raise ValueError(
+        raise ConfigError(
             f"no score column {cfg.column!r} in {score_dirs}; available: {', '.join(available)}"
         )
     with folder_lock(out):
@@ -475,7 +476,7 @@ def _select(
         old = read_json(cfg_path)
         if old != full_cfg and not overwrite:
             diff = sorted(k for k in set(old) | set(full_cfg) if old.get(k) != full_cfg.get(k))
-            raise ValueError(
+            raise StateError(
                 f"{out} holds a selection made with other settings ({', '.join(diff)} differ); "
                 "use overwrite=True (--overwrite) or another output folder"
             )
@@ -606,11 +607,11 @@ def gumbel_topk(
 
     b = np.asarray(benefit, dtype=np.float64)
     if tau <= 0:
-        raise ValueError("tau must be positive")
+        raise ConfigError("tau must be positive")
     if not 0 <= k <= len(b):
-        raise ValueError(f"k must be between 0 and {len(b)}, not {k}")
+        raise ConfigError(f"k must be between 0 and {len(b)}, not {k}")
     if id_hashes is not None and len(id_hashes) != len(b):
-        raise ValueError(f"{len(id_hashes)} id hashes for {len(b)} items")
+        raise InputError(f"{len(id_hashes)} id hashes for {len(b)} items")
     key = b / tau + gumbel_noise(len(b) if id_hashes is None else id_hashes, seed)
     order = np.argsort(-key, kind="stable")
     return order[:k]

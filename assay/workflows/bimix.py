@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from assay.errors import ConfigError, InputError
 from assay.mixing.bimix import BiMix, BiMixFit, evaluate_fit, points_from_runs
 
 
@@ -40,22 +42,15 @@ def fit_bimix(
     Writes law.json, fit.json, mixture.yaml, points.parquet and runs.parquet to `out_dir`,
     and with `plot` the fits against the measured points (fits.png; needs matplotlib).
     """
-    from pathlib import Path
-
-    import polars as pl
-
     from assay.common.tokens import TokenCache
-    from assay.mixing.propose import MixtureProposer
-    from assay.proxies.runs import RunsTable
     from assay.proxies.train import TrainConfig
-    from assay.util.files import write_json
     from assay.util.guard import check_output
     from assay.workflows.proxy_batch import heldout_paths, train_mixtures
 
     if heldout is None:
-        raise ValueError("BiMix fits per-domain held-out losses: give a held-out corpus")
+        raise ConfigError("BiMix fits per-domain held-out losses: give a held-out corpus")
     if evals < 4:
-        raise ValueError(
+        raise ConfigError(
             f"evals={evals}: the law needs 3 evaluation steps per run to fit, and one more to "
             "check its extrapolation"
         )
@@ -66,49 +61,113 @@ def fit_bimix(
     cache = TokenCache.open(cache_dir)
     counts = {d: t.n_tokens for d, t in cache.domains.items() if t.n_tokens > 0}
     if mixtures is None:
-        if runs < 2:
-            raise ValueError(f"runs={runs}: the law needs at least 2 runs with different mixtures")
-        k = len(counts)
-        lo, hi = concentration
-        proposer = MixtureProposer(
-            counts, seed=seed, temperature=0.5, strengths=(lo * k, hi * k, 5), budget=tokens,
-            max_epochs=cfg.max_epochs, floor=0.01,
-        )  # fmt: skip
-        mixtures = [m.to_dict() for m in proposer.propose(runs)]
+        mixtures = _proposed_mixtures(counts, runs, concentration, tokens, cfg, seed)
     steps = tokens // (cfg.batch_size * cfg.grad_accum * cfg.seq_len)
     if steps < evals:
-        raise ValueError(f"{tokens:,} tokens make {steps} steps: too few for {evals} evaluations")
+        raise ConfigError(f"{tokens:,} tokens make {steps} steps: too few for {evals} evaluations")
     train_cfg = {**dict(train or {}), "eval_every": max(1, steps // evals)}
     done = train_mixtures(
-        cache_dir, mixtures, [out / "proxies" / f"run-{k:03d}" for k in range(len(mixtures))],
-        tokens=tokens, tokenizer=tokenizer, preset=preset, seeds=seed, heldout=heldout,
-        eval_docs=eval_docs, train=train_cfg, runner=runner, runs_table=out / "runs.parquet",
-    )  # fmt: skip
+        cache_dir,
+        mixtures,
+        [out / "proxies" / f"run-{k:03d}" for k in range(len(mixtures))],
+        tokens=tokens,
+        tokenizer=tokenizer,
+        preset=preset,
+        seeds=seed,
+        heldout=heldout,
+        eval_docs=eval_docs,
+        train=train_cfg,
+        runner=runner,
+        runs_table=out / "runs.parquet",
+    )
+    points = _fit_points(out, done, counts)
+    result = _fit_law(points, done, float(budget or tokens), budgets, weights, min_share)
+    _save_fit(out, result, points, plot)
+    return result
+
+
+def _proposed_mixtures(
+    counts: Mapping[str, int],
+    runs: int,
+    concentration: tuple[float, float],
+    tokens: int,
+    cfg: Any,
+    seed: int,
+) -> list[dict[str, float]]:
+    """`runs` Dirichlet proposals around the natural mixture (every domain at several
+    proportions, which the law needs to place alpha)."""
+    from assay.mixing.propose import MixtureProposer
+
+    if runs < 2:
+        raise ConfigError(f"runs={runs}: the law needs at least 2 runs with different mixtures")
+    k = len(counts)
+    lo, hi = concentration
+    proposer = MixtureProposer(
+        counts,
+        seed=seed,
+        temperature=0.5,
+        strengths=(lo * k, hi * k, 5),
+        budget=tokens,
+        max_epochs=cfg.max_epochs,
+        floor=0.01,
+    )
+    return [m.to_dict() for m in proposer.propose(runs)]
+
+
+def _fit_points(
+    out: Path, done: list[dict[str, Any]], counts: Mapping[str, int]
+) -> dict[str, list]:
+    """The fit points of the runs `done` (from `out/runs.parquet`), written to
+    `out/points.parquet`; every domain of the cache must have some."""
+    import polars as pl
+
+    from assay.proxies.runs import RunsTable
+
     table = RunsTable(out / "runs.parquet").read()
     table = table.filter(pl.col("run_id").is_in([r["run_id"] for r in done]))
     points = points_from_runs(table)
     missing = sorted(set(counts) - set(points["domain"]))
     if missing:
-        raise ValueError(
+        raise InputError(
             f"the held-out corpus has no documents of domains {missing}: label it with the "
             "cache's domains (assign_domains for clusters)"
         )
     pl.DataFrame(points).write_parquet(out / "points.parquet")
+    return points
+
+
+def _fit_law(
+    points: dict[str, list],
+    done: list[dict[str, Any]],
+    target: float,
+    budgets: Sequence[float] | None,
+    weights: Mapping[str, float] | None,
+    min_share: float,
+) -> BiMixFit:
+    """The law fitted on `points`, its quality, and the optimal mixture at `target` tokens."""
     law = BiMix().fit(points)
     quality = evaluate_fit(points)
-    target = float(budget or tokens)
     mixture = law.optimal_mixture(target, weights, min_share=min_share)
     grid = budgets or [target * f for f in (0.25, 0.5, 1, 2, 4, 8)]
-    result = BiMixFit(
-        law, quality, mixture, target, law.predict(mixture, target),
+    return BiMixFit(
+        law,
+        quality,
+        mixture,
+        target,
+        law.predict(mixture, target),
         law.budget_curve(grid, weights, min_share=min_share),
         [{"run": r["out_dir"], "mixture": r["mixture"], "bpb": r["bpb"]} for r in done],
-    )  # fmt: skip
-    law.save(out / "law.json")
+    )
+
+
+def _save_fit(out: Path, result: BiMixFit, points: dict[str, list], plot: bool) -> None:
+    """law.json, fit.json and mixture.yaml in `out`, and with `plot` fits.png."""
+    from assay.util.files import write_json
+
+    result.law.save(out / "law.json")
     write_json(out / "fit.json", result.to_dict())
-    mixture.save(out / "mixture.yaml")
+    result.mixture.save(out / "mixture.yaml")
     if plot:
         from assay.report import plot_bimix_fits
 
-        plot_bimix_fits(points, law, out / "fits.png")
-    return result
+        plot_bimix_fits(points, result.law, out / "fits.png")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from assay.common.tokens import TokenCache
+from assay.errors import ConfigError, InputError
 from assay.io.corpus import Corpus
 from assay.proxies.train import ProxyRun, TrainConfig, train_proxy
 
@@ -57,9 +58,9 @@ def family_members(
     `domains` (seeded), each at `tokens`.
     """
     if vary not in VARY:
-        raise ValueError(f"vary must be one of {VARY}, not {vary!r}")
+        raise ConfigError(f"vary must be one of {VARY}, not {vary!r}")
     if n < 3:
-        raise ValueError(f"a model family needs at least 3 members, not {n}")
+        raise ConfigError(f"a model family needs at least 3 members, not {n}")
     if vary == "tokens":
         return [
             Member(f"tokens-{tokens >> (n - 1 - i)}", tokens >> (n - 1 - i), preset, seed=seed)
@@ -67,10 +68,10 @@ def family_members(
         ]
     if vary == "preset":
         if n > len(presets):
-            raise ValueError(f"{n} members asked for but only presets {list(presets)} given")
+            raise ConfigError(f"{n} members asked for but only presets {list(presets)} given")
         return [Member(f"preset-{p}", tokens, p, seed=seed) for p in presets[:n]]
     if len(domains) < 2:
-        raise ValueError("a family varying the mixture needs a corpus with at least 2 domains")
+        raise InputError("a family varying the mixture needs a corpus with at least 2 domains")
     rng = np.random.default_rng(seed)
     weights = rng.dirichlet(np.full(len(domains), concentration), size=n)
     return [

@@ -1,29 +1,31 @@
-"""MATES' staged training: consume-once stage pools, oracle probes, an influence model, Gumbel top-k."""
+"""MATES' staged training: consume-once stage pools, oracle probes, an influence model, Gumbel
+top-k (each stage's pool and selection are in `assay.workflows.mates_selection`)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from assay.common.tokens import _backend
-from assay.selection.group_mates import RelationalInfluenceModel, group_select
-from assay.selection.mates import DEFAULT_ALPHAS, HEADS, MIN_PROBES, MatesScorer
-from assay.util.files import atomic_path, host_name, read_json, write_json
-from assay.util.hashing import config_hash, stable_hash64
+from assay.errors import ConfigError, InputError, StateError
+from assay.selection.mates import DEFAULT_ALPHAS, HEADS, MIN_PROBES
+from assay.util.files import read_json, write_json
+from assay.util.hashing import config_hash
 from assay.workflows.mates_probing import (
     MIN_REFERENCE,
     ReferenceSet,
     default_ref_batch_size,
-    encode_documents,
-    probe_run,
     reference_loss,
+)
+from assay.workflows.mates_selection import (
+    fit_stage_scorer,
+    group_stage,
+    select_mates,
+    select_random,
+    stage_pools,
 )
 
 STAGE_FILE = "stage.json"
@@ -42,47 +44,6 @@ def mates_train_config(**overrides: Any) -> Any:
 
     base = {"schedule": "wsd", "warmup": 0.04, "decay_fraction": 0.1, "max_epochs": 1.0}
     return TrainConfig(**{**base, **overrides})
-
-
-@dataclass
-class PoolTask:
-    """Per shard: the documents of one stage's candidate pool (seeded hash of the id modulo the
-    number of stages), and their exact proxy-token count in the shard's stats."""
-
-    stage: int
-    stages: int
-    seed: int
-    tokenizer: Any  # tokenizers.Tokenizer (picklable)
-    options: Any
-
-    def output_name(self, shard: Any) -> str:
-        return f"{shard.stem}.parquet"
-
-    def __call__(self, shard: Any, out: Path | None) -> Any:
-        import polars as pl
-
-        from assay.exec.runner import report_progress
-        from assay.io.shards import ShardStats
-        from assay.io.write import ShardWriter
-
-        assert out is not None
-        stats = ShardStats(shard.name)
-        writer = ShardWriter(out, fmt="parquet")
-        tokens = 0
-        for batch in shard.read(self.options, stats):
-            h = stable_hash64(batch.get_column("id").to_list(), self.seed)
-            mine = batch.filter(pl.Series((h % np.uint64(self.stages)) == self.stage))
-            if mine.height:
-                enc = self.tokenizer.encode_batch(
-                    mine.get_column("text").to_list(), add_special_tokens=False
-                )
-                tokens += sum(len(e.ids) + 1 for e in enc)  # + EOS, as in a TokenCache
-                writer.write(mine)
-            stats.docs_out += mine.height
-            report_progress(batch.height)
-        writer.close()
-        stats.extra["tokens"] = tokens
-        return stats
 
 
 @dataclass
@@ -140,26 +101,6 @@ def _run_summary(run: Any) -> dict[str, Any]:
     }
 
 
-def _pools(
-    corpus: Any, out: Path, stages: int, seed: int, tokenizer: Any, runner: Any
-) -> list[tuple[Any, int, int]]:
-    """(pool corpus, documents, tokens) per stage: consume-once pools written under out/pools."""
-    from assay.io.corpus import Corpus
-
-    pools = []
-    for s in range(stages):
-        folder = out / "pools" / f"stage-{s}"
-        result = runner.run(
-            PoolTask(s, stages, seed, _backend(tokenizer), corpus.options),
-            corpus.shards,
-            folder,
-            label=f"mates:pool-{s}",
-        )
-        tokens = sum(int(st.extra.get("tokens", 0)) for st in result.shards)
-        pools.append((Corpus(folder), result.docs_out, tokens))
-    return pools
-
-
 def run_mates(
     corpus: Any,
     out_dir: str | os.PathLike,
@@ -206,43 +147,115 @@ def run_mates(
     selection). Everything is written under `out_dir` (`mates.json`, `stage-<s>/`); a finished
     stage is never redone, and an interrupted one resumes from its last finished step.
     """
-    from assay.common.targets import load_targets
-    from assay.common.tokenizer import load_tokenizer, train_tokenizer
-    from assay.common.tokens import TokenCache, tokenizer_fingerprint
     from assay.exec.runner import LocalRunner
-    from assay.io.corpus import Corpus
-    from assay.proxies.model import get_preset
-    from assay.proxies.train import train_proxy
 
     t_start = time.perf_counter()
-    if method not in ("mates", "random"):
-        raise ValueError(f"method must be 'mates' or 'random', not {method!r}")
-    if stages < 1:
-        raise ValueError("stages must be >= 1")
-    if not 0 < keep <= 1:
-        raise ValueError(f"keep must be a fraction in (0, 1], not {keep}")
-    if tau <= 0:
-        raise ValueError("tau must be positive")
-    if method == "mates" and stages > 1 and probes < MIN_PROBES:
-        raise ValueError(f"probe at least {MIN_PROBES} documents per stage, not {probes}")
-    if group and (trajectory_length < 1 or probes // max(trajectory_length, 1) < 5):
-        raise ValueError(
-            f"Group-MATES needs at least 5 rollouts of trajectory_length={trajectory_length} "
-            f"documents per stage; {probes} probes make {probes // max(trajectory_length, 1)}"
-        )
-    get_preset(preset)
-    cfg = config if config is not None else mates_train_config()
-    runner = runner or LocalRunner(workers=1, progress=progress)
-    out = Path(out_dir)
+    run = _MatesRun(
+        out=Path(out_dir),
+        cfg=config if config is not None else mates_train_config(),
+        runner=runner or LocalRunner(workers=1, progress=progress),
+        stage_tokens=stage_tokens,
+        stages=stages,
+        keep=keep,
+        tau=tau,
+        probes=probes,
+        preset=preset,
+        seed=seed,
+        heldout=heldout,
+        eval_docs=eval_docs,
+        embedder=embedder,
+        heads=heads,
+        alphas=alphas,
+        holdout=holdout,
+        ref_batch_size=ref_batch_size,
+        method=method,
+        group=group,
+        trajectory_length=trajectory_length,
+        docs_per_cluster=docs_per_cluster,
+        progress=progress,
+    )
+    ref_texts, tok = _prepare_folder(run, corpus, reference, fields, max_reference, tokenizer)
+    identity = _claim_folder(run, corpus, tok, ref_texts)
+    ref = ReferenceSet.from_texts(ref_texts, tok, run.cfg.seq_len)
+    # Pools and the checks that need their sizes, before any training.
+    pools = stage_pools(corpus, run.out, stages, seed, tok, run.runner)
+    steps_per_stage, need = _check_pools(run, pools)
+    results, prev_run_dir, final_run = _run_stages(run, pools, ref, tok, steps_per_stage, need)
+    return _write_summary(run.out, identity, results, prev_run_dir, final_run, t_start)
+
+
+@dataclass
+class _MatesRun:
+    """The settings of one `run_mates` call (checked when made)."""
+
+    out: Path
+    cfg: Any  # TrainConfig
+    runner: Any
+    stage_tokens: int
+    stages: int
+    keep: float
+    tau: float
+    probes: int
+    preset: str
+    seed: int
+    heldout: Any
+    eval_docs: int | None
+    embedder: dict[str, Any] | str | None
+    heads: Sequence[str]
+    alphas: Sequence[float]
+    holdout: float
+    ref_batch_size: int | None
+    method: str
+    group: bool
+    trajectory_length: int
+    docs_per_cluster: int
+    progress: bool
+
+    def __post_init__(self) -> None:
+        from assay.proxies.model import get_preset
+
+        if self.method not in ("mates", "random"):
+            raise ConfigError(f"method must be 'mates' or 'random', not {self.method!r}")
+        if self.stages < 1:
+            raise ConfigError("stages must be >= 1")
+        if not 0 < self.keep <= 1:
+            raise ConfigError(f"keep must be a fraction in (0, 1], not {self.keep}")
+        if self.tau <= 0:
+            raise ConfigError("tau must be positive")
+        probes, T = self.probes, self.trajectory_length
+        if self.method == "mates" and self.stages > 1 and probes < MIN_PROBES:
+            raise ConfigError(f"probe at least {MIN_PROBES} documents per stage, not {probes}")
+        if self.group and (T < 1 or probes // max(T, 1) < 5):
+            raise ConfigError(
+                f"Group-MATES needs at least 5 rollouts of trajectory_length={T} "
+                f"documents per stage; {probes} probes make {probes // max(T, 1)}"
+            )
+        get_preset(self.preset)
+
+
+def _prepare_folder(
+    run: _MatesRun,
+    corpus: Any,
+    reference: str | os.PathLike | Sequence[str],
+    fields: Sequence[str] | None,
+    max_reference: int | None,
+    tokenizer: Any,
+) -> tuple[list[str], Any]:
+    """Check the folder against the inputs and make it; the reference texts (checked before any
+    work) and the tokenizer (given, or trained on the corpus into `out/tokenizer`)."""
+    from assay.common.targets import load_targets
+    from assay.common.tokenizer import load_tokenizer, train_tokenizer
+    from assay.proxies.model import get_preset
+
+    out = run.out
     corpus.check_output(out, "MATES folder")
-    if heldout is not None:
-        heldout.check_output(out, "MATES folder")
+    if run.heldout is not None:
+        run.heldout.check_output(out, "MATES folder")
     out.mkdir(parents=True, exist_ok=True)
 
-    # Reference set: checked before any work.
-    ref_texts = load_targets(reference, fields, max_items=max_reference, seed=seed)
+    ref_texts = load_targets(reference, fields, max_items=max_reference, seed=run.seed)
     if len(ref_texts) < MIN_REFERENCE:
-        raise ValueError(
+        raise InputError(
             f"the reference set has {len(ref_texts)} examples; MATES needs at least "
             f"{MIN_REFERENCE} (the paper uses 1,024)"
         )
@@ -252,164 +265,255 @@ def run_mates(
         tok = (
             load_tokenizer(tdir)
             if (tdir / "tokenizer.json").exists()
-            else train_tokenizer(corpus, get_preset(preset).vocab_size, tdir, seed=seed)
+            else train_tokenizer(corpus, get_preset(run.preset).vocab_size, tdir, seed=run.seed)
         )
     elif isinstance(tokenizer, str | os.PathLike):
         tok = load_tokenizer(tokenizer)
     else:
         tok = tokenizer
+    return ref_texts, tok
+
+
+def _claim_folder(run: _MatesRun, corpus: Any, tok: Any, ref_texts: list[str]) -> dict[str, Any]:
+    """The run's identity, written to `out/mates_config.json`; a folder that holds a run with
+    other settings is refused."""
+    from assay.common.tokens import tokenizer_fingerprint
 
     identity = {
         "corpus": [s.name for s in corpus.shards],
         "content": config_hash([s.identity() for s in corpus.shards]),
         "tokenizer": tokenizer_fingerprint(tok),
         "reference": config_hash(ref_texts),
-        "stage_tokens": stage_tokens,
-        "stages": stages,
-        "keep": keep,
-        "tau": tau,
-        "probes": probes,
-        "preset": preset,
-        "seed": seed,
-        "config": cfg.model_dump(),
-        "embedder": embedder,
-        "heads": list(heads),
-        "alphas": [float(a) for a in alphas],
-        "holdout": holdout,
-        "method": method,
-        "group": group,
+        "stage_tokens": run.stage_tokens,
+        "stages": run.stages,
+        "keep": run.keep,
+        "tau": run.tau,
+        "probes": run.probes,
+        "preset": run.preset,
+        "seed": run.seed,
+        "config": run.cfg.model_dump(),
+        "embedder": run.embedder,
+        "heads": list(run.heads),
+        "alphas": [float(a) for a in run.alphas],
+        "holdout": run.holdout,
+        "method": run.method,
+        "group": run.group,
         **(
-            {"trajectory_length": trajectory_length, "docs_per_cluster": docs_per_cluster}
-            if group
+            {"trajectory_length": run.trajectory_length, "docs_per_cluster": run.docs_per_cluster}
+            if run.group
             else {}
         ),
-        "heldout": None if heldout is None else [s.name for s in heldout.shards],
+        "heldout": None if run.heldout is None else [s.name for s in run.heldout.shards],
     }
-    cfg_path = out / CONFIG_FILE
+    cfg_path = run.out / CONFIG_FILE
     if cfg_path.exists():
         old = read_json(cfg_path)
         if old != identity:
             diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            raise ValueError(
-                f"{out} holds a MATES run with other settings ({', '.join(diff)} differ); "
+            raise StateError(
+                f"{run.out} holds a MATES run with other settings ({', '.join(diff)} differ); "
                 "use another folder"
             )
     write_json(cfg_path, identity)
+    return identity
 
-    ref = ReferenceSet.from_texts(ref_texts, tok, cfg.seq_len)
 
-    # Pools and the checks that need their sizes, before any training.
-    pools = _pools(corpus, out, stages, seed, tok, runner)
+def _check_pools(run: _MatesRun, pools: list[tuple[Any, int, int]]) -> tuple[int, int]:
+    """Steps per stage and the tokens a stage trains on; refuses pools too small for them."""
+    cfg, keep = run.cfg, run.keep
     per_step = cfg.batch_size * cfg.grad_accum
-    steps_per_stage = (stage_tokens // cfg.seq_len) // per_step
+    steps_per_stage = (run.stage_tokens // cfg.seq_len) // per_step
     if steps_per_stage < 1:
-        raise ValueError(
-            f"stage_tokens={stage_tokens:,} make fewer than one step of {per_step} sequences "
+        raise ConfigError(
+            f"stage_tokens={run.stage_tokens:,} make fewer than one step of {per_step} sequences "
             f"x {cfg.seq_len} tokens"
         )
     need = steps_per_stage * per_step * cfg.seq_len
     for s, (_, docs, tokens) in enumerate(pools):
         supply = tokens * keep * cfg.max_epochs
         if docs == 0 or supply < need:
-            raise ValueError(
+            raise InputError(
                 f"the stage-{s} candidate pool is too small: {docs:,} documents of {tokens:,} "
                 f"tokens; keeping {keep:.0%} of it (each token used at most "
                 f"{cfg.max_epochs:g} times) gives about {int(supply):,} tokens, less than the "
                 f"{need:,} tokens a stage trains on. Give a larger corpus, fewer stages, fewer "
                 "stage_tokens or a larger keep fraction"
             )
-        if s > 0 and method == "mates" and probes > docs:
-            raise ValueError(
-                f"the probe set ({probes:,} documents) is larger than the stage-{s} candidate "
-                f"pool ({docs:,} documents); probe fewer documents or give a larger corpus"
+        if s > 0 and run.method == "mates" and run.probes > docs:
+            raise ConfigError(
+                f"the probe set ({run.probes:,} documents) is larger than the stage-{s} "
+                f"candidate pool ({docs:,} documents); probe fewer documents or give a larger "
+                "corpus"
             )
+    return steps_per_stage, need
 
+
+def _run_stages(
+    run: _MatesRun,
+    pools: list[tuple[Any, int, int]],
+    ref: ReferenceSet,
+    tok: Any,
+    steps_per_stage: int,
+    need: int,
+) -> tuple[list[StageResult], Path, Any]:
+    """Every stage in turn (a finished one read back); returns their results, the last stage's
+    proxy folder and its run (None when every stage was finished before)."""
     results: list[StageResult] = []
     prev_run_dir: Path | None = None
     final_run: Any = None
-    for s in range(stages):
-        stage_dir = out / f"stage-{s}"
+    for s in range(run.stages):
+        stage_dir = run.out / f"stage-{s}"
         done = stage_dir / STAGE_FILE
         if done.exists():
             saved = read_json(done)
             results.append(StageResult(**saved))
             prev_run_dir = stage_dir / "proxy"
             continue
-        t_stage = time.perf_counter()
-        pool, pool_docs, pool_tokens = pools[s]
-        probing: dict[str, Any] = {}
-        model_report: dict[str, Any] = {}
-        stage_method = "random" if s == 0 or method == "random" else method
-        if stage_method == "random":
-            selected = _select_random(pool, stage_dir, keep, seed + s, runner)
-        else:
-            assert prev_run_dir is not None
-            if group:
-                selected, probing, model_report = _group_stage(
-                    pool, stage_dir, prev_run_dir, ref, tok, cfg, probes=probes, keep=keep,
-                    seed=seed + s, embedder=embedder, holdout=holdout,
-                    trajectory_length=trajectory_length, docs_per_cluster=docs_per_cluster,
-                    runner=runner, ref_batch_size=ref_batch_size, progress=progress,
-                )  # fmt: skip
-                stage_method = "group-mates"
-            else:
-                scorer, probing = _fit_stage_scorer(
-                    pool, stage_dir, prev_run_dir, ref, tok, cfg, probes=probes, seed=seed + s,
-                    embedder=embedder, heads=heads, alphas=alphas, holdout=holdout,
-                    runner=runner, ref_batch_size=ref_batch_size, progress=progress,
-                )  # fmt: skip
-                model_report = scorer.report
-                selected = _select_mates(pool, stage_dir, scorer, keep, tau, seed + s, runner)
-        cache = TokenCache.build(
-            Corpus(selected), tok, stage_dir / "tokens", domain_column=None, runner=runner
-        )
-        kept_docs = sum(d.n_docs for d in cache.domains.values())
-        kept_tokens = sum(d.n_tokens for d in cache.domains.values())
-        if kept_tokens * cfg.max_epochs < need:
-            raise ValueError(
-                f"stage {s} kept {kept_docs:,} documents of {kept_tokens:,} tokens, less than the "
-                f"{need:,} tokens the stage trains on (each used at most {cfg.max_epochs:g} "
-                "times); raise keep or lower stage_tokens"
-            )
-        run = train_proxy(
-            cache,
-            "natural",
-            stage_tokens,
-            preset,
-            seed + s,
-            out_dir=stage_dir / "proxy",
-            tokenizer=tok,
-            heldout=heldout,
-            eval_docs=eval_docs,
-            config=cfg,
-            progress=progress,
-            init_from=prev_run_dir,
-            keep_optimizer=True,
-            schedule_offset=s * steps_per_stage,
-            schedule_total=stages * steps_per_stage,
-        )
-        ref_loss = _run_reference_loss(stage_dir / "proxy", ref, ref_batch_size)
-        result = StageResult(
-            stage=s,
-            method=stage_method,
-            pool_docs=pool_docs,
-            pool_tokens=pool_tokens,
-            kept_docs=kept_docs,
-            kept_tokens=kept_tokens,
-            run=_run_summary(run),
-            reference_loss=ref_loss,
-            probing=probing,
-            influence_model=_compact_model_report(model_report),
-            seconds=round(time.perf_counter() - t_stage, 3),
+        result, final_run = _run_stage(
+            run, s, pools[s], prev_run_dir, ref, tok, steps_per_stage, need
         )
         write_json(done, result.to_dict())
         results.append(result)
         prev_run_dir = stage_dir / "proxy"
-        final_run = run
+    assert prev_run_dir is not None
+    return results, prev_run_dir, final_run
 
+
+def _run_stage(
+    run: _MatesRun,
+    s: int,
+    pool_info: tuple[Any, int, int],
+    prev_run_dir: Path | None,
+    ref: ReferenceSet,
+    tok: Any,
+    steps_per_stage: int,
+    need: int,
+) -> tuple[StageResult, Any]:
+    """Stage `s`: select from its pool, tokenize what was kept, train the proxy on it
+    (continuing the previous stage's), measure the reference loss."""
+    from assay.common.tokens import TokenCache
+    from assay.io.corpus import Corpus
+    from assay.proxies.train import train_proxy
+
+    t_stage = time.perf_counter()
+    cfg, stage_dir = run.cfg, run.out / f"stage-{s}"
+    pool, pool_docs, pool_tokens = pool_info
+    stage_method, selected, probing, model_report = _select_stage(
+        run, s, pool, stage_dir, prev_run_dir, ref, tok
+    )
+    cache = TokenCache.build(
+        Corpus(selected), tok, stage_dir / "tokens", domain_column=None, runner=run.runner
+    )
+    kept_docs = sum(d.n_docs for d in cache.domains.values())
+    kept_tokens = sum(d.n_tokens for d in cache.domains.values())
+    if kept_tokens * cfg.max_epochs < need:
+        raise InputError(
+            f"stage {s} kept {kept_docs:,} documents of {kept_tokens:,} tokens, less than the "
+            f"{need:,} tokens the stage trains on (each used at most {cfg.max_epochs:g} "
+            "times); raise keep or lower stage_tokens"
+        )
+    proxy = train_proxy(
+        cache,
+        "natural",
+        run.stage_tokens,
+        run.preset,
+        run.seed + s,
+        out_dir=stage_dir / "proxy",
+        tokenizer=tok,
+        heldout=run.heldout,
+        eval_docs=run.eval_docs,
+        config=cfg,
+        progress=run.progress,
+        init_from=prev_run_dir,
+        keep_optimizer=True,
+        schedule_offset=s * steps_per_stage,
+        schedule_total=run.stages * steps_per_stage,
+    )
+    ref_loss = _run_reference_loss(stage_dir / "proxy", ref, run.ref_batch_size)
+    result = StageResult(
+        stage=s,
+        method=stage_method,
+        pool_docs=pool_docs,
+        pool_tokens=pool_tokens,
+        kept_docs=kept_docs,
+        kept_tokens=kept_tokens,
+        run=_run_summary(proxy),
+        reference_loss=ref_loss,
+        probing=probing,
+        influence_model=_compact_model_report(model_report),
+        seconds=round(time.perf_counter() - t_stage, 3),
+    )
+    return result, proxy
+
+
+def _select_stage(
+    run: _MatesRun,
+    s: int,
+    pool: Any,
+    stage_dir: Path,
+    prev_run_dir: Path | None,
+    ref: ReferenceSet,
+    tok: Any,
+) -> tuple[str, Path, dict[str, Any], dict[str, Any]]:
+    """Stage `s`'s selection from its pool: (method, selected folder, probing, influence model
+    report); random at stage 0 and with method 'random'."""
+    seed = run.seed + s
+    if s == 0 or run.method == "random":
+        return "random", select_random(pool, stage_dir, run.keep, seed, run.runner), {}, {}
+    assert prev_run_dir is not None
+    if run.group:
+        selected, probing, model_report = group_stage(
+            pool,
+            stage_dir,
+            prev_run_dir,
+            ref,
+            tok,
+            run.cfg,
+            probes=run.probes,
+            keep=run.keep,
+            seed=seed,
+            embedder=run.embedder,
+            holdout=run.holdout,
+            trajectory_length=run.trajectory_length,
+            docs_per_cluster=run.docs_per_cluster,
+            runner=run.runner,
+            ref_batch_size=run.ref_batch_size,
+            progress=run.progress,
+        )
+        return "group-mates", selected, probing, model_report
+    scorer, probing = fit_stage_scorer(
+        pool,
+        stage_dir,
+        prev_run_dir,
+        ref,
+        tok,
+        run.cfg,
+        probes=run.probes,
+        seed=seed,
+        embedder=run.embedder,
+        heads=run.heads,
+        alphas=run.alphas,
+        holdout=run.holdout,
+        runner=run.runner,
+        ref_batch_size=run.ref_batch_size,
+        progress=run.progress,
+    )
+    model_report = scorer.report
+    selected = select_mates(pool, stage_dir, scorer, run.keep, run.tau, seed, run.runner)
+    return run.method, selected, probing, model_report
+
+
+def _write_summary(
+    out: Path,
+    identity: dict[str, Any],
+    results: list[StageResult],
+    prev_run_dir: Path,
+    final_run: Any,
+    t_start: float,
+) -> MatesResult:
+    """`out/mates.json`: the settings, every stage's figures and the final run's."""
     from assay.proxies.train import ProxyRun
 
-    assert prev_run_dir is not None
     final_run = final_run or ProxyRun.load(prev_run_dir)
     summary = MatesResult(
         out_dir=str(out),
@@ -426,8 +530,19 @@ def run_mates(
 
 
 def _compact_model_report(report: dict[str, Any]) -> dict[str, Any]:
-    keep = ("probes", "train", "holdout", "head", "spearman", "candidates", "target_mean",
-            "target_std", "alpha", "tau", "individual")  # fmt: skip
+    keep = (
+        "probes",
+        "train",
+        "holdout",
+        "head",
+        "spearman",
+        "candidates",
+        "target_mean",
+        "target_std",
+        "alpha",
+        "tau",
+        "individual",
+    )
     return {k: v for k, v in report.items() if k in keep}
 
 
@@ -437,214 +552,3 @@ def _run_reference_loss(run_dir: Path, ref: ReferenceSet, batch_size: int | None
     model = load_causal_lm(run_dir / "model")
     device = next(model.parameters()).device
     return reference_loss(model, ref.batches(batch_size or default_ref_batch_size(device), device))
-
-
-def _select_random(pool: Any, stage_dir: Path, keep: float, seed: int, runner: Any) -> Path:
-    from assay.selection.random_scorer import RandomScorer
-    from assay.selection.score import score_corpus
-    from assay.selection.select import select
-
-    score_corpus(RandomScorer(seed=seed), pool, stage_dir / "scores", runner=runner)
-    select(
-        pool, stage_dir / "scores", stage_dir / "selected", runner=runner,
-        column="random", policy="topk", keep=keep, by="docs", seed=seed, group_by=None,
-    )  # fmt: skip
-    return stage_dir / "selected"
-
-
-def _select_mates(
-    pool: Any, stage_dir: Path, scorer: MatesScorer, keep: float, tau: float, seed: int, runner: Any
-) -> Path:
-    from assay.selection.score import score_corpus
-    from assay.selection.select import select
-
-    score_corpus(scorer, pool, stage_dir / "scores", runner=runner)
-    # score = -predicted influence, so Gumbel top-k on it is argtopk(-pred / tau + G)
-    select(
-        pool, stage_dir / "scores", stage_dir / "selected", runner=runner,
-        column=scorer.column, policy="gumbel", keep=keep, tau=tau, by="docs", seed=seed,
-        group_by=None,
-    )  # fmt: skip
-    return stage_dir / "selected"
-
-
-def _probe_sample(pool: Any, n: int, seed: int) -> tuple[list[str], list[str]]:
-    frame = pool.sample(n, seed=seed, columns=["id", "text"])
-    # a fixed order (by id hash), whatever the order the sample came in
-    ids = frame.get_column("id").to_list()
-    texts = frame.get_column("text").to_list()
-    order = np.argsort(stable_hash64(ids, seed), kind="stable")
-    return [ids[i] for i in order], [texts[i] for i in order]
-
-
-def _oracle(
-    pool: Any,
-    stage_dir: Path,
-    prev_run_dir: Path,
-    ref: ReferenceSet,
-    tok: Any,
-    cfg: Any,
-    *,
-    probes: int,
-    seed: int,
-    runner: Any,
-    ref_batch_size: int | None,
-    progress: bool,
-    trajectory_length: int = 1,
-) -> tuple[list[str], list[str], np.ndarray, dict[str, Any]]:
-    """Probe a sample of the pool (or read the probes of an interrupted stage back); with
-    `trajectory_length` > 1, consecutive documents of the sample form the rollouts."""
-    import polars as pl
-
-    path = stage_dir / "oracle.parquet"
-    if path.exists():
-        frame = pl.read_parquet(path)
-        return (
-            frame.get_column("id").to_list(),
-            frame.get_column("text").to_list(),
-            frame.get_column("influence").to_numpy(),
-            read_json(stage_dir / "probing.json"),
-        )
-    ids, texts = _probe_sample(pool, probes, seed)
-    seqs = encode_documents(texts, tok, cfg.seq_len)
-    T = trajectory_length
-    result = probe_run(
-        prev_run_dir, seqs, ref, runner=runner, ref_batch_size=ref_batch_size,
-        trajectory_length=T, progress=progress,
-    )  # fmt: skip
-    frame = pl.DataFrame(
-        {
-            "id": ids,
-            "text": texts,
-            "trajectory": np.arange(len(ids)) // T,
-            "position": np.arange(len(ids)) % T,
-            "tokens": [len(x) for x in seqs],
-            "influence": result.influence,
-            "loss_after": result.loss_after,
-        }
-    )
-    info = result.summary()
-    write_json(stage_dir / "probing.json", info)
-    with atomic_path(path) as tmp:
-        frame.write_parquet(tmp)
-    return ids, texts, result.influence, info
-
-
-def _fit_stage_scorer(
-    pool: Any,
-    stage_dir: Path,
-    prev_run_dir: Path,
-    ref: ReferenceSet,
-    tok: Any,
-    cfg: Any,
-    *,
-    probes: int,
-    seed: int,
-    embedder: Any,
-    heads: Sequence[str],
-    alphas: Sequence[float],
-    holdout: float,
-    runner: Any,
-    ref_batch_size: int,
-    progress: bool,
-) -> tuple[MatesScorer, dict[str, Any]]:
-    from assay.selection.base import load_scorer
-
-    ids, texts, influence, info = _oracle(
-        pool, stage_dir, prev_run_dir, ref, tok, cfg, probes=probes, seed=seed, runner=runner,
-        ref_batch_size=ref_batch_size, progress=progress,
-    )  # fmt: skip
-    folder = stage_dir / "scorer"
-    if (folder / "scorer.json").exists():
-        scorer = load_scorer(folder)
-        assert isinstance(scorer, MatesScorer)
-        return scorer, info
-    scorer = MatesScorer(embedder=embedder, heads=heads, alphas=alphas, holdout=holdout)
-    scorer.fit(texts, influence, ids=ids, seed=seed, progress=progress)
-    tmp = stage_dir / f".scorer.tmp-{host_name()}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    scorer.save(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return load_scorer(folder), info  # type: ignore[return-value]
-
-
-def _group_stage(
-    pool: Any,
-    stage_dir: Path,
-    prev_run_dir: Path,
-    ref: ReferenceSet,
-    tok: Any,
-    cfg: Any,
-    *,
-    probes: int,
-    keep: float,
-    seed: int,
-    embedder: Any,
-    holdout: float,
-    trajectory_length: int,
-    docs_per_cluster: int,
-    runner: Any,
-    ref_batch_size: int | None,
-    progress: bool,
-) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Rollouts -> relational model -> individual scores (score_corpus) -> greedy selection."""
-    import polars as pl
-
-    from assay.common.embed import Embedder
-    from assay.io.scores import SCORES_META, ScoreSet, score_file
-    from assay.selection.score import score_corpus
-    from assay.selection.select import select
-
-    T = trajectory_length
-    n = (probes // T) * T
-    _, texts, influence, info = _oracle(
-        pool, stage_dir, prev_run_dir, ref, tok, cfg, probes=n, seed=seed, runner=runner,
-        ref_batch_size=ref_batch_size, progress=progress, trajectory_length=T,
-    )  # fmt: skip
-    emb_config = {"model": embedder} if isinstance(embedder, str) or embedder is None else dict(embedder)  # fmt: skip
-    model_dir = stage_dir / "relational"
-    if (model_dir / "relational.json").exists():
-        model = RelationalInfluenceModel.load(model_dir)
-    else:
-        vecs = Embedder(**emb_config).embed(texts, progress=progress)
-        model = RelationalInfluenceModel().fit(
-            vecs.reshape(-1, T, vecs.shape[1]),
-            np.asarray(influence).reshape(-1, T),
-            holdout=holdout,
-            seed=seed,
-        )
-        model.save(model_dir)
-    scorer_dir = stage_dir / "scorer"
-    if not (scorer_dir / "scorer.json").exists():
-        model.as_scorer(emb_config).save(scorer_dir)
-    from assay.selection.base import load_scorer
-
-    scorer = load_scorer(scorer_dir)
-    score_corpus(scorer, pool, stage_dir / "scores", runner=runner)
-
-    group_dir = stage_dir / "group_scores"
-    if not (group_dir / SCORES_META).exists():
-        frame = ScoreSet(stage_dir / "scores").read_all(pool.shards, [scorer.column])
-        pool_ids = frame.get_column("id").to_list()
-        by_id: dict[str, str] = {}
-        for batch in pool.iter_batches():
-            by_id.update(zip(batch.get_column("id").to_list(), batch.get_column("text").to_list(), strict=True))  # fmt: skip
-        vecs = Embedder(**emb_config).embed([by_id[i] for i in pool_ids], progress=progress)
-        u = -frame.get_column(scorer.column).to_numpy().astype(np.float64)
-        mask = group_select(u, vecs, keep, alpha=model.alpha, tau=model.tau,
-                            docs_per_cluster=docs_per_cluster, seed=seed)  # fmt: skip
-        chosen = frame.with_columns(pl.Series("group_mates", mask.astype(np.float32)))
-        for shard in pool.shards:
-            part = chosen.filter(pl.col("shard") == shard.name).select("id", "group_mates")
-            with atomic_path(score_file(group_dir, shard)) as tmp:
-                part.write_parquet(tmp)
-        write_json(
-            group_dir / SCORES_META,
-            {"columns": ["group_mates"], "scorer": {"type": "group-mates", "config": {}}},
-        )
-    select(
-        pool, group_dir, stage_dir / "selected", runner=runner,
-        column="group_mates", policy="threshold", threshold=0.5, group_by=None,
-    )  # fmt: skip
-    return stage_dir / "selected", info, model.report

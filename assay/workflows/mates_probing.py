@@ -1,4 +1,5 @@
-"""MATES' oracle: one optimizer step per probe document from the proxy's state, the change of the reference loss, restored in memory."""
+"""MATES' oracle: one optimizer step per probe document from the proxy's state, the change of the
+reference loss, restored in memory."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from assay.common.tokens import backend_tokenizer
+from assay.errors import ConfigError, InputError, StateError
 from assay.util.files import read_json
 
 #: Fewest reference examples: with fewer, a one-step loss change is mostly the noise of a few
@@ -19,14 +22,10 @@ from assay.util.files import read_json
 MIN_REFERENCE = 8
 
 
-def _backend(tokenizer: Any) -> Any:
-    return getattr(tokenizer, "backend_tokenizer", tokenizer)
-
-
 def _eos_id(tokenizer: Any) -> int:
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
-        raise ValueError("the tokenizer has no EOS token")
+        raise InputError("the tokenizer has no EOS token")
     return int(eos)
 
 
@@ -34,7 +33,7 @@ def encode_documents(texts: Sequence[str], tokenizer: Any, seq_len: int) -> list
     """Each text as one training sequence: EOS (as context, like a document start in a packed
     stream) followed by its tokens, cut to `seq_len`. Every sequence has at least 2 tokens."""
     eos = _eos_id(tokenizer)
-    enc = _backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)
+    enc = backend_tokenizer(tokenizer).encode_batch(list(texts), add_special_tokens=False)
     out = []
     for e in enc:
         ids = np.asarray([eos, *e.ids[: seq_len - 1]], dtype=np.int64)
@@ -52,7 +51,7 @@ class ReferenceSet:
 
     def __post_init__(self) -> None:
         if len(self.sequences) < MIN_REFERENCE:
-            raise ValueError(
+            raise InputError(
                 f"the reference set has {len(self.sequences)} examples; MATES needs at least "
                 f"{MIN_REFERENCE} to measure a loss change that is more than the noise of a few "
                 "examples (the paper uses 1,024)"
@@ -190,7 +189,7 @@ class Prober:
         self.device = device or next(model.parameters()).device
         self.ref_batch_size = ref_batch_size or default_ref_batch_size(self.device)
         if self.ref_batch_size < 1:
-            raise ValueError("ref_batch_size must be >= 1")
+            raise ConfigError("ref_batch_size must be >= 1")
         self._ref_batches = reference.batches(self.ref_batch_size, self.device)
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         with torch.no_grad():
@@ -218,17 +217,12 @@ class Prober:
         import torch
 
         from assay.common.lm import load_causal_lm
-        from assay.proxies.train import (
-            TrainConfig,
-            has_training_state,
-            load_training_state,
-            lr_at,
-            make_optimizer,
-        )
+        from assay.proxies.checkpoint import has_training_state, load_training_state
+        from assay.proxies.loop import TrainConfig, lr_at, make_optimizer
 
         run_dir = Path(run_dir)
         if not has_training_state(run_dir):
-            raise FileNotFoundError(
+            raise StateError(
                 f"{run_dir} is not a finished proxy run with optimizer state: train it with "
                 "train_proxy(..., keep_optimizer=True) to probe it"
             )
@@ -313,7 +307,7 @@ class Prober:
 
         T = int(trajectory_length)
         if T < 1 or len(candidates) % T:
-            raise ValueError(
+            raise ConfigError(
                 f"{len(candidates)} candidates do not make whole trajectories of {T} documents"
             )
         base = self.base_loss()
@@ -386,7 +380,7 @@ def probe_run(
     """
     T = int(trajectory_length)
     if T < 1 or len(candidates) % T:
-        raise ValueError(
+        raise ConfigError(
             f"{len(candidates)} candidates do not make whole trajectories of {T} documents"
         )
     n_traj = len(candidates) // T

@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from assay.selection.preselect import MIN_MODELS, ModelSpec, PreSelectScorer, _spec, family_losses
+from assay.errors import ConfigError, InputError
+from assay.selection.preselect import (
+    MIN_MODELS,
+    ModelSpec,
+    PreSelectScorer,
+    family_losses,
+    model_spec,
+)
 
 
 def family_benchmark_scores(
@@ -27,7 +34,7 @@ def family_benchmark_scores(
     """
     target = list(target_texts)
     if not any(t for t in target):
-        raise ValueError("no target examples: family_benchmark_scores needs non-empty texts")
+        raise InputError("no target examples: family_benchmark_scores needs non-empty texts")
     bpc = family_losses(models, target, batch_tokens=batch_tokens, seq_len=seq_len)
     return -np.nanmean(bpc, axis=1)
 
@@ -49,10 +56,10 @@ def fit_preselect(
     (higher is better). Models without a score get one from `targets` (a file, a built-in
     benchmark name or texts): minus their bits per character on the target examples.
     """
-    specs = [_spec(m) for m in models]
+    specs = [model_spec(m) for m in models]
     given = [m.get("score") if isinstance(m, Mapping) else None for m in models]
     if len(specs) < MIN_MODELS:
-        raise ValueError(
+        raise ConfigError(
             f"PreSelect needs at least {MIN_MODELS} models (got {len(specs)}): with fewer, every "
             "document's predictive strength is 0 or 1"
         )
@@ -60,7 +67,7 @@ def fit_preselect(
         scores = np.asarray(given, dtype=np.float64)
     else:
         if targets is None:
-            raise ValueError(
+            raise ConfigError(
                 "PreSelect needs a benchmark score per model: give each model a score, or "
                 "targets to compute them from"
             )
@@ -68,7 +75,8 @@ def fit_preselect(
 
         examples = load_targets(targets, fields, max_items=max_targets, seed=seed)
         missing = [i for i, g in enumerate(given) if g is None]
-        computed = dict(zip(missing, family_benchmark_scores([specs[i] for i in missing], examples), strict=True))  # fmt: skip
+        measured = family_benchmark_scores([specs[i] for i in missing], examples)
+        computed = dict(zip(missing, measured, strict=True))
         scores = np.asarray([computed.get(i, g) for i, g in enumerate(given)], dtype=np.float64)
     frame = corpus.sample(calibration, seed=seed)
     return PreSelectScorer(**params).fit(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from assay.common.mixture import Mixture
+from assay.errors import ConfigError
 
 
 def token_cache_for(
@@ -53,11 +54,19 @@ def _train_one(job: dict[str, Any]) -> dict[str, Any]:
     from assay.proxies.train import TrainConfig, train_proxy
 
     run = train_proxy(
-        TokenCache.open(job["cache"]), job["mixture"], job["tokens"], job["preset"], job["seed"],
-        out_dir=job["out_dir"], tokenizer=job["tokenizer"],
-        heldout=Corpus(job["heldout"]) if job["heldout"] else None, eval_docs=job["eval_docs"],
-        config=TrainConfig(**job["train"]), tasks=job["tasks"] or None, progress=False,
-    )  # fmt: skip
+        TokenCache.open(job["cache"]),
+        job["mixture"],
+        job["tokens"],
+        job["preset"],
+        job["seed"],
+        out_dir=job["out_dir"],
+        tokenizer=job["tokenizer"],
+        heldout=Corpus(job["heldout"]) if job["heldout"] else None,
+        eval_docs=job["eval_docs"],
+        config=TrainConfig(**job["train"]),
+        tasks=job["tasks"] or None,
+        progress=False,
+    )
     return run.to_dict()
 
 
@@ -86,17 +95,26 @@ def train_mixtures(
     from assay.exec.runner import LocalRunner
 
     if len(mixtures) != len(out_dirs):
-        raise ValueError(f"{len(mixtures)} mixtures but {len(out_dirs)} output folders")
+        raise ConfigError(f"{len(mixtures)} mixtures but {len(out_dirs)} output folders")
     known = TokenCache.open(cache_dir).domains
     for m in mixtures:
         Mixture(m).check_domains(known)
     seed_list = [seeds] * len(mixtures) if isinstance(seeds, int) else list(seeds)
-    held = [str(heldout)] if isinstance(heldout, str | os.PathLike) else [str(h) for h in heldout or []]  # fmt: skip
+    held = (
+        [str(heldout)]
+        if isinstance(heldout, str | os.PathLike)
+        else [str(h) for h in heldout or []]
+    )
     common = {
-        "cache": str(cache_dir), "tokens": tokens, "preset": preset, "tokenizer": str(tokenizer),
-        "heldout": held or None, "eval_docs": eval_docs, "train": dict(train or {}),
+        "cache": str(cache_dir),
+        "tokens": tokens,
+        "preset": preset,
+        "tokenizer": str(tokenizer),
+        "heldout": held or None,
+        "eval_docs": eval_docs,
+        "train": dict(train or {}),
         "tasks": list(tasks),
-    }  # fmt: skip
+    }
     jobs = [
         {**common, "mixture": dict(m), "seed": s, "out_dir": str(Path(d))}
         for m, d, s in zip(mixtures, out_dirs, seed_list, strict=True)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from assay.errors import ConfigError
 from assay.mixing.climb import ClimbSearch, SearchResult, objective_value, split_budget
 from assay.util.files import write_json
 from assay.util.guard import check_output
@@ -44,33 +45,32 @@ def search_mixture(
     (`predicted_vs_measured.png`; needs matplotlib).
     """
     from assay.common.tokens import TokenCache
-    from assay.proxies.runs import run_row
 
-    if method not in ("climb", "regmix"):
-        raise ValueError(f"method must be 'climb' or 'regmix', not {method!r}")
-    per_iter = split_budget(runs, (1,) if method == "regmix" else split)
-    if per_iter[0] < 3:
-        raise ValueError(f"the first iteration has {per_iter[0]} runs; the predictor needs at least 3")  # fmt: skip
+    per_iter = _runs_per_iteration(method, runs, split)
     cache = TokenCache.open(cache_dir)
     counts = {d: t.n_tokens for d, t in cache.domains.items()}
-    search = ClimbSearch(counts, predictor=predictor, candidates=candidates, seed=seed, budget=tokens, **proposer)  # fmt: skip
+    search = ClimbSearch(
+        counts, predictor=predictor, candidates=candidates, seed=seed, budget=tokens, **proposer
+    )
     out = Path(out_dir)
     check_output(out, heldout_paths(heldout), "search folder")
     check_output(out, [cache_dir], "search folder", may_contain=True)
-    table = out / "runs.parquet"
-    result_runs: list[dict[str, Any]] = []
-    for it, n in enumerate(per_iter):
-        mixtures = search.propose(n)
-        done = train_mixtures(
-            cache_dir, [m.to_dict() for m in mixtures],
-            [out / "proxies" / f"it{it}-{k:03d}" for k in range(len(mixtures))],
-            tokens=tokens, tokenizer=tokenizer, preset=preset, seeds=seed, heldout=heldout,
-            eval_docs=eval_docs, train=train, tasks=tasks, runner=runner, runs_table=table,
-        )  # fmt: skip
-        for mix, run in zip(mixtures, done, strict=True):
-            value = objective_value(run_row(run), objective)
-            search.observe(mix, value)
-            result_runs.append({"iteration": it, "mixture": mix.to_dict(), "metric": value, "run": run["out_dir"]})  # fmt: skip
+    result_runs = _run_iterations(
+        search,
+        per_iter,
+        cache_dir,
+        out,
+        objective,
+        tokens=tokens,
+        tokenizer=tokenizer,
+        preset=preset,
+        seed=seed,
+        heldout=heldout,
+        eval_docs=eval_docs,
+        train=train,
+        tasks=tasks,
+        runner=runner,
+    )
     best = search.best(average_top_k=regmix_top_k if method == "regmix" else None)
     spearman = {"lightgbm": search.spearman("lightgbm"), "linear": search.spearman("linear")}
     result = SearchResult(best, objective, result_runs, spearman, per_iter, search.chosen_kind())
@@ -79,6 +79,66 @@ def search_mixture(
     if plot:
         plot_search(result, out / "predicted_vs_measured.png")
     return result
+
+
+def _runs_per_iteration(method: str, runs: int, split: Sequence[float]) -> list[int]:
+    """Proxy runs per iteration: `split` of `runs` for CLIMB, all of them at once for RegMix."""
+    if method not in ("climb", "regmix"):
+        raise ConfigError(f"method must be 'climb' or 'regmix', not {method!r}")
+    per_iter = split_budget(runs, (1,) if method == "regmix" else split)
+    if per_iter[0] < 3:
+        raise ConfigError(
+            f"the first iteration has {per_iter[0]} runs; the predictor needs at least 3"
+        )
+    return per_iter
+
+
+def _run_iterations(
+    search: ClimbSearch,
+    per_iter: list[int],
+    cache_dir: str | os.PathLike,
+    out: Path,
+    objective: str,
+    *,
+    tokens: int,
+    tokenizer: str,
+    preset: str,
+    seed: int,
+    heldout: Sequence[str] | str | None,
+    eval_docs: int | None,
+    train: Mapping[str, Any] | None,
+    tasks: Sequence[str],
+    runner: Any,
+) -> list[dict[str, Any]]:
+    """Each iteration: the search's proposals, a proxy trained on each (a row per run in
+    `out/runs.parquet`), and their objective told to the search; returns one entry per run."""
+    from assay.proxies.runs import run_row
+
+    result_runs: list[dict[str, Any]] = []
+    for it, n in enumerate(per_iter):
+        mixtures = search.propose(n)
+        done = train_mixtures(
+            cache_dir,
+            [m.to_dict() for m in mixtures],
+            [out / "proxies" / f"it{it}-{k:03d}" for k in range(len(mixtures))],
+            tokens=tokens,
+            tokenizer=tokenizer,
+            preset=preset,
+            seeds=seed,
+            heldout=heldout,
+            eval_docs=eval_docs,
+            train=train,
+            tasks=tasks,
+            runner=runner,
+            runs_table=out / "runs.parquet",
+        )
+        for mix, run in zip(mixtures, done, strict=True):
+            value = objective_value(run_row(run), objective)
+            search.observe(mix, value)
+            result_runs.append(
+                {"iteration": it, "mixture": mix.to_dict(), "metric": value, "run": run["out_dir"]}
+            )
+    return result_runs
 
 
 def plot_search(result: SearchResult, path: str | os.PathLike) -> None:

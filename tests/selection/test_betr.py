@@ -13,7 +13,7 @@ from assay.exec.runner import LocalRunner, RayRunner
 from assay.io.corpus import Corpus
 from assay.selection.base import load_scorer
 from assay.selection.betr import BETRScorer, betr_keep_rate, rank_scores
-from assay.selection.fasttext import _binary_report, adapt_to_sample
+from assay.selection.fasttext import adapt_to_sample, binary_report
 from assay.selection.score import score_corpus
 
 
@@ -80,7 +80,7 @@ def test_betr_labels_and_classifier_find_the_target_domain(champ_betr, demo_dir:
     held = pl.concat(list(Corpus(demo_dir / "heldout").iter_batches()), how="diagonal_relaxed")
     s = scorer.score(held.get_column("text").to_list())
     is_math = np.array(held.get_column("domain").to_list()) == "math"
-    assert _binary_report(s[is_math], s[~is_math])["auc"] > 0.75
+    assert binary_report(s[is_math], s[~is_math])["auc"] > 0.75
 
 
 def test_save_load_and_scoring_a_corpus(champ_betr, demo_dir: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from assay.common.targets import load_targets
+from assay.errors import ConfigError, StateError
 from assay.io.corpus import Corpus
 from assay.proxies.train import TrainConfig, lr_at, train_proxy
 from assay.selection.base import load_scorer
@@ -60,7 +61,7 @@ def test_staged_training_continues_state_and_schedule(
     # continuing from a folder without optimizer state is refused
     plain = train_proxy(token_cache, "natural", 2 * 8 * SEQ, "tiny", 0, out_dir=tmp_path / "p",
                         tokenizer=proxy_tokenizer, progress=False, config=CFG)  # fmt: skip
-    with pytest.raises(FileNotFoundError, match="keep_optimizer=True"):
+    with pytest.raises(StateError, match="keep_optimizer=True"):
         train_proxy(token_cache, "natural", 2 * 8 * SEQ, "tiny", 0, out_dir=tmp_path / "q",
                     tokenizer=proxy_tokenizer, progress=False, config=CFG, init_from=plain.out_dir)  # fmt: skip
     with pytest.raises(ValueError, match="schedule must cover"):
@@ -311,7 +312,7 @@ def test_bad_input_is_refused_before_training(
         ReferenceSet.from_texts(["x"] * 4, proxy_tokenizer, SEQ)
     for run in ("a", "b", "c", "d"):  # nothing was trained
         assert not list((tmp_path / run).glob("stage-*/proxy/run.json"))
-    with pytest.raises(FileNotFoundError, match="keep_optimizer=True"):
+    with pytest.raises(StateError, match="keep_optimizer=True"):
         Prober.from_run(tmp_path, ReferenceSet([np.arange(5)] * 8))
 
 
@@ -393,5 +394,5 @@ def test_finetuned_encoder_saves_and_reloads(tmp_path: Path, real_texts: list[st
     loaded = load_scorer(tmp_path / "ft")
     assert np.array_equal(loaded.score(real_texts[16:24]), scorer.score(real_texts[16:24]))
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        with pytest.raises(ConfigError, match="needs a CUDA GPU"):
             MatesScorer(finetune=True)

@@ -40,7 +40,8 @@ def seeded(scorer: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def fitted(model_dir: Path, redo: bool, fit: Any) -> Any:
-    """The scorer saved in `model_dir` (a finished fit is never redone), else `fit()` saved there."""
+    """The scorer saved in `model_dir` (a finished fit is never redone), else `fit()` saved
+    there."""
     from assay.selection.base import load_scorer
 
     if (model_dir / "scorer.json").exists() and not redo:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from assay.errors import ConfigError
 from assay.recipe.step import register_step
 from assay.recipe.steps._common import ProxySettings, shard_paths
 
@@ -40,7 +41,7 @@ class BiMixStep(ProxySettings):
 
         corpus, heldout, identity = self.mixing_inputs(ctx)
         if heldout is None:
-            raise ValueError(
+            raise ConfigError(
                 f"step {self.name!r}: BiMix fits per-domain held-out losses; give heldout"
             )
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from rich.table import Table
 
+from assay.errors import ConfigError
 from assay.recipe.step import Step, kinds_with, register_step
 from assay.util.files import write_json
 
@@ -41,7 +42,7 @@ class CompareStep(Step):
                 key = f"bpb.{self.target}"
                 missing = [n for n, r in rows.items() if key not in r]
                 if missing:
-                    raise ValueError(
+                    raise ConfigError(
                         f"step {self.name!r}: runs {missing} have no held-out bits per byte for "
                         f"domain {self.target!r}; add it to their heldout corpus"
                     )

@@ -92,7 +92,8 @@ class MatesStep(ProxySettings):
         for st in summary["stages"]:
             rho, rate = st.get("spearman"), st.get("probes_per_second")
             console.print(
-                f"  {outcome.name} stage {st['stage']} ({st['method']}): kept {st['kept_docs']:,} documents, "
+                f"  {outcome.name} stage {st['stage']} ({st['method']}): "
+                f"kept {st['kept_docs']:,} documents, "
                 f"reference loss {st['reference_loss']:.4f}"
                 + (f", influence Spearman {rho:.3f}" if rho is not None else "")
                 + (f", {rate:.1f} probes/s" if rate else "")

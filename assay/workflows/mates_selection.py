@@ -1,0 +1,401 @@
+"""The data side of MATES' staged training (what `run_mates` runs per stage): each stage's
+consume-once candidate pool, and how the stage chooses its data from it.
+
+- pools: a seeded hash of each document's id modulo the number of stages puts it in one stage's
+  pool, written under `out/pools/stage-<s>` with its exact proxy-token count;
+- random (stage 0, and every stage of the baseline): a seeded random `keep` fraction;
+- MATES: oracle probes of the previous stage's final state on a sample of the pool, an influence
+  model fitted on them (`MatesScorer`), the pool scored with it and a `keep` fraction sampled by
+  Gumbel top-k;
+- Group-MATES: rollouts of `trajectory_length` probes, a relational influence model, individual
+  scores and a cluster-wise greedy selection.
+
+Every step writes its result under the stage folder (oracle.parquet, probing.json, scorer/,
+relational/, scores/, group_scores/, selected/) and reads it back when it is there, so an
+interrupted stage resumes without probing or fitting again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assay.common.tokens import backend_tokenizer
+from assay.selection.group_mates import RelationalInfluenceModel, group_select
+from assay.selection.mates import MatesScorer
+from assay.util.files import atomic_path, host_name, read_json, write_json
+from assay.util.hashing import stable_hash64
+from assay.workflows.mates_probing import ReferenceSet, encode_documents, probe_run
+
+
+@dataclass
+class PoolTask:
+    """Per shard: the documents of one stage's candidate pool (seeded hash of the id modulo the
+    number of stages), and their exact proxy-token count in the shard's stats."""
+
+    stage: int
+    stages: int
+    seed: int
+    tokenizer: Any  # tokenizers.Tokenizer (picklable)
+    options: Any
+
+    def output_name(self, shard: Any) -> str:
+        return f"{shard.stem}.parquet"
+
+    def __call__(self, shard: Any, out: Path | None) -> Any:
+        import polars as pl
+
+        from assay.exec.runner import report_progress
+        from assay.io.shards import ShardStats
+        from assay.io.write import ShardWriter
+
+        assert out is not None
+        stats = ShardStats(shard.name)
+        writer = ShardWriter(out, fmt="parquet")
+        tokens = 0
+        for batch in shard.read(self.options, stats):
+            h = stable_hash64(batch.get_column("id").to_list(), self.seed)
+            mine = batch.filter(pl.Series((h % np.uint64(self.stages)) == self.stage))
+            if mine.height:
+                enc = self.tokenizer.encode_batch(
+                    mine.get_column("text").to_list(), add_special_tokens=False
+                )
+                tokens += sum(len(e.ids) + 1 for e in enc)  # + EOS, as in a TokenCache
+                writer.write(mine)
+            stats.docs_out += mine.height
+            report_progress(batch.height)
+        writer.close()
+        stats.extra["tokens"] = tokens
+        return stats
+
+
+def stage_pools(
+    corpus: Any, out: Path, stages: int, seed: int, tokenizer: Any, runner: Any
+) -> list[tuple[Any, int, int]]:
+    """(pool corpus, documents, tokens) per stage: consume-once pools written under out/pools."""
+    from assay.io.corpus import Corpus
+
+    pools = []
+    for s in range(stages):
+        folder = out / "pools" / f"stage-{s}"
+        result = runner.run(
+            PoolTask(s, stages, seed, backend_tokenizer(tokenizer), corpus.options),
+            corpus.shards,
+            folder,
+            label=f"mates:pool-{s}",
+        )
+        tokens = sum(int(st.extra.get("tokens", 0)) for st in result.shards)
+        pools.append((Corpus(folder), result.docs_out, tokens))
+    return pools
+
+
+def select_random(pool: Any, stage_dir: Path, keep: float, seed: int, runner: Any) -> Path:
+    from assay.selection.random_scorer import RandomScorer
+    from assay.selection.score import score_corpus
+    from assay.selection.select import select
+
+    score_corpus(RandomScorer(seed=seed), pool, stage_dir / "scores", runner=runner)
+    select(
+        pool,
+        stage_dir / "scores",
+        stage_dir / "selected",
+        runner=runner,
+        column="random",
+        policy="topk",
+        keep=keep,
+        by="docs",
+        seed=seed,
+        group_by=None,
+    )
+    return stage_dir / "selected"
+
+
+def select_mates(
+    pool: Any, stage_dir: Path, scorer: MatesScorer, keep: float, tau: float, seed: int, runner: Any
+) -> Path:
+    from assay.selection.score import score_corpus
+    from assay.selection.select import select
+
+    score_corpus(scorer, pool, stage_dir / "scores", runner=runner)
+    # score = -predicted influence, so Gumbel top-k on it is argtopk(-pred / tau + G)
+    select(
+        pool,
+        stage_dir / "scores",
+        stage_dir / "selected",
+        runner=runner,
+        column=scorer.column,
+        policy="gumbel",
+        keep=keep,
+        tau=tau,
+        by="docs",
+        seed=seed,
+        group_by=None,
+    )
+    return stage_dir / "selected"
+
+
+def _probe_sample(pool: Any, n: int, seed: int) -> tuple[list[str], list[str]]:
+    frame = pool.sample(n, seed=seed, columns=["id", "text"])
+    # a fixed order (by id hash), whatever the order the sample came in
+    ids = frame.get_column("id").to_list()
+    texts = frame.get_column("text").to_list()
+    order = np.argsort(stable_hash64(ids, seed), kind="stable")
+    return [ids[i] for i in order], [texts[i] for i in order]
+
+
+def _oracle(
+    pool: Any,
+    stage_dir: Path,
+    prev_run_dir: Path,
+    ref: ReferenceSet,
+    tok: Any,
+    cfg: Any,
+    *,
+    probes: int,
+    seed: int,
+    runner: Any,
+    ref_batch_size: int | None,
+    progress: bool,
+    trajectory_length: int = 1,
+) -> tuple[list[str], list[str], np.ndarray, dict[str, Any]]:
+    """Probe a sample of the pool (or read the probes of an interrupted stage back); with
+    `trajectory_length` > 1, consecutive documents of the sample form the rollouts."""
+    import polars as pl
+
+    path = stage_dir / "oracle.parquet"
+    if path.exists():
+        frame = pl.read_parquet(path)
+        return (
+            frame.get_column("id").to_list(),
+            frame.get_column("text").to_list(),
+            frame.get_column("influence").to_numpy(),
+            read_json(stage_dir / "probing.json"),
+        )
+    ids, texts = _probe_sample(pool, probes, seed)
+    seqs = encode_documents(texts, tok, cfg.seq_len)
+    T = trajectory_length
+    result = probe_run(
+        prev_run_dir,
+        seqs,
+        ref,
+        runner=runner,
+        ref_batch_size=ref_batch_size,
+        trajectory_length=T,
+        progress=progress,
+    )
+    frame = pl.DataFrame(
+        {
+            "id": ids,
+            "text": texts,
+            "trajectory": np.arange(len(ids)) // T,
+            "position": np.arange(len(ids)) % T,
+            "tokens": [len(x) for x in seqs],
+            "influence": result.influence,
+            "loss_after": result.loss_after,
+        }
+    )
+    info = result.summary()
+    write_json(stage_dir / "probing.json", info)
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp)
+    return ids, texts, result.influence, info
+
+
+def fit_stage_scorer(
+    pool: Any,
+    stage_dir: Path,
+    prev_run_dir: Path,
+    ref: ReferenceSet,
+    tok: Any,
+    cfg: Any,
+    *,
+    probes: int,
+    seed: int,
+    embedder: Any,
+    heads: Sequence[str],
+    alphas: Sequence[float],
+    holdout: float,
+    runner: Any,
+    ref_batch_size: int | None,
+    progress: bool,
+) -> tuple[MatesScorer, dict[str, Any]]:
+    """MATES' influence model of a stage, fitted on oracle probes (or read back)."""
+    from assay.selection.base import load_scorer
+
+    ids, texts, influence, info = _oracle(
+        pool,
+        stage_dir,
+        prev_run_dir,
+        ref,
+        tok,
+        cfg,
+        probes=probes,
+        seed=seed,
+        runner=runner,
+        ref_batch_size=ref_batch_size,
+        progress=progress,
+    )
+    folder = stage_dir / "scorer"
+    if (folder / "scorer.json").exists():
+        scorer = load_scorer(folder)
+        assert isinstance(scorer, MatesScorer)
+        return scorer, info
+    scorer = MatesScorer(embedder=embedder, heads=heads, alphas=alphas, holdout=holdout)
+    scorer.fit(texts, influence, ids=ids, seed=seed, progress=progress)
+    tmp = stage_dir / f".scorer.tmp-{host_name()}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    scorer.save(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return load_scorer(folder), info  # type: ignore[return-value]
+
+
+def group_stage(
+    pool: Any,
+    stage_dir: Path,
+    prev_run_dir: Path,
+    ref: ReferenceSet,
+    tok: Any,
+    cfg: Any,
+    *,
+    probes: int,
+    keep: float,
+    seed: int,
+    embedder: Any,
+    holdout: float,
+    trajectory_length: int,
+    docs_per_cluster: int,
+    runner: Any,
+    ref_batch_size: int | None,
+    progress: bool,
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Rollouts -> relational model -> individual scores (score_corpus) -> greedy selection."""
+    from assay.selection.base import load_scorer
+    from assay.selection.score import score_corpus
+    from assay.selection.select import select
+
+    T = trajectory_length
+    n = (probes // T) * T
+    _, texts, influence, info = _oracle(
+        pool,
+        stage_dir,
+        prev_run_dir,
+        ref,
+        tok,
+        cfg,
+        probes=n,
+        seed=seed,
+        runner=runner,
+        ref_batch_size=ref_batch_size,
+        progress=progress,
+        trajectory_length=T,
+    )
+    emb_config = (
+        {"model": embedder} if isinstance(embedder, str) or embedder is None else dict(embedder)
+    )
+    model = _relational_model(
+        stage_dir, texts, influence, emb_config, T, holdout=holdout, seed=seed, progress=progress
+    )
+    scorer_dir = stage_dir / "scorer"
+    if not (scorer_dir / "scorer.json").exists():
+        model.as_scorer(emb_config).save(scorer_dir)
+    scorer = load_scorer(scorer_dir)
+    score_corpus(scorer, pool, stage_dir / "scores", runner=runner)
+    group_dir = _group_scores(
+        pool, stage_dir, scorer.column, model, emb_config, keep, docs_per_cluster, seed, progress
+    )
+    select(
+        pool,
+        group_dir,
+        stage_dir / "selected",
+        runner=runner,
+        column="group_mates",
+        policy="threshold",
+        threshold=0.5,
+        group_by=None,
+    )
+    return stage_dir / "selected", info, model.report
+
+
+def _relational_model(
+    stage_dir: Path,
+    texts: list[str],
+    influence: np.ndarray,
+    emb_config: dict[str, Any],
+    T: int,
+    *,
+    holdout: float,
+    seed: int,
+    progress: bool,
+) -> RelationalInfluenceModel:
+    """Group-MATES' relational model, fitted on the rollouts (of T documents) or read back."""
+    from assay.common.embed import Embedder
+
+    model_dir = stage_dir / "relational"
+    if (model_dir / "relational.json").exists():
+        return RelationalInfluenceModel.load(model_dir)
+    vecs = Embedder(**emb_config).embed(texts, progress=progress)
+    model = RelationalInfluenceModel().fit(
+        vecs.reshape(-1, T, vecs.shape[1]),
+        np.asarray(influence).reshape(-1, T),
+        holdout=holdout,
+        seed=seed,
+    )
+    model.save(model_dir)
+    return model
+
+
+def _group_scores(
+    pool: Any,
+    stage_dir: Path,
+    column: str,
+    model: RelationalInfluenceModel,
+    emb_config: dict[str, Any],
+    keep: float,
+    docs_per_cluster: int,
+    seed: int,
+    progress: bool,
+) -> Path:
+    """The greedy selection as a score side-car (`group_mates`: 1 kept, 0 not) in
+    `stage_dir/group_scores`, from the individual scores in `stage_dir/scores` (or read back)."""
+    import polars as pl
+
+    from assay.common.embed import Embedder
+    from assay.io.scores import SCORES_META, ScoreSet, score_file
+
+    group_dir = stage_dir / "group_scores"
+    if (group_dir / SCORES_META).exists():
+        return group_dir
+    frame = ScoreSet(stage_dir / "scores").read_all(pool.shards, [column])
+    pool_ids = frame.get_column("id").to_list()
+    by_id: dict[str, str] = {}
+    for batch in pool.iter_batches():
+        ids, texts = batch.get_column("id").to_list(), batch.get_column("text").to_list()
+        by_id.update(zip(ids, texts, strict=True))
+    vecs = Embedder(**emb_config).embed([by_id[i] for i in pool_ids], progress=progress)
+    u = -frame.get_column(column).to_numpy().astype(np.float64)
+    mask = group_select(
+        u,
+        vecs,
+        keep,
+        alpha=model.alpha,
+        tau=model.tau,
+        docs_per_cluster=docs_per_cluster,
+        seed=seed,
+    )
+    chosen = frame.with_columns(pl.Series("group_mates", mask.astype(np.float32)))
+    for shard in pool.shards:
+        part = chosen.filter(pl.col("shard") == shard.name).select("id", "group_mates")
+        with atomic_path(score_file(group_dir, shard)) as tmp:
+            part.write_parquet(tmp)
+    write_json(
+        group_dir / SCORES_META,
+        {"columns": ["group_mates"], "scorer": {"type": "group-mates", "config": {}}},
+    )
+    return group_dir
