@@ -309,7 +309,7 @@ _HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from assay._guard import folder_lock
+    from assay.util.guard import folder_lock
     folder, ready, release = map(Path, sys.argv[1:4])
     with folder_lock(folder):
         ready.write_text("locked")

@@ -92,8 +92,8 @@ def test_errors_from_pool_workers_keep_file_and_line(
 SLOW_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from assay.corpus import Corpus
-    from assay.scores import score_corpus
+    from assay.io.corpus import Corpus
+    from assay.selection.score import score_corpus
     from assay.selection.doc_stats import DocStatsScorer
 
     class Slow(DocStatsScorer):

@@ -158,7 +158,7 @@ def test_divergence_retries_at_lower_rates_then_explains(
 DIRTY_HEAP_SCRIPT = """
 import ctypes, json, sys
 import numpy as np
-from assay.corpus import Corpus
+from assay.io.corpus import Corpus
 from assay.selection.fasttext import FastTextScorer
 
 libc = ctypes.CDLL("libc.so.6")
