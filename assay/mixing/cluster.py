@@ -26,12 +26,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+from pydantic import Field, field_validator
 
-from assay.common.embed import Embedder
+from assay.common.embed import EMBEDDER_HELP, Embedder
 from assay.common.numerics import default_k, kmeans, nearest
 from assay.common.text import count_tokens, top_terms
 from assay.errors import ConfigError, InputError, MissingError
@@ -39,6 +40,7 @@ from assay.exec.runner import Runner, report_progress
 from assay.io.corpus import Corpus
 from assay.io.shards import ReadOptions, Shard, ShardStats
 from assay.io.write import ShardWriter, output_name
+from assay.util.config import Strict
 from assay.util.files import atomic_path, read_json, write_json
 from assay.util.guard import check_output, folder_lock, mark_output
 
@@ -140,47 +142,98 @@ class ClusterResult:
         return str(Path(self.out_dir) / "corpus")
 
 
+class PruneSettings(Strict):
+    """Drop clusters whose mean score is below a threshold (CLIMB drops quality < 3 of 5)."""
+
+    scores: str = Field(description="A score step or a scores folder.")
+    column: str = Field(description="The score column.")
+    below: float = Field(description="Drop clusters whose mean score is below this.")
+
+    @field_validator("scores", mode="before")
+    @classmethod
+    def _folder(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+
+class ClusterSettings(Strict):
+    """How `cluster_corpus` finds domains: the embedder, k-means, pruning and merging.
+
+    From Python, `embedder` may also be a dict of `Embedder` settings (`{"model": ...,
+    "cache": False}`); its own `long_docs`, if any, wins over `long_docs`.
+    """
+
+    embedder: str | dict[str, Any] | None = Field(None, description=EMBEDDER_HELP)
+    long_docs: Literal["truncate", "mean"] = Field(
+        "truncate", description="Documents longer than the embedder's context: truncate or mean."
+    )
+    k_init: int | None = Field(
+        None, ge=2, description="k-means clusters (default about sqrt(sample / 2))."
+    )
+    sample: int = Field(20_000, ge=2, description="Documents the centroids are fitted on.")
+    merge_distance: float | None = Field(
+        None, ge=0, description="Merge clusters whose centroids are this close."
+    )
+    n_domains: int | None = Field(
+        None, ge=1, description="Merge clusters (Ward) down to this many domains."
+    )
+    min_cluster_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Clusters with less than this share of the sample join their nearest "
+        "larger one.",
+    )
+    prune: PruneSettings | None = Field(None, description="Drop clusters by a score.")
+    seed: int | None = Field(
+        None, description="Seed of the sample and k-means (default: the recipe's seed; 0)."
+    )
+
+    def make_embedder(self) -> Embedder:
+        """The `Embedder`: a model name or folder with `long_docs`, or a dict of its settings
+        (whose own `long_docs`, if any, wins)."""
+        if isinstance(self.embedder, dict):
+            return Embedder(**{"long_docs": self.long_docs, **self.embedder})
+        return Embedder(self.embedder, long_docs=self.long_docs)
+
+
 def cluster_corpus(
     corpus: Corpus,
     out_dir: str | os.PathLike,
+    settings: ClusterSettings | None = None,
     *,
-    embedder: Embedder | dict[str, Any] | str | None = None,
-    k_init: int | None = None,
-    sample: int = 20_000,
-    merge_distance: float | None = None,
-    n_domains: int | None = None,
-    prune_scores: str | os.PathLike | None = None,
-    prune_column: str | None = None,
-    prune_below: float | None = None,
-    min_cluster_share: float = 0.0,
-    seed: int = 0,
     runner: Runner | None = None,
     overwrite: bool = False,
+    **options: Any,
 ) -> ClusterResult:
-    """Discover domains in `corpus` and write the side-car, the relabelled corpus and a report."""
+    """Discover domains in `corpus` and write the side-car, the relabelled corpus and a report.
+
+    `settings` (or keyword arguments such as embedder=, k_init=, n_domains=, prune=; those given
+    apply over `settings`) say how: see `ClusterSettings`.
+    """
     from assay.exec.runner import LocalRunner
 
+    base = settings.model_dump(include=set(ClusterSettings.model_fields)) if settings else {}
+    cfg = ClusterSettings.model_validate({**base, **options})
+    seed = cfg.seed or 0
+    prune = cfg.prune
     out = Path(out_dir)
     corpus.check_output(out, "clusters folder")
-    if prune_scores is not None:
-        check_output(out, [prune_scores], "clusters folder")
+    if prune is not None:
+        check_output(out, [prune.scores], "clusters folder")
     with folder_lock(out):
         mark_output(out, "clusters")
-        if isinstance(embedder, Embedder):
-            emb = embedder
-        else:
-            emb = Embedder(**embedder) if isinstance(embedder, dict) else Embedder(embedder)
-        frame = corpus.sample(sample, seed=seed)
+        emb = cfg.make_embedder()
+        frame = corpus.sample(cfg.sample, seed=seed)
         if frame.height < 2:
             raise InputError(f"the corpus has {frame.height} documents: too few to cluster")
-        k = k_init or default_k(frame.height)
+        k = cfg.k_init or default_k(frame.height)
         vecs = emb.embed(frame.get_column("text").to_list())
         centroids = kmeans(vecs, k, seed=seed)
         labels = nearest(vecs, centroids)
-        keep = _kept_clusters(corpus, frame, labels, k, prune_scores, prune_column, prune_below)
+        keep = _kept_clusters(corpus, frame, labels, k, prune)
         kept = np.flatnonzero(keep)
         domain_of, small = _cluster_domains(
-            centroids, labels, keep, min_cluster_share, merge_distance, n_domains
+            centroids, labels, keep, cfg.min_cluster_share, cfg.merge_distance, cfg.n_domains
         )
 
         # the fitted state first, so that held-out or new shards can be assigned the same way
@@ -206,20 +259,17 @@ def _kept_clusters(
     frame: pl.DataFrame,
     labels: np.ndarray,
     k: int,
-    prune_scores: str | os.PathLike | None,
-    prune_column: str | None,
-    prune_below: float | None,
+    prune: PruneSettings | None,
 ) -> np.ndarray:
-    """Per cluster, whether it is kept: all, or (with `prune_scores`) those whose sampled
-    documents' mean `prune_column` is at least `prune_below`."""
+    """Per cluster, whether it is kept: all, or (with `prune`) those whose sampled documents'
+    mean score in `prune.column` is at least `prune.below`."""
     keep = np.ones(k, dtype=bool)
-    if prune_scores is None:
+    if prune is None:
         return keep
-    if prune_column is None or prune_below is None:
-        raise ConfigError("pruning needs prune_column and prune_below as well as prune_scores")
     from assay.io.scores import read_scores
 
-    scores = read_scores(str(prune_scores), corpus, [prune_column]).select("id", prune_column)
+    prune_scores, prune_column, prune_below = prune.scores, prune.column, prune.below
+    scores = read_scores(prune_scores, corpus, [prune_column]).select("id", prune_column)
     joined = (
         frame.select("id").with_columns(pl.Series("c", labels)).join(scores, on="id", how="left")
     )

@@ -90,6 +90,12 @@ def folder_id(path: str | None) -> str | None:
     return folder_fingerprint(path, (".json", ".safetensors", ".bin", ".gguf")) if path else None
 
 
+def embedder_id(embedder: str | dict[str, Any] | None) -> str | None:
+    """What an embedder setting depends on: its model folder's content fingerprint."""
+    model = embedder.get("model") if isinstance(embedder, dict) else embedder
+    return folder_id(model)
+
+
 def targets_identity(spec: Any) -> dict[str, Any]:
     """What target examples depend on: a file's fingerprint, or the benchmark's name."""
     from assay.util.files import fingerprint

@@ -22,16 +22,19 @@ The paper keeps 10% of tokens at its scale and finds the best rate grows with co
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from assay.common.embed import Embedder, cosine_topk, describe
+from assay.common.embed import EMBEDDER_HELP, Embedder, cosine_topk, describe
 from assay.errors import ConfigError, InputError
 from assay.selection.base import NotFittedError, Scorer, embedder_settings, register_scorer
 from assay.selection.fasttext import FastTextScorer, adapt_to_sample
+from assay.util.config import Strict
 from assay.util.files import atomic_path, read_json, write_json
 from assay.util.hashing import stable_hash64
 
@@ -44,8 +47,52 @@ BETR_PARAMS: dict[str, Any] = {
     "epoch": 5,
     "wordNgrams": 2,
 }
-AGGREGATIONS = ("max", "mean")
+Aggregation = Literal["max", "mean"]
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
 MIN_SAMPLE = 40
+
+
+class BETRSettings(Strict):
+    """BETR's options: what `fit_betr` takes, and (with its targets and corpus) the `betr` step.
+
+    From Python, `embedder` may also be a dict of `Embedder` settings (`{"model": ...,
+    "cache": False}`); a `long_docs` in it wins over the `long_docs` setting.
+    """
+
+    sample: int = Field(
+        10_000, ge=1, description="Pool documents ranked against the targets (a uniform sample)."
+    )
+    embedder: str | dict[str, Any] | None = Field(None, description=EMBEDDER_HELP)
+    long_docs: Literal["truncate", "mean"] = Field(
+        "truncate",
+        description="Documents longer than the embedder's context: 'truncate' or 'mean' "
+        "(average of chunk embeddings).",
+    )
+    aggregation: Aggregation = Field(
+        "max",
+        description="'max' (a document's best rank over the examples, as in the paper) or "
+        "'mean' (mean log inverse rank).",
+    )
+    positive_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of the ranked sample labelled positive."
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="fastText settings.")
+    column: str = Field("betr", description="Name of the score column.")
+    seed: int | None = Field(None, description="Seed of the sample, labels and fastText.")
+
+    def embedder_config(self) -> dict[str, Any]:
+        """The `Embedder` settings the scorer keeps: the model (or the dict), and `long_docs` when
+        it was given (a `betr` step always gives it). Left out, the embedder's own default
+        (truncate) applies and the scorer's settings do not name it, as in scorers fitted
+        before `long_docs` was one of `fit_betr`'s options: same settings, same `get_config()`."""
+        config = embedder_settings(self.embedder)
+        if "long_docs" in self.model_fields_set:
+            config.setdefault("long_docs", self.long_docs)
+        return config
+
+
+#: the defaults BETRScorer shares with the settings (declared once, in BETRSettings)
+_DEFAULT = BETRSettings()
 
 
 def betr_keep_rate(flops: float) -> float:
@@ -115,10 +162,10 @@ class BETRScorer(Scorer):
 
     def __init__(
         self,
-        column: str = "betr",
-        embedder: dict[str, Any] | str | None = None,
-        aggregation: str = "max",
-        positive_fraction: float = 0.1,
+        column: str = _DEFAULT.column,
+        embedder: dict[str, Any] | str | None = _DEFAULT.embedder,
+        aggregation: str = _DEFAULT.aggregation,
+        positive_fraction: float = _DEFAULT.positive_fraction,
         params: dict[str, Any] | None = None,
         adapt_to_sample: bool = True,
     ):
@@ -233,21 +280,34 @@ class BETRScorer(Scorer):
 def fit_betr(
     corpus: Any,
     targets: Any,
+    settings: BETRSettings | None = None,
     *,
-    sample: int = 10_000,
     fields: Sequence[str] | None = None,
     max_targets: int | None = None,
-    seed: int = 0,
     progress: bool = False,
-    **params: Any,
+    **options: Any,
 ) -> BETRScorer:
     """Fit BETR on a uniform sample of `corpus` (seeded hash of the id) against `targets`
-    (a file, a built-in benchmark name or a list of texts; see `load_targets`)."""
+    (a file, a built-in benchmark name or a list of texts; see `load_targets`).
+
+    `settings` (or keyword arguments such as sample=, embedder=, aggregation=, params=; they
+    override `settings`) are `BETRSettings`; a seed of None is 0.
+    """
     from assay.common.targets import load_targets
 
+    base = settings.model_dump(exclude_unset=True) if settings is not None else {}
+    cfg = BETRSettings.model_validate({**base, **options})
+    seed = 0 if cfg.seed is None else cfg.seed
     examples = load_targets(targets, fields, max_items=max_targets, seed=seed)
-    frame = corpus.sample(sample, seed=seed)
-    return BETRScorer(**params).fit(
+    frame = corpus.sample(cfg.sample, seed=seed)
+    scorer = BETRScorer(
+        column=cfg.column,
+        embedder=cfg.embedder_config(),
+        aggregation=cfg.aggregation,
+        positive_fraction=cfg.positive_fraction,
+        params=cfg.params,
+    )
+    return scorer.fit(
         examples,
         frame.get_column("text").to_list(),
         ids=frame.get_column("id").to_list(),

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+from pydantic import Field
 
 from assay.common.losses import LN2
 from assay.errors import ConfigError, InputError
@@ -47,6 +48,7 @@ from assay.selection.fasttext import (
     FastTextScorer,
     adapt_to_sample,
 )
+from assay.util.config import Strict
 from assay.util.files import atomic_path, read_json, write_json
 
 #: The official classifier call: `fasttext.train_supervised(epoch=3, lr=0.1, wordNgrams=2)`; the
@@ -68,6 +70,28 @@ CLASSIFIER_DIR = "classifier"
 #: A model of the family: a local causal LM folder, {"path": ..., "gguf_file": ..., "name": ...},
 #: or a `ProxyRun` (its `model_dir`).
 ModelSpec = Union[str, "os.PathLike[str]", Mapping[str, Any], Any]
+
+
+class PreSelectSettings(Strict):
+    """PreSelect's options: what `fit_preselect` (assay.workflows.preselect) takes, and (with the
+    model family, its targets and corpus) the `preselect` step."""
+
+    calibration: int = Field(
+        2_000, ge=1, description="Pool documents every model scores (a uniform sample)."
+    )
+    positive_fraction: float = Field(
+        0.1,
+        gt=0,
+        le=0.5,
+        description="Share labelled positive when too few documents have perfect strength.",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="fastText settings.")
+    column: str = Field("preselect", description="Name of the score column.")
+    seed: int | None = Field(None, description="Seed of the samples, labels and fastText.")
+
+
+#: the defaults PreSelectScorer shares with the settings (declared once, in PreSelectSettings)
+_DEFAULT = PreSelectSettings()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,9 +459,9 @@ class PreSelectScorer(Scorer):
 
     def __init__(
         self,
-        column: str = "preselect",
+        column: str = _DEFAULT.column,
         params: dict[str, Any] | None = None,
-        positive_fraction: float = 0.1,
+        positive_fraction: float = _DEFAULT.positive_fraction,
         min_positives: int = MIN_DOCS_PER_CLASS,
         adapt_to_sample: bool = True,
     ):

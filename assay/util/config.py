@@ -1,9 +1,11 @@
 """The base of every settings model: strict, so that a typo or a nonsense value never runs.
 
 Settings are pydantic models declared once, where they are used (`ReadOptions` beside the
-corpus readers, `SelectConfig` beside `select`, `TrainConfig` beside `train_proxy`, each recipe
-step in its own file). Recipes validate them, the command line generates its flags from them and
-takes its help text from their `Field(description=...)`.
+corpus readers, `SelectConfig` beside `select`, `TrainConfig` beside `train_proxy`,
+`BETRSettings` beside `fit_betr`, `ClusterSettings` beside `cluster_corpus`, `SearchSettings`
+beside `search_mixture`, and so on). A recipe step inherits the settings of the call it makes
+and adds only its inputs. Recipes validate them, the command line generates its flags from them
+and takes its help text from their `Field(description=...)`.
 
 Unknown keys are errors (a typo never silently falls back to a default), and so are numbers
 that are not finite (`.nan`, `.inf`) and booleans where a number is expected (`keep: true`).

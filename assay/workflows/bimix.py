@@ -6,82 +6,94 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from assay.errors import ConfigError, InputError
 from assay.mixing.bimix import BiMix, BiMixFit, evaluate_fit, points_from_runs
+from assay.workflows.proxy_batch import ProxyOptions, settings_with
+
+
+class BiMixSettings(ProxyOptions):
+    """BiMix's fitting runs and the budget, weights and floor of the optimal mixture."""
+
+    tokens: int = Field(ge=1, description="Training tokens of each fitting run.")
+    runs: int = Field(5, ge=2, description="Fitting runs (different mixtures).")
+    evals: int = Field(8, ge=4, description="Evaluations along each run.")
+    budget: float | None = Field(
+        None, gt=0, description="Token budget to optimise for (default: tokens)."
+    )
+    budgets: list[float] | None = Field(None, description="Budgets of the loss-budget curve.")
+    weights: dict[str, float] | None = Field(
+        None, description="Domain weights in the objective, domain=w."
+    )
+    concentration: tuple[float, float] = Field(
+        (2.0, 10.0), description="Dirichlet strength range of the fitting mixtures (per domain)."
+    )
+    min_share: float = Field(0.01, ge=0, lt=1, description="Floor of every domain in the optimum.")
 
 
 def fit_bimix(
     cache_dir: Any,
     out_dir: Any,
+    settings: BiMixSettings | None = None,
     *,
     tokenizer: str,
-    tokens: int,
     heldout: Any,
-    runs: int = 5,
-    evals: int = 8,
     mixtures: Sequence[Mapping[str, float]] | None = None,
-    budget: float | None = None,
-    budgets: Sequence[float] | None = None,
-    weights: Mapping[str, float] | None = None,
-    preset: str = "tiny",
-    eval_docs: int | None = None,
-    train: Mapping[str, Any] | None = None,
-    concentration: tuple[float, float] = (2.0, 10.0),
-    min_share: float = 0.01,
-    seed: int = 0,
     runner: Any = None,
     plot: bool = False,
+    **options: Any,
 ) -> BiMixFit:
     """Train `runs` proxies on different mixtures, fit the law on their evaluation curves,
     and return the optimal mixture for `budget` tokens (default: `tokens`).
 
-    Each run is evaluated `evals` times on the held-out corpus, which must be labelled with
-    the same domains as the cache (`assay.mixing.cluster.assign_domains` does that for
-    clusters). The mixtures default to Dirichlet proposals around the natural mixture, so
-    every domain is seen at several proportions (the law cannot place alpha otherwise).
-    Writes law.json, fit.json, mixture.yaml, points.parquet and runs.parquet to `out_dir`,
-    and with `plot` the fits against the measured points (fits.png; needs matplotlib).
+    `settings` (or keyword arguments such as tokens=, runs=, evals=, budget=; those given apply
+    over `settings`) say how: see `BiMixSettings`. Each run is evaluated `evals` times (at least
+    4: the law needs 3 evaluation steps per run to fit, and one more to check its extrapolation)
+    on the held-out corpus, which must be labelled with the same domains as the cache
+    (`assay.mixing.cluster.assign_domains` does that for clusters). The mixtures default to
+    Dirichlet proposals around the natural mixture, so every domain is seen at several
+    proportions (the law cannot place alpha otherwise). Writes law.json, fit.json, mixture.yaml,
+    points.parquet and runs.parquet to `out_dir`, and with `plot` the fits against the measured
+    points (fits.png; needs matplotlib).
     """
     from assay.common.tokens import TokenCache
-    from assay.proxies.train import TrainConfig
     from assay.util.guard import check_output
     from assay.workflows.proxy_batch import heldout_paths, train_mixtures
 
+    cfg = settings_with(BiMixSettings, settings, options)
     if heldout is None:
         raise ConfigError("BiMix fits per-domain held-out losses: give a held-out corpus")
-    if evals < 4:
-        raise ConfigError(
-            f"evals={evals}: the law needs 3 evaluation steps per run to fit, and one more to "
-            "check its extrapolation"
-        )
+    seed, tokens, evals = cfg.seed or 0, cfg.tokens, cfg.evals
     out = Path(out_dir)
     check_output(out, heldout_paths(heldout), "BiMix folder")
     check_output(out, [cache_dir], "BiMix folder", may_contain=True)
-    cfg = TrainConfig(**dict(train or {}))
+    train = cfg.train
     cache = TokenCache.open(cache_dir)
     counts = {d: t.n_tokens for d, t in cache.domains.items() if t.n_tokens > 0}
     if mixtures is None:
-        mixtures = _proposed_mixtures(counts, runs, concentration, tokens, cfg, seed)
-    steps = tokens // (cfg.batch_size * cfg.grad_accum * cfg.seq_len)
+        mixtures = _proposed_mixtures(counts, cfg.runs, cfg.concentration, tokens, train, seed)
+    steps = tokens // (train.batch_size * train.grad_accum * train.seq_len)
     if steps < evals:
         raise ConfigError(f"{tokens:,} tokens make {steps} steps: too few for {evals} evaluations")
-    train_cfg = {**dict(train or {}), "eval_every": max(1, steps // evals)}
+    train_cfg = {**train.model_dump(), "eval_every": max(1, steps // evals)}
     done = train_mixtures(
         cache_dir,
         mixtures,
         [out / "proxies" / f"run-{k:03d}" for k in range(len(mixtures))],
         tokens=tokens,
         tokenizer=tokenizer,
-        preset=preset,
+        preset=cfg.preset,
         seeds=seed,
         heldout=heldout,
-        eval_docs=eval_docs,
+        eval_docs=cfg.eval_docs,
         train=train_cfg,
         runner=runner,
         runs_table=out / "runs.parquet",
     )
     points = _fit_points(out, done, counts)
-    result = _fit_law(points, done, float(budget or tokens), budgets, weights, min_share)
+    target = float(cfg.budget or tokens)
+    result = _fit_law(points, done, target, cfg.budgets, cfg.weights, cfg.min_share)
     _save_fit(out, result, points, plot)
     return result
 

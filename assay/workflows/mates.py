@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, field_validator
+
+from assay.common.embed import EMBEDDER_HELP
 from assay.errors import ConfigError, InputError, StateError
+from assay.proxies.train import TrainConfig
 from assay.selection.mates import DEFAULT_ALPHAS, HEADS, MIN_PROBES
 from assay.util.files import read_json, write_json
 from assay.util.hashing import config_hash
@@ -27,6 +31,7 @@ from assay.workflows.mates_selection import (
     select_random,
     stage_pools,
 )
+from assay.workflows.proxy_batch import ProxyOptions, settings_with
 
 STAGE_FILE = "stage.json"
 
@@ -37,13 +42,73 @@ SUMMARY_FILE = "mates.json"
 CONFIG_FILE = "mates_config.json"
 
 
-def mates_train_config(**overrides: Any) -> Any:
+def mates_train_config(**overrides: Any) -> TrainConfig:
     """Training settings for staged MATES runs: one WSD schedule with 4% warmup over all stages
     (the paper's), every selected token seen at most once per stage (consume-once)."""
-    from assay.proxies.train import TrainConfig
-
     base = {"schedule": "wsd", "warmup": 0.04, "decay_fraction": 0.1, "max_epochs": 1.0}
     return TrainConfig(**{**base, **overrides})
+
+
+def _unless(default: Any) -> Callable[[Any], bool]:
+    """`exclude_if` of a setting added after MATES steps were first run: it is left out of
+    dumps at its default, so that those steps keep their settings hash."""
+    return lambda value: value == default
+
+
+class MatesSettings(ProxyOptions):
+    """A staged MATES run (or its random twin): stages, selection, probes, the influence model
+    and the proxies' training. From Python, `embedder` may also be a dict of `Embedder`
+    settings (`{"model": ..., "cache": False}`)."""
+
+    method: Literal["mates", "random"] = Field(
+        "mates", description="'mates', or 'random' (the same staged run, random selection)."
+    )
+    group: bool = Field(False, description="Group-MATES: relational influence, greedy selection.")
+    stage_tokens: int = Field(ge=1, description="Training tokens per stage.")
+    stages: int = Field(2, ge=1, description="Stages (consume-once pools of the corpus).")
+    keep: float = Field(0.2, gt=0, le=1, description="Share of each stage's pool kept.")
+    tau: float = Field(0.5, gt=0, description="Gumbel top-k temperature.")
+    probes: int = Field(300, ge=10, description="Oracle probes per stage.")
+    embedder: str | dict[str, Any] | None = Field(None, description=EMBEDDER_HELP)
+    train: TrainConfig = Field(
+        default_factory=mates_train_config,
+        description="Training settings (default: one WSD schedule over all stages).",
+    )
+    heads: list[str] = Field(
+        list(HEADS),
+        description="Heads of the influence model on the frozen embeddings (ridge, mlp); the "
+        "one with the best held-out Spearman is kept.",
+        exclude_if=_unless(list(HEADS)),
+    )
+    alphas: list[float] = Field(
+        list(DEFAULT_ALPHAS),
+        description="Ridge penalties the influence model tries.",
+        exclude_if=_unless(list(DEFAULT_ALPHAS)),
+    )
+    holdout: float = Field(
+        0.2,
+        description="Share of the probes held out to choose the influence model.",
+        exclude_if=_unless(0.2),
+    )
+    ref_batch_size: int | None = Field(
+        None,
+        description="Target examples per forward pass (default: 8 on a CPU, 32 on a GPU).",
+        exclude_if=_unless(None),
+    )
+    trajectory_length: int = Field(
+        4, description="Group-MATES: documents per rollout.", exclude_if=_unless(4)
+    )
+    docs_per_cluster: int = Field(
+        200,
+        description="Group-MATES: documents per cluster of the greedy selection.",
+        exclude_if=_unless(200),
+    )
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _over_mates_defaults(cls, v: Any) -> Any:
+        """Settings given as a mapping apply over the staged defaults, not TrainConfig's."""
+        return {**mates_train_config().model_dump(), **v} if isinstance(v, dict) else v
 
 
 @dataclass
@@ -104,43 +169,30 @@ def _run_summary(run: Any) -> dict[str, Any]:
 def run_mates(
     corpus: Any,
     out_dir: str | os.PathLike,
+    settings: MatesSettings | None = None,
     *,
-    reference: str | os.PathLike | Sequence[str],
-    stage_tokens: int,
-    stages: int = 5,
-    keep: float = 0.2,
-    tau: float = 0.5,
-    probes: int = 1000,
-    preset: str = "tiny",
-    seed: int = 0,
+    targets: str | os.PathLike | Sequence[str],
     fields: Sequence[str] | None = None,
-    max_reference: int | None = 1024,
+    max_targets: int | None = None,
     tokenizer: Any = None,
     heldout: Any = None,
-    eval_docs: int | None = 200,
-    config: Any = None,
-    embedder: dict[str, Any] | str | None = None,
-    heads: Sequence[str] = HEADS,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    holdout: float = 0.2,
-    ref_batch_size: int | None = None,
-    method: str = "mates",
-    group: bool = False,
-    trajectory_length: int = 4,
-    docs_per_cluster: int = 200,
     runner: Any = None,
-    progress: bool = False,
+    progress: bool = True,
+    **options: Any,
 ) -> MatesResult:
     """Staged pretraining with MATES data selection; returns every stage's figures.
 
-    `corpus` is split into `stages` consume-once candidate pools (a seeded hash of the id).
-    Stage 0 trains on a random `keep` fraction of its pool; each later stage probes the previous
-    stage's final state on `probes` documents of its own pool against `reference` (target
-    examples: a file, a built-in benchmark such as 'assay_champ', or a list of texts; see
-    `load_targets`), fits the influence model, scores its pool with it (`score_corpus`) and keeps
-    `keep` of it by Gumbel top-k at temperature `tau` (`select`). Each stage trains
-    `stage_tokens` tokens, continuing the previous stage's weights and optimizer state under one
-    schedule over all stages (`config`, default `mates_train_config()`).
+    `settings` (or keyword arguments such as stage_tokens=, stages=, keep=, probes=; those given
+    apply over `settings`) say how: see `MatesSettings`. `corpus` is split into `stages`
+    consume-once candidate pools (a seeded hash of the id). Stage 0 trains on a random `keep`
+    fraction of its pool; each later stage probes the previous stage's final state on `probes`
+    documents of its own pool against `targets` (the target examples: a file, a built-in
+    benchmark such as 'assay_champ', or a list of texts, with `fields` and at most `max_targets`
+    of them; see `load_targets`), fits the influence model, scores its pool with it
+    (`score_corpus`) and keeps `keep` of it by Gumbel top-k at temperature `tau` (`select`).
+    Each stage trains `stage_tokens` tokens, continuing the previous stage's weights and
+    optimizer state under one schedule over all stages (`train`, default
+    `mates_train_config()`).
 
     `method='random'` makes every stage random (the baseline with the same pools, budget and
     schedule). `group=True` uses Group-MATES (rollouts, relational model, cluster-wise greedy
@@ -152,33 +204,16 @@ def run_mates(
     t_start = time.perf_counter()
     run = _MatesRun(
         out=Path(out_dir),
-        cfg=config if config is not None else mates_train_config(),
+        settings=settings_with(MatesSettings, settings, options),
         runner=runner or LocalRunner(workers=1, progress=progress),
-        stage_tokens=stage_tokens,
-        stages=stages,
-        keep=keep,
-        tau=tau,
-        probes=probes,
-        preset=preset,
-        seed=seed,
         heldout=heldout,
-        eval_docs=eval_docs,
-        embedder=embedder,
-        heads=heads,
-        alphas=alphas,
-        holdout=holdout,
-        ref_batch_size=ref_batch_size,
-        method=method,
-        group=group,
-        trajectory_length=trajectory_length,
-        docs_per_cluster=docs_per_cluster,
         progress=progress,
     )
-    ref_texts, tok = _prepare_folder(run, corpus, reference, fields, max_reference, tokenizer)
+    ref_texts, tok = _prepare_folder(run, corpus, targets, fields, max_targets, tokenizer)
     identity = _claim_folder(run, corpus, tok, ref_texts)
     ref = ReferenceSet.from_texts(ref_texts, tok, run.cfg.seq_len)
     # Pools and the checks that need their sizes, before any training.
-    pools = stage_pools(corpus, run.out, stages, seed, tok, run.runner)
+    pools = stage_pools(corpus, run.out, run.settings.stages, run.seed, tok, run.runner)
     steps_per_stage, need = _check_pools(run, pools)
     results, prev_run_dir, final_run = _run_stages(run, pools, ref, tok, steps_per_stage, need)
     return _write_summary(run.out, identity, results, prev_run_dir, final_run, t_start)
@@ -186,62 +221,43 @@ def run_mates(
 
 @dataclass
 class _MatesRun:
-    """The settings of one `run_mates` call (checked when made)."""
+    """One `run_mates` call: its settings (checked when made) and what it runs with."""
 
     out: Path
-    cfg: Any  # TrainConfig
+    settings: MatesSettings
     runner: Any
-    stage_tokens: int
-    stages: int
-    keep: float
-    tau: float
-    probes: int
-    preset: str
-    seed: int
     heldout: Any
-    eval_docs: int | None
-    embedder: dict[str, Any] | str | None
-    heads: Sequence[str]
-    alphas: Sequence[float]
-    holdout: float
-    ref_batch_size: int | None
-    method: str
-    group: bool
-    trajectory_length: int
-    docs_per_cluster: int
     progress: bool
 
-    def __post_init__(self) -> None:
-        from assay.proxies.model import get_preset
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.settings.train
 
-        if self.method not in ("mates", "random"):
-            raise ConfigError(f"method must be 'mates' or 'random', not {self.method!r}")
-        if self.stages < 1:
-            raise ConfigError("stages must be >= 1")
-        if not 0 < self.keep <= 1:
-            raise ConfigError(f"keep must be a fraction in (0, 1], not {self.keep}")
-        if self.tau <= 0:
-            raise ConfigError("tau must be positive")
-        probes, T = self.probes, self.trajectory_length
-        if self.method == "mates" and self.stages > 1 and probes < MIN_PROBES:
+    @property
+    def seed(self) -> int:
+        return self.settings.seed or 0
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        probes, T = s.probes, s.trajectory_length
+        if s.method == "mates" and s.stages > 1 and probes < MIN_PROBES:
             raise ConfigError(f"probe at least {MIN_PROBES} documents per stage, not {probes}")
-        if self.group and (T < 1 or probes // max(T, 1) < 5):
+        if s.group and (T < 1 or probes // max(T, 1) < 5):
             raise ConfigError(
                 f"Group-MATES needs at least 5 rollouts of trajectory_length={T} "
                 f"documents per stage; {probes} probes make {probes // max(T, 1)}"
             )
-        get_preset(self.preset)
 
 
 def _prepare_folder(
     run: _MatesRun,
     corpus: Any,
-    reference: str | os.PathLike | Sequence[str],
+    targets: str | os.PathLike | Sequence[str],
     fields: Sequence[str] | None,
-    max_reference: int | None,
+    max_targets: int | None,
     tokenizer: Any,
 ) -> tuple[list[str], Any]:
-    """Check the folder against the inputs and make it; the reference texts (checked before any
+    """Check the folder against the inputs and make it; the target texts (checked before any
     work) and the tokenizer (given, or trained on the corpus into `out/tokenizer`)."""
     from assay.common.targets import load_targets
     from assay.common.tokenizer import load_tokenizer, train_tokenizer
@@ -253,10 +269,10 @@ def _prepare_folder(
         run.heldout.check_output(out, "MATES folder")
     out.mkdir(parents=True, exist_ok=True)
 
-    ref_texts = load_targets(reference, fields, max_items=max_reference, seed=run.seed)
+    ref_texts = load_targets(targets, fields, max_items=max_targets, seed=run.seed)
     if len(ref_texts) < MIN_REFERENCE:
         raise InputError(
-            f"the reference set has {len(ref_texts)} examples; MATES needs at least "
+            f"the targets have {len(ref_texts)} examples; MATES needs at least "
             f"{MIN_REFERENCE} (the paper uses 1,024)"
         )
 
@@ -265,7 +281,9 @@ def _prepare_folder(
         tok = (
             load_tokenizer(tdir)
             if (tdir / "tokenizer.json").exists()
-            else train_tokenizer(corpus, get_preset(run.preset).vocab_size, tdir, seed=run.seed)
+            else train_tokenizer(
+                corpus, get_preset(run.settings.preset).vocab_size, tdir, seed=run.seed
+            )
         )
     elif isinstance(tokenizer, str | os.PathLike):
         tok = load_tokenizer(tokenizer)
@@ -279,31 +297,32 @@ def _claim_folder(run: _MatesRun, corpus: Any, tok: Any, ref_texts: list[str]) -
     other settings is refused."""
     from assay.common.tokens import tokenizer_fingerprint
 
+    s = run.settings
     identity = {
-        "corpus": [s.name for s in corpus.shards],
-        "content": config_hash([s.identity() for s in corpus.shards]),
+        "corpus": [shard.name for shard in corpus.shards],
+        "content": config_hash([shard.identity() for shard in corpus.shards]),
         "tokenizer": tokenizer_fingerprint(tok),
         "reference": config_hash(ref_texts),
-        "stage_tokens": run.stage_tokens,
-        "stages": run.stages,
-        "keep": run.keep,
-        "tau": run.tau,
-        "probes": run.probes,
-        "preset": run.preset,
+        "stage_tokens": s.stage_tokens,
+        "stages": s.stages,
+        "keep": s.keep,
+        "tau": s.tau,
+        "probes": s.probes,
+        "preset": s.preset,
         "seed": run.seed,
         "config": run.cfg.model_dump(),
-        "embedder": run.embedder,
-        "heads": list(run.heads),
-        "alphas": [float(a) for a in run.alphas],
-        "holdout": run.holdout,
-        "method": run.method,
-        "group": run.group,
+        "embedder": s.embedder,
+        "heads": list(s.heads),
+        "alphas": [float(a) for a in s.alphas],
+        "holdout": s.holdout,
+        "method": s.method,
+        "group": s.group,
         **(
-            {"trajectory_length": run.trajectory_length, "docs_per_cluster": run.docs_per_cluster}
-            if run.group
+            {"trajectory_length": s.trajectory_length, "docs_per_cluster": s.docs_per_cluster}
+            if s.group
             else {}
         ),
-        "heldout": None if run.heldout is None else [s.name for s in run.heldout.shards],
+        "heldout": None if run.heldout is None else [shard.name for shard in run.heldout.shards],
     }
     cfg_path = run.out / CONFIG_FILE
     if cfg_path.exists():
@@ -320,12 +339,12 @@ def _claim_folder(run: _MatesRun, corpus: Any, tok: Any, ref_texts: list[str]) -
 
 def _check_pools(run: _MatesRun, pools: list[tuple[Any, int, int]]) -> tuple[int, int]:
     """Steps per stage and the tokens a stage trains on; refuses pools too small for them."""
-    cfg, keep = run.cfg, run.keep
+    cfg, keep = run.cfg, run.settings.keep
     per_step = cfg.batch_size * cfg.grad_accum
-    steps_per_stage = (run.stage_tokens // cfg.seq_len) // per_step
+    steps_per_stage = (run.settings.stage_tokens // cfg.seq_len) // per_step
     if steps_per_stage < 1:
         raise ConfigError(
-            f"stage_tokens={run.stage_tokens:,} make fewer than one step of {per_step} sequences "
+            f"stage_tokens={run.settings.stage_tokens:,} make fewer than one step of {per_step} sequences "
             f"x {cfg.seq_len} tokens"
         )
     need = steps_per_stage * per_step * cfg.seq_len
@@ -339,9 +358,9 @@ def _check_pools(run: _MatesRun, pools: list[tuple[Any, int, int]]) -> tuple[int
                 f"{need:,} tokens a stage trains on. Give a larger corpus, fewer stages, fewer "
                 "stage_tokens or a larger keep fraction"
             )
-        if s > 0 and run.method == "mates" and run.probes > docs:
+        if s > 0 and run.settings.method == "mates" and run.settings.probes > docs:
             raise ConfigError(
-                f"the probe set ({run.probes:,} documents) is larger than the stage-{s} "
+                f"the probe set ({run.settings.probes:,} documents) is larger than the stage-{s} "
                 f"candidate pool ({docs:,} documents); probe fewer documents or give a larger "
                 "corpus"
             )
@@ -361,7 +380,7 @@ def _run_stages(
     results: list[StageResult] = []
     prev_run_dir: Path | None = None
     final_run: Any = None
-    for s in range(run.stages):
+    for s in range(run.settings.stages):
         stage_dir = run.out / f"stage-{s}"
         done = stage_dir / STAGE_FILE
         if done.exists():
@@ -415,21 +434,21 @@ def _run_stage(
     proxy = train_proxy(
         cache,
         "natural",
-        run.stage_tokens,
-        run.preset,
+        run.settings.stage_tokens,
+        run.settings.preset,
         run.seed + s,
         out_dir=stage_dir / "proxy",
         tokenizer=tok,
         heldout=run.heldout,
-        eval_docs=run.eval_docs,
+        eval_docs=run.settings.eval_docs,
         config=cfg,
         progress=run.progress,
         init_from=prev_run_dir,
         keep_optimizer=True,
         schedule_offset=s * steps_per_stage,
-        schedule_total=run.stages * steps_per_stage,
+        schedule_total=run.settings.stages * steps_per_stage,
     )
-    ref_loss = _run_reference_loss(stage_dir / "proxy", ref, run.ref_batch_size)
+    ref_loss = _run_reference_loss(stage_dir / "proxy", ref, run.settings.ref_batch_size)
     result = StageResult(
         stage=s,
         method=stage_method,
@@ -458,10 +477,10 @@ def _select_stage(
     """Stage `s`'s selection from its pool: (method, selected folder, probing, influence model
     report); random at stage 0 and with method 'random'."""
     seed = run.seed + s
-    if s == 0 or run.method == "random":
-        return "random", select_random(pool, stage_dir, run.keep, seed, run.runner), {}, {}
+    if s == 0 or run.settings.method == "random":
+        return "random", select_random(pool, stage_dir, run.settings.keep, seed, run.runner), {}, {}
     assert prev_run_dir is not None
-    if run.group:
+    if run.settings.group:
         selected, probing, model_report = group_stage(
             pool,
             stage_dir,
@@ -469,15 +488,15 @@ def _select_stage(
             ref,
             tok,
             run.cfg,
-            probes=run.probes,
-            keep=run.keep,
+            probes=run.settings.probes,
+            keep=run.settings.keep,
             seed=seed,
-            embedder=run.embedder,
-            holdout=run.holdout,
-            trajectory_length=run.trajectory_length,
-            docs_per_cluster=run.docs_per_cluster,
+            embedder=run.settings.embedder,
+            holdout=run.settings.holdout,
+            trajectory_length=run.settings.trajectory_length,
+            docs_per_cluster=run.settings.docs_per_cluster,
             runner=run.runner,
-            ref_batch_size=run.ref_batch_size,
+            ref_batch_size=run.settings.ref_batch_size,
             progress=run.progress,
         )
         return "group-mates", selected, probing, model_report
@@ -488,19 +507,21 @@ def _select_stage(
         ref,
         tok,
         run.cfg,
-        probes=run.probes,
+        probes=run.settings.probes,
         seed=seed,
-        embedder=run.embedder,
-        heads=run.heads,
-        alphas=run.alphas,
-        holdout=run.holdout,
+        embedder=run.settings.embedder,
+        heads=run.settings.heads,
+        alphas=run.settings.alphas,
+        holdout=run.settings.holdout,
         runner=run.runner,
-        ref_batch_size=run.ref_batch_size,
+        ref_batch_size=run.settings.ref_batch_size,
         progress=run.progress,
     )
     model_report = scorer.report
-    selected = select_mates(pool, stage_dir, scorer, run.keep, run.tau, seed, run.runner)
-    return run.method, selected, probing, model_report
+    selected = select_mates(
+        pool, stage_dir, scorer, run.settings.keep, run.settings.tau, seed, run.runner
+    )
+    return run.settings.method, selected, probing, model_report
 
 
 def _write_summary(

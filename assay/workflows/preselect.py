@@ -12,6 +12,7 @@ from assay.selection.preselect import (
     MIN_MODELS,
     ModelSpec,
     PreSelectScorer,
+    PreSelectSettings,
     family_losses,
     model_spec,
 )
@@ -42,20 +43,24 @@ def family_benchmark_scores(
 def fit_preselect(
     corpus: Any,
     models: Sequence[ModelSpec],
+    settings: PreSelectSettings | None = None,
     *,
     targets: Any = None,
     fields: Sequence[str] | None = None,
     max_targets: int | None = None,
-    calibration: int = 2_000,
-    seed: int = 0,
-    **params: Any,
+    **options: Any,
 ) -> PreSelectScorer:
     """Fit PreSelect on a uniform calibration sample of `corpus`.
 
     Each model is a path or a mapping with `path` and, optionally, its benchmark `score`
     (higher is better). Models without a score get one from `targets` (a file, a built-in
     benchmark name or texts): minus their bits per character on the target examples.
+    `settings` (or keyword arguments such as calibration=, positive_fraction=, params=; they
+    override `settings`) are `PreSelectSettings`; a seed of None is 0.
     """
+    base = settings.model_dump(exclude_unset=True) if settings is not None else {}
+    cfg = PreSelectSettings.model_validate({**base, **options})
+    seed = 0 if cfg.seed is None else cfg.seed
     specs = [model_spec(m) for m in models]
     given = [m.get("score") if isinstance(m, Mapping) else None for m in models]
     if len(specs) < MIN_MODELS:
@@ -78,8 +83,11 @@ def fit_preselect(
         measured = family_benchmark_scores([specs[i] for i in missing], examples)
         computed = dict(zip(missing, measured, strict=True))
         scores = np.asarray([computed.get(i, g) for i, g in enumerate(given)], dtype=np.float64)
-    frame = corpus.sample(calibration, seed=seed)
-    return PreSelectScorer(**params).fit(
+    frame = corpus.sample(cfg.calibration, seed=seed)
+    scorer = PreSelectScorer(
+        column=cfg.column, params=cfg.params, positive_fraction=cfg.positive_fraction
+    )
+    return scorer.fit(
         frame.get_column("text").to_list(),
         specs,
         scores,

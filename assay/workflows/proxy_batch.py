@@ -6,6 +6,9 @@ they go through `runner.map` (a local process pool or Ray tasks); each worker re
 shared token cache (memory-mapped, never copied) and trains one proxy. A proxy folder that
 already holds the finished run is returned as it is, so a killed batch resumes where it
 stopped.
+
+`ProxyOptions` are the settings every such workflow shares (the proxies' size, held-out
+documents, training settings and seed); `SearchSettings` and `BiMixSettings` extend them.
 """
 
 from __future__ import annotations
@@ -13,10 +16,48 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field, field_validator
 
 from assay.common.mixture import Mixture
 from assay.errors import ConfigError
+from assay.proxies.train import TrainConfig
+from assay.util.config import Strict
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def check_preset(v: str) -> str:
+    """A proxy size that exists (`get_preset` raises otherwise)."""
+    from assay.proxies.model import get_preset
+
+    get_preset(v)
+    return v
+
+
+class ProxyOptions(Strict):
+    """What the workflows that train proxies share: their size, held-out documents, training
+    settings and seed."""
+
+    preset: str = Field("tiny", description="Proxy size: tiny, xs, s, m or l.")
+    eval_docs: int | None = Field(
+        200, ge=1, description="Held-out documents per domain (null: all)."
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
+    seed: int | None = Field(None, description="Seed (default: the recipe's; 0).")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        return check_preset(v)
+
+
+def settings_with(cls: type[S], settings: BaseModel | None, options: Mapping[str, Any]) -> S:
+    """`cls` settings from `settings` (any model holding its fields, such as a recipe step)
+    with `options` (keyword arguments of the same names) applied over them."""
+    base = settings.model_dump(include=set(cls.model_fields)) if settings is not None else {}
+    return cls.model_validate({**base, **options})
 
 
 def token_cache_for(

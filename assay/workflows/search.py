@@ -5,52 +5,93 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from assay.errors import ConfigError
 from assay.mixing.climb import ClimbSearch, SearchResult, objective_value, split_budget
 from assay.util.files import write_json
 from assay.util.guard import check_output
-from assay.workflows.proxy_batch import heldout_paths, train_mixtures
+from assay.workflows.proxy_batch import ProxyOptions, heldout_paths, settings_with, train_mixtures
+
+
+class SearchSettings(ProxyOptions):
+    """A mixture search: its method, objective and budget, the predictor, the proposals."""
+
+    method: Literal["climb", "regmix"] = Field(
+        "climb", description="'climb' (iterative) or 'regmix' (one round)."
+    )
+    objective: str = Field(
+        "bpb.domain_mean",
+        description="Runs-table column to minimise: bpb.domain_mean, bpb.<domain>, bpb.mean, "
+        "or -task.<task>.<metric>.",
+    )
+    tokens: int = Field(ge=1, description="Training tokens of each proxy.")
+    runs: int = Field(14, ge=3, description="Proxy runs in all.")
+    split: list[float] = Field(
+        default_factory=lambda: [4.0, 2.0, 1.0],
+        description="Share of the runs per iteration (CLIMB's 4:2:1).",
+    )
+    tasks: list[str] = Field(default_factory=list, description="lm-eval tasks of each proxy.")
+    predictor: Literal["auto", "lightgbm", "linear"] = Field(
+        "auto",
+        description="'lightgbm' (CLIMB/RegMix), 'linear', or 'auto': whichever ranks the runs "
+        "so far better (k-fold Spearman).",
+    )
+    candidates: int = Field(10_000, ge=10, description="Mixtures the predictor ranks.")
+    regmix_top_k: int = Field(16, ge=1, description="RegMix: average the predictor's top k.")
+    temperature: float = Field(
+        0.5, gt=0, description="Prior of the proposals: token counts ** temperature."
+    )
+    strengths: tuple[float, float, int] = Field(
+        (0.1, 5.0, 15), description="Dirichlet strengths of the proposals: low, high, steps."
+    )
+    max_epochs: float | None = Field(
+        None, gt=0, description="No proposal repeats a domain more than this."
+    )
+    floor: float = Field(2e-4, ge=0, lt=1, description="Least share of a domain in a proposal.")
 
 
 def search_mixture(
     cache_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
+    settings: SearchSettings | None = None,
     *,
-    objective: str,
     tokenizer: str,
-    tokens: int,
-    runs: int = 14,
-    split: Sequence[float] = (4, 2, 1),
-    method: str = "climb",
-    preset: str = "tiny",
     heldout: Sequence[str] | str | None = None,
-    eval_docs: int | None = None,
-    tasks: Sequence[str] = (),
-    train: Mapping[str, Any] | None = None,
-    predictor: str = "auto",
-    candidates: int = 10_000,
-    regmix_top_k: int = 16,
-    seed: int = 0,
     runner: Any = None,
     plot: bool = False,
-    **proposer: Any,
+    proposer: Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> SearchResult:
     """Search a mixture over the domains of a TokenCache (built once with `TokenCache.build`).
 
-    method 'climb' spends `runs` proxies over the iterations of `split`; 'regmix' spends them
-    in one iteration and averages the predictor's top `regmix_top_k` candidates. `plot` draws
-    the predictor's out-of-fold predictions against the measured runs
-    (`predicted_vs_measured.png`; needs matplotlib).
+    `settings` (or keyword arguments such as tokens=, runs=, method=, objective=; those given
+    apply over `settings`) say how: see `SearchSettings`. method 'climb' spends `runs` proxies
+    over the iterations of `split`; 'regmix' spends them in one iteration and averages the
+    predictor's top `regmix_top_k` candidates. `proposer` passes further arguments to the
+    `MixtureProposer` (such as max_ratio). `plot` draws the predictor's out-of-fold predictions
+    against the measured runs (`predicted_vs_measured.png`; needs matplotlib).
     """
     from assay.common.tokens import TokenCache
 
-    per_iter = _runs_per_iteration(method, runs, split)
+    cfg = settings_with(SearchSettings, settings, options)
+    seed = cfg.seed or 0
+    per_iter = _runs_per_iteration(cfg.method, cfg.runs, cfg.split)
     cache = TokenCache.open(cache_dir)
     counts = {d: t.n_tokens for d, t in cache.domains.items()}
     search = ClimbSearch(
-        counts, predictor=predictor, candidates=candidates, seed=seed, budget=tokens, **proposer
+        counts,
+        predictor=cfg.predictor,
+        candidates=cfg.candidates,
+        seed=seed,
+        budget=cfg.tokens,
+        temperature=cfg.temperature,
+        strengths=cfg.strengths,
+        max_epochs=cfg.max_epochs,
+        floor=cfg.floor,
+        **dict(proposer or {}),
     )
     out = Path(out_dir)
     check_output(out, heldout_paths(heldout), "search folder")
@@ -60,20 +101,16 @@ def search_mixture(
         per_iter,
         cache_dir,
         out,
-        objective,
-        tokens=tokens,
+        cfg,
         tokenizer=tokenizer,
-        preset=preset,
-        seed=seed,
         heldout=heldout,
-        eval_docs=eval_docs,
-        train=train,
-        tasks=tasks,
         runner=runner,
     )
-    best = search.best(average_top_k=regmix_top_k if method == "regmix" else None)
+    best = search.best(average_top_k=cfg.regmix_top_k if cfg.method == "regmix" else None)
     spearman = {"lightgbm": search.spearman("lightgbm"), "linear": search.spearman("linear")}
-    result = SearchResult(best, objective, result_runs, spearman, per_iter, search.chosen_kind())
+    result = SearchResult(
+        best, cfg.objective, result_runs, spearman, per_iter, search.chosen_kind()
+    )
     write_json(out / "search.json", result.to_dict())
     best.save(out / "mixture.yaml")
     if plot:
@@ -98,16 +135,10 @@ def _run_iterations(
     per_iter: list[int],
     cache_dir: str | os.PathLike,
     out: Path,
-    objective: str,
+    cfg: SearchSettings,
     *,
-    tokens: int,
     tokenizer: str,
-    preset: str,
-    seed: int,
     heldout: Sequence[str] | str | None,
-    eval_docs: int | None,
-    train: Mapping[str, Any] | None,
-    tasks: Sequence[str],
     runner: Any,
 ) -> list[dict[str, Any]]:
     """Each iteration: the search's proposals, a proxy trained on each (a row per run in
@@ -121,19 +152,19 @@ def _run_iterations(
             cache_dir,
             [m.to_dict() for m in mixtures],
             [out / "proxies" / f"it{it}-{k:03d}" for k in range(len(mixtures))],
-            tokens=tokens,
+            tokens=cfg.tokens,
             tokenizer=tokenizer,
-            preset=preset,
-            seeds=seed,
+            preset=cfg.preset,
+            seeds=cfg.seed or 0,
             heldout=heldout,
-            eval_docs=eval_docs,
-            train=train,
-            tasks=tasks,
+            eval_docs=cfg.eval_docs,
+            train=cfg.train.model_dump(),
+            tasks=cfg.tasks,
             runner=runner,
             runs_table=out / "runs.parquet",
         )
         for mix, run in zip(mixtures, done, strict=True):
-            value = objective_value(run_row(run), objective)
+            value = objective_value(run_row(run), cfg.objective)
             search.observe(mix, value)
             result_runs.append(
                 {"iteration": it, "mixture": mix.to_dict(), "metric": value, "run": run["out_dir"]}

@@ -54,7 +54,8 @@ def test_a_real_search_trains_proxies_and_resumes(token_cache, proxy_tokenizer, 
     kwargs = dict(
         objective="bpb.math", tokenizer=str(tmp_path / "tok"), tokens=8 * 128 * 8,
         runs=6, split=(2, 1), heldout=str(demo_dir / "heldout"), eval_docs=10,
-        train={"batch_size": 8, "seq_len": 128}, candidates=500, seed=0, max_ratio=None,
+        train={"batch_size": 8, "seq_len": 128}, candidates=500, seed=0,
+        proposer={"max_ratio": None},
     )  # fmt: skip
     t0 = time.perf_counter()
     result = search_mixture(token_cache.root, tmp_path / "s", **kwargs)

@@ -11,7 +11,13 @@ import pytest
 
 from assay.common.text import top_terms
 from assay.io.corpus import Corpus
-from assay.mixing.cluster import PRUNED, assign_domains, cluster_corpus, merge_centroids
+from assay.mixing.cluster import (
+    PRUNED,
+    ClusterSettings,
+    assign_domains,
+    cluster_corpus,
+    merge_centroids,
+)
 from assay.selection.doc_stats import DocStatsScorer
 from assay.selection.score import score_corpus
 
@@ -50,8 +56,12 @@ def test_domains_follow_the_real_sources(clustered, demo_records: list[dict]) ->
 
 def test_same_seed_same_domains(clustered, demo_dir: Path, tmp_path: Path) -> None:
     _, out, embedder = clustered
-    cluster_corpus(Corpus(demo_dir / "train"), tmp_path, embedder=embedder, k_init=12, n_domains=6, seed=0)  # fmt: skip
+    # the same settings as a ClusterSettings, with a keyword over them
+    settings = ClusterSettings(embedder=embedder, k_init=12, n_domains=6, seed=5)
+    cluster_corpus(Corpus(demo_dir / "train"), tmp_path, settings, seed=0)
     assert _side(tmp_path).equals(_side(out))
+    with pytest.raises(ValueError, match="k_inti"):
+        cluster_corpus(Corpus(demo_dir / "train"), tmp_path / "x", settings, k_inti=3)
 
 
 def test_assigning_new_shards_reuses_the_clustering(
@@ -77,7 +87,7 @@ def test_pruning_by_a_quality_score(clustered, demo_dir: Path, tmp_path: Path) -
     score_corpus(DocStatsScorer(), corpus, tmp_path / "stats")
     result = cluster_corpus(
         corpus, tmp_path / "c", embedder=embedder, k_init=12, merge_distance=0.0, seed=0,
-        prune_scores=tmp_path / "stats", prune_column="alpha_frac", prune_below=0.6,
+        prune={"scores": tmp_path / "stats", "column": "alpha_frac", "below": 0.6},
     )  # fmt: skip
     side = _side(tmp_path / "c")
     assert result.pruned and PRUNED in set(side.get_column("domain"))
@@ -85,7 +95,7 @@ def test_pruning_by_a_quality_score(clustered, demo_dir: Path, tmp_path: Path) -
     with pytest.raises(ValueError, match="every cluster's mean"):
         cluster_corpus(
             corpus, tmp_path / "d", embedder=embedder, k_init=4, seed=0,
-            prune_scores=tmp_path / "stats", prune_column="alpha_frac", prune_below=2.0,
+            prune={"scores": tmp_path / "stats", "column": "alpha_frac", "below": 2.0},
         )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from assay.common.targets import load_targets
 from assay.exec.runner import LocalRunner, RayRunner
 from assay.io.corpus import Corpus
 from assay.selection.base import load_scorer
-from assay.selection.betr import BETRScorer, betr_keep_rate, rank_scores
+from assay.selection.betr import BETRScorer, BETRSettings, betr_keep_rate, fit_betr, rank_scores
 from assay.selection.fasttext import adapt_to_sample, binary_report
 from assay.selection.score import score_corpus
 
@@ -124,3 +124,43 @@ def test_bad_input_is_a_clear_error(real_texts: list[str], static_model: Path) -
         scorer.score(["x"])
     with pytest.raises(ValueError, match="positive_fraction"):
         BETRScorer(positive_fraction=1.5)
+
+
+def test_settings_are_the_one_declaration_of_the_defaults() -> None:
+    default, scorer = BETRSettings(), BETRScorer()
+    for name in ("column", "aggregation", "positive_fraction"):
+        assert getattr(scorer, name) == getattr(default, name)
+    assert default.seed is None and default.params == {}
+    # the model (name, folder or a dict of Embedder settings) and long_docs when it is given (a
+    # step always gives it); a dict keeps its own long_docs
+    assert default.embedder_config() == {"model": None} == scorer.embedder
+    assert BETRSettings(embedder="static", long_docs="mean").embedder_config() == {
+        "model": "static",
+        "long_docs": "mean",
+    }
+    given = {"model": "static", "cache": False, "long_docs": "mean"}
+    assert BETRSettings(embedder=given, long_docs="truncate").embedder_config() == given
+    with pytest.raises(ValueError, match="positive_fraction"):
+        BETRSettings(positive_fraction=1.0)
+    with pytest.raises(ValueError, match="sampel"):
+        fit_betr(None, ["a target"], sampel=300)  # an unknown option, before any work
+
+
+def test_fit_betr_takes_settings_or_keywords(demo_dir: Path, static_model: Path) -> None:
+    corpus = Corpus(demo_dir / "train")
+    embedder = {"model": str(static_model), "cache": False}
+    small = {"lr": 0.3, "epoch": 20}
+    settings = BETRSettings(sample=200, embedder=embedder, params=small, column="b")
+    a = fit_betr(corpus, "assay_champ", settings, max_targets=50)
+    # keywords alone (a seed of None is 0), and keywords over settings
+    b = fit_betr(corpus, "assay_champ", max_targets=50, sample=200, embedder=embedder,
+                 params=small, column="b", seed=0)  # fmt: skip
+    c = fit_betr(corpus, "assay_champ", BETRSettings(sample=999, long_docs="truncate"),
+                 max_targets=50, sample=200, embedder=embedder, params=small, column="b")  # fmt: skip
+    assert a.get_config() == b.get_config() and a.get_config()["embedder"] == embedder
+    assert c.get_config() == {**a.get_config(), "embedder": {**embedder, "long_docs": "truncate"}}
+    assert a.columns == ["b"] and a.report["sample"] == 200 and a.report["targets"] == 50
+    texts = corpus.sample(20, seed=1).get_column("text").to_list()
+    for other in (b, c):
+        np.testing.assert_array_equal(other.labels["label"], a.labels["label"])
+        np.testing.assert_array_equal(other.score(texts), a.score(texts))

@@ -17,6 +17,7 @@ from assay.io.corpus import Corpus
 from assay.selection.base import load_scorer
 from assay.selection.mass import (
     MassScorer,
+    MassSettings,
     RawSkills,
     build_skill_graph,
     champ_skill_tags,
@@ -302,6 +303,29 @@ def test_same_seed_same_skills_and_scores(embedder_cfg: dict, demo_frame) -> Non
         np.testing.assert_array_equal(a.score(texts), b.score(texts))
     # keyphrase skills: a plural merges into its singular's skill
     assert any("integer" in m and "integers" in m for m in a.graph.members)
+
+
+def test_fit_mass_takes_settings_or_keywords(
+    champ_mass: MassScorer, embedder_cfg: dict, demo_frame
+) -> None:
+    default, scorer = MassSettings(), MassScorer()
+    for name in ("column", "skills", "merge_threshold", "min_cooccurrence", "top_k", "aggregation"):
+        assert getattr(scorer, name) == getattr(default, name)  # declared once, in the settings
+    texts = demo_frame.get_column("text").to_list()[:40]
+    # the settings, and keywords over settings, give the scorer the keywords alone give
+    a = fit_mass("assay_champ", MassSettings(embedder=embedder_cfg))
+    b = fit_mass(
+        "assay_champ", MassSettings(top_k=3, seed=5), top_k=10, seed=None, embedder=embedder_cfg
+    )
+    for other in (a, b):
+        assert other.get_config() == champ_mass.get_config()
+        assert other.graph.names == champ_mass.graph.names
+        np.testing.assert_array_equal(other.score(texts), champ_mass.score(texts))
+    assert fit_mass("assay_champ", embedder=embedder_cfg, top_k=3).get_config()["top_k"] == 3
+    with pytest.raises(ValueError, match="topk"):
+        fit_mass("assay_champ", topk=3)  # an unknown option, before any work
+    with pytest.raises(ValueError, match="merge_threshold"):
+        MassSettings(merge_threshold=0)
 
 
 def test_tags_from_a_file_and_from_lists(tmp_path: Path, embedder_cfg: dict) -> None:

@@ -233,8 +233,8 @@ def _kept_ids(out: Path, stage: int) -> list[str]:
 
 def _mates(out: Path, demo_dir: Path, tok, static_model: Path, **kw):
     args = {
-        "reference": "assay_champ",
-        "max_reference": 16,
+        "targets": "assay_champ",
+        "max_targets": 16,
         "stage_tokens": 16 * 8 * SEQ,
         "stages": 2,
         "keep": 0.3,
@@ -242,7 +242,7 @@ def _mates(out: Path, demo_dir: Path, tok, static_model: Path, **kw):
         "tokenizer": tok,
         "heldout": Corpus(demo_dir / "heldout"),
         "eval_docs": 5,
-        "config": mates_train_config(batch_size=8, seq_len=SEQ),
+        "train": mates_train_config(batch_size=8, seq_len=SEQ),
         "embedder": {"model": str(static_model), "cache": False},
         "heads": ("ridge",),
         **kw,
@@ -299,15 +299,15 @@ def test_run_mates_end_to_end_resume_and_determinism(
 def test_bad_input_is_refused_before_training(
     tmp_path: Path, demo_dir: Path, proxy_tokenizer, static_model: Path
 ) -> None:
-    with pytest.raises(ValueError, match="reference set has 3 examples"):
+    with pytest.raises(ValueError, match="targets have 3 examples"):
         _mates(tmp_path / "a", demo_dir, proxy_tokenizer, static_model,
-               reference=["a b c", "d e f", "g h i"])  # fmt: skip
+               targets=["a b c", "d e f", "g h i"])  # fmt: skip
     with pytest.raises(ValueError, match=r"probe set \(500 documents\) is larger than the stage-1"):
         _mates(tmp_path / "b", demo_dir, proxy_tokenizer, static_model, probes=500)
     with pytest.raises(ValueError, match="stage-0 candidate pool is too small"):
         _mates(tmp_path / "c", demo_dir, proxy_tokenizer, static_model, keep=0.01)
     with pytest.raises(ValueError, match="probe at least"):
-        _mates(tmp_path / "d", demo_dir, proxy_tokenizer, static_model, probes=3)
+        _mates(tmp_path / "d", demo_dir, proxy_tokenizer, static_model, probes=11)
     with pytest.raises(ValueError, match="reference set has"):
         ReferenceSet.from_texts(["x"] * 4, proxy_tokenizer, SEQ)
     for run in ("a", "b", "c", "d"):  # nothing was trained

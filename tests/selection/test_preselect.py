@@ -16,11 +16,12 @@ from assay.selection.base import load_scorer
 from assay.selection.perplexity import PerplexityScorer
 from assay.selection.preselect import (
     PreSelectScorer,
+    PreSelectSettings,
     bits_per_char,
     family_losses,
     predictive_strength,
 )
-from assay.workflows.preselect import family_benchmark_scores
+from assay.workflows.preselect import family_benchmark_scores, fit_preselect
 
 pytest.importorskip("fasttext")
 
@@ -269,6 +270,39 @@ def test_fit_errors(real_texts: list[str]) -> None:
         PreSelectScorer(params={"learning_rate": 0.1})
     with pytest.raises(RuntimeError, match="not fitted"):
         PreSelectScorer().score(["text"])
+
+
+def test_fit_preselect_takes_settings_or_keywords(
+    demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    import assay.selection.preselect as module
+
+    def fake_bits_per_char(model, texts, **_):  # a fixed loss per (model, document)
+        digest = lambda t: hashlib.sha256(f"{Path(model).name}|{t}".encode()).digest()  # noqa: E731
+        return np.asarray([int.from_bytes(digest(t)[:4], "little") / 2**32 for t in texts])
+
+    monkeypatch.setattr(module, "bits_per_char", fake_bits_per_char)
+    default, scorer = PreSelectSettings(), PreSelectScorer()
+    assert (scorer.column, scorer.positive_fraction) == (default.column, default.positive_fraction)
+    corpus = Corpus(demo_dir / "train")
+    models = [
+        {"path": str(tmp_path / n), "score": v} for n, v in (("a", 0.3), ("b", 0.5), ("c", 0.1))
+    ]
+    settings = PreSelectSettings(calibration=200, params=SMALL_DATA, column="pre")
+    a = fit_preselect(corpus, models, settings)
+    b = fit_preselect(corpus, models, calibration=200, params=SMALL_DATA, column="pre", seed=0)
+    c = fit_preselect(corpus, models, PreSelectSettings(calibration=50, column="x"), calibration=200,
+                      params=SMALL_DATA, column="pre")  # fmt: skip
+    texts = corpus.sample(20, seed=1).get_column("text").to_list()
+    for other in (b, c):
+        assert other.get_config() == a.get_config() and other.columns == ["pre"]
+        assert other.calibration.equals(a.calibration)
+        np.testing.assert_array_equal(other.score(texts), a.score(texts))
+    assert a.report["preselect"]["calibration_docs"] == 200
+    with pytest.raises(ValueError, match="calibraton"):
+        fit_preselect(corpus, models, calibraton=200)  # an unknown option, before any work
 
 
 # -- real models -----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Pieces several step files share: scoring a corpus with a fitted scorer, a token cache for
-the mixing steps, the proxy settings of mixing steps, printing helpers."""
+the mixing steps, the inputs (and, for train_proxy, the settings) of the steps that train
+proxies, printing helpers."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from assay.io.corpus import Corpus
-from assay.proxies.train import TrainConfig
 from assay.recipe.spec import CorpusSpec
 from assay.recipe.step import Step
+from assay.workflows.proxy_batch import ProxyOptions
+from assay.workflows.proxy_batch import check_preset as check_preset
 
 
 def pct(x: float) -> str:
@@ -78,15 +80,9 @@ def shard_paths(corpus: Corpus | None) -> list[str] | None:
     return [str(getattr(s, "path", s.name)) for s in corpus.shards]
 
 
-def check_preset(v: str) -> str:
-    from assay.proxies.model import get_preset
-
-    get_preset(v)
-    return v
-
-
-class ProxySettings(Step):
-    """What the steps that train proxies share: the corpus, held-out text, tokenizer, size."""
+class ProxyInputs(Step):
+    """What the steps that train proxies read: the corpus, held-out text and tokenizer (their
+    settings are the library's: `ProxyOptions` and the models that extend it)."""
 
     references: ClassVar[dict[str, str]] = {"tokenizer": "tokenizer"}
 
@@ -97,17 +93,6 @@ class ProxySettings(Step):
     tokenizer: str | None = Field(
         None, description="A tokenizer step or folder (default: train one on the corpus)."
     )
-    preset: str = Field("tiny", description="Proxy size: tiny, xs, s, m or l.")
-    eval_docs: int | None = Field(
-        200, ge=1, description="Held-out documents per domain (null: all)."
-    )
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
-    seed: int | None = Field(None, description="Seed (default: the recipe's).")
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, v: str) -> str:
-        return check_preset(v)
 
     def mixing_inputs(self, ctx: Any) -> tuple[Corpus, Corpus | None, dict[str, Any]]:
         corpus, fp = ctx.corpus(self.corpus)
@@ -128,3 +113,7 @@ class ProxySettings(Step):
             vocab_size=vocab_size,
             seed=ctx.seed(self.seed),
         )
+
+
+class ProxySettings(ProxyInputs, ProxyOptions):
+    """The inputs and the shared proxy settings (size, held-out documents, training, seed)."""

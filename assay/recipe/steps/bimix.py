@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
 from assay.errors import ConfigError
 from assay.recipe.step import register_step
-from assay.recipe.steps._common import ProxySettings, shard_paths
+from assay.recipe.steps._common import ProxyInputs, shard_paths
+from assay.workflows.bimix import BiMixSettings
 
 
 @register_step
-class BiMixStep(ProxySettings):
+class BiMixStep(ProxyInputs, BiMixSettings):
     """Fit BiMix's law L_i(r_i, s) per domain on the evaluation curves of a few proxies; the
     proportions minimising the summed loss at a token budget."""
 
@@ -20,20 +19,6 @@ class BiMixStep(ProxySettings):
     verb = "bimix"
 
     kind: Literal["bimix"] = "bimix"
-    tokens: int = Field(ge=1, description="Training tokens of each fitting run.")
-    runs: int = Field(5, ge=2, description="Fitting runs (different mixtures).")
-    evals: int = Field(8, ge=4, description="Evaluations along each run.")
-    budget: float | None = Field(
-        None, gt=0, description="Token budget to optimise for (default: tokens)."
-    )
-    budgets: list[float] | None = Field(None, description="Budgets of the loss-budget curve.")
-    weights: dict[str, float] | None = Field(
-        None, description="Domain weights in the objective, domain=w."
-    )
-    concentration: tuple[float, float] = Field(
-        (2.0, 10.0), description="Dirichlet strength range of the fitting mixtures (per domain)."
-    )
-    min_share: float = Field(0.01, ge=0, lt=1, description="Floor of every domain in the optimum.")
 
     def plan(self, ctx: Any) -> Any:
         from assay.proxies.model import get_preset
@@ -52,22 +37,12 @@ class BiMixStep(ProxySettings):
             fit = fit_bimix(
                 cache.root,
                 folder,
+                self,
                 tokenizer=tokenizer,
-                tokens=self.tokens,
                 heldout=shard_paths(heldout),
-                runs=self.runs,
-                evals=self.evals,
-                budget=self.budget,
-                budgets=self.budgets,
-                weights=self.weights,
-                preset=self.preset,
-                eval_docs=self.eval_docs,
-                train=self.train.model_dump(),
-                concentration=self.concentration,
-                min_share=self.min_share,
-                seed=ctx.seed(self.seed),
                 runner=ctx.runner,
                 plot=True,
+                seed=ctx.seed(self.seed),
             )
             q = fit.quality
             summary = {

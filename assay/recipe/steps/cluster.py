@@ -6,22 +6,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from assay.mixing.cluster import ClusterSettings
 from assay.recipe.spec import CorpusSpec
-from assay.recipe.step import Step, folder_id, register_step
-from assay.recipe.steps.betr import EMBEDDER_HELP
-from assay.util.config import Strict
-
-
-class PruneSpec(Strict):
-    """Drop clusters whose mean score is below a threshold (CLIMB drops quality < 3 of 5)."""
-
-    scores: str = Field(description="A score step or a scores folder.")
-    column: str = Field(description="The score column.")
-    below: float = Field(description="Drop clusters whose mean score is below this.")
+from assay.recipe.step import Step, embedder_id, register_step
 
 
 @register_step
-class ClusterStep(Step):
+class ClusterStep(Step, ClusterSettings):
     """Embed, k-means, prune and merge an unlabeled corpus into domains; write a side-car
     `domain` per document, the relabelled corpus, and each domain's size and top terms."""
 
@@ -35,29 +26,6 @@ class ClusterStep(Step):
     heldout: CorpusSpec | None = Field(
         None, description="Also label this corpus (a held-out split) with the same domains."
     )
-    embedder: str | None = Field(None, description=EMBEDDER_HELP)
-    long_docs: Literal["truncate", "mean"] = Field(
-        "truncate", description="Documents longer than the embedder's context: truncate or mean."
-    )
-    k_init: int | None = Field(
-        None, ge=2, description="k-means clusters (default about sqrt(sample / 2))."
-    )
-    sample: int = Field(20_000, ge=2, description="Documents the centroids are fitted on.")
-    merge_distance: float | None = Field(
-        None, ge=0, description="Merge clusters whose centroids are this close."
-    )
-    n_domains: int | None = Field(
-        None, ge=1, description="Merge clusters (Ward) down to this many domains."
-    )
-    min_cluster_share: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="Clusters with less than this share of the sample join their nearest "
-        "larger one.",
-    )
-    prune: PruneSpec | None = Field(None, description="Drop clusters by a score.")
-    seed: int | None = Field(None, description="Seed of the sample and k-means.")
 
     def plan(self, ctx: Any) -> Any:
         from assay.mixing.cluster import assign_domains, cluster_corpus, read_clusters
@@ -68,7 +36,7 @@ class ClusterStep(Step):
         identity = {
             "corpus": fp,
             "heldout": heldout_fp,
-            "embedder": folder_id(self.embedder),
+            "embedder": embedder_id(self.embedder),
             "upstream": ctx.upstream(prune.scores) if prune else None,
         }
 
@@ -78,15 +46,10 @@ class ClusterStep(Step):
                 cluster_corpus(
                     corpus,
                     out,
-                    embedder={"model": self.embedder, "long_docs": self.long_docs},
-                    k_init=self.k_init,
-                    sample=self.sample,
-                    merge_distance=self.merge_distance,
-                    n_domains=self.n_domains,
-                    min_cluster_share=self.min_cluster_share,
-                    prune_scores=ctx.ref(prune.scores, "scores") if prune else None,
-                    prune_column=prune.column if prune else None,
-                    prune_below=prune.below if prune else None,
+                    self,
+                    prune={**prune.model_dump(), "scores": ctx.ref(prune.scores, "scores")}
+                    if prune
+                    else None,
                     seed=ctx.seed(self.seed),
                     runner=ctx.runner,
                     overwrite=redo,

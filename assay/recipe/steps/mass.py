@@ -1,47 +1,37 @@
-"""mass: a skill graph from a reference set (MASS), then scoring by the skills a text covers."""
+"""mass: a skill graph from target examples (MASS), then scoring by the skills a text covers."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from assay.recipe.spec import CorpusSpec, TargetSpec
-from assay.recipe.step import Step, folder_id, register_step, targets_identity
+from assay.recipe.step import Step, embedder_id, register_step, targets_identity
 from assay.recipe.steps._common import fitted, score_all
-from assay.recipe.steps.betr import EMBEDDER_HELP
+from assay.selection.mass.scorer import MassSettings
 
 
 @register_step
-class MassStep(Step):
-    """Fit MASS: skills from a reference set (tags, keyphrases or sentence clusters) merged by
+class MassStep(Step, MassSettings):
+    """Fit MASS: skills from target examples (tags, keyphrases or sentence clusters) merged by
     similarity into a graph; a document scores by the skills it covers. Score the corpus."""
 
     outputs = ("scores", "model")
     verb = "mass"
 
     kind: Literal["mass"] = "mass"
-    reference: TargetSpec = Field(description="The reference examples.")
-    tags_field: str | None = Field(None, description="Record field holding each example's tags.")
-    skills: Literal["auto", "tags", "keyphrase", "cluster"] = Field(
-        "auto",
-        description="Where skills come from: 'auto' (tags when the reference has them, e.g. the "
-        "CHAMP concepts, else keyphrases), 'tags', 'keyphrase' or 'cluster'.",
+    # `reference`, its name before assay said "targets" everywhere, is still read
+    targets: TargetSpec = Field(
+        validation_alias=AliasChoices("targets", "reference"),
+        description="The target examples (the paper's reference set).",
     )
-    embedder: str | None = Field(None, description=EMBEDDER_HELP)
-    merge_threshold: float = Field(
-        0.9, gt=0, le=1, description="Skills more similar than this merge."
-    )
-    min_cooccurrence: int = Field(
-        1, ge=1, description="Fewest examples two skills share for an edge between them."
-    )
-    top_k: int | None = Field(10, ge=1, description="Skills kept per document.")
-    aggregation: Literal["quadratic", "linear"] = Field(
-        "quadratic", description="'quadratic' s^T(diag(w)+E)s or 'linear' w^T s."
-    )
-    column: str = Field("mass", description="Name of the score column.")
-    seed: int | None = Field(None, description="Seed of keyphrase and cluster skills.")
     corpus: CorpusSpec | None = Field(None, description="The corpus (default: the recipe's).")
+
+    def settings(self, seed: int) -> MassSettings:
+        """The library's settings of this step, with the seed resolved."""
+        values = {k: getattr(self, k) for k in MassSettings.model_fields}
+        return MassSettings(**{**values, "seed": seed})
 
     def plan(self, ctx: Any) -> Any:
         from assay.selection.mass import fit_mass
@@ -49,25 +39,17 @@ class MassStep(Step):
         corpus, fp = ctx.corpus(self.corpus)
         identity = {
             "corpus": fp,
-            "reference": targets_identity(self.reference),
-            "embedder": folder_id(self.embedder),
+            "targets": targets_identity(self.targets),
+            "embedder": embedder_id(self.embedder),
         }
 
         def fit() -> Any:
             return fit_mass(
-                self.reference.source,
-                fields=self.reference.fields,
-                tags_field=self.tags_field,
-                skills=self.skills,
-                max_items=self.reference.max_items,
-                seed=ctx.seed(self.seed),
+                self.targets.source,
+                self.settings(ctx.seed(self.seed)),
+                fields=self.targets.fields,
+                max_items=self.targets.max_items,
                 progress=ctx.runner.progress,
-                column=self.column,
-                embedder={"model": self.embedder},
-                merge_threshold=self.merge_threshold,
-                min_cooccurrence=self.min_cooccurrence,
-                top_k=self.top_k,
-                aggregation=self.aggregation,
             )
 
         def run(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:

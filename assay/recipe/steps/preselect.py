@@ -11,6 +11,7 @@ from assay.proxies.train import TrainConfig
 from assay.recipe.spec import CorpusSpec, TargetSpec
 from assay.recipe.step import Step, folder_id, register_step, targets_identity
 from assay.recipe.steps._common import check_preset, print_validation, score_all
+from assay.selection.preselect import PreSelectSettings
 from assay.util.config import Strict
 
 
@@ -77,7 +78,7 @@ class FamilySpec(Strict):
 
 
 @register_step
-class PreSelectStep(Step):
+class PreSelectStep(Step, PreSelectSettings):
     """Fit PreSelect (Shum et al. 2025): keep text whose losses rank a model family as its
     benchmarks do; distil the labels into fastText; score the corpus."""
 
@@ -90,18 +91,6 @@ class PreSelectStep(Step):
     targets: TargetSpec | None = Field(
         None, description="Target examples that give models without a score one."
     )
-    calibration: int = Field(
-        2_000, ge=1, description="Pool documents every model scores (a uniform sample)."
-    )
-    positive_fraction: float = Field(
-        0.1,
-        gt=0,
-        le=0.5,
-        description="Share labelled positive when too few documents have perfect strength.",
-    )
-    params: dict[str, Any] = Field(default_factory=dict, description="fastText settings.")
-    column: str = Field("preselect", description="Name of the score column.")
-    seed: int | None = Field(None, description="Seed of the samples, labels and fastText.")
     corpus: CorpusSpec | None = Field(None, description="The corpus (default: the recipe's).")
 
     @model_validator(mode="after")
@@ -113,6 +102,11 @@ class PreSelectStep(Step):
                 "them from"
             )
         return self
+
+    def settings(self, seed: int) -> PreSelectSettings:
+        """The library's settings of this step, with the seed resolved."""
+        values = {k: getattr(self, k) for k in PreSelectSettings.model_fields}
+        return PreSelectSettings(**{**values, "seed": seed})
 
     def plan(self, ctx: Any) -> Any:
         from assay.selection.base import load_scorer
@@ -156,14 +150,10 @@ class PreSelectStep(Step):
                 scorer = fit_preselect(
                     corpus,
                     models,
+                    self.settings(seed),
                     targets=targets.source if targets else None,
                     fields=targets.fields if targets else None,
                     max_targets=targets.max_items if targets else None,
-                    calibration=self.calibration,
-                    seed=seed,
-                    column=self.column,
-                    positive_fraction=self.positive_fraction,
-                    params=self.params,
                 ).save(model_dir)
             return score_all(scorer, corpus, ctx.step_dir, ctx, {"fit": scorer.report})
 

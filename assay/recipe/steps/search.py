@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
 from assay.recipe.step import register_step
-from assay.recipe.steps._common import ProxySettings, shard_paths
+from assay.recipe.steps._common import ProxyInputs, shard_paths
+from assay.workflows.search import SearchSettings
 
 
 @register_step
-class SearchStep(ProxySettings):
+class SearchStep(ProxyInputs, SearchSettings):
     """Search a mixture of the corpus' domains: proxies trained on Dirichlet proposals, a
     predictor of the objective, and CLIMB's iterations or RegMix's average of its best."""
 
@@ -19,38 +18,6 @@ class SearchStep(ProxySettings):
     verb = "search"
 
     kind: Literal["search"] = "search"
-    method: Literal["climb", "regmix"] = Field(
-        "climb", description="'climb' (iterative) or 'regmix' (one round)."
-    )
-    objective: str = Field(
-        "bpb.domain_mean",
-        description="Runs-table column to minimise: bpb.domain_mean, bpb.<domain>, bpb.mean, "
-        "or -task.<task>.<metric>.",
-    )
-    tokens: int = Field(ge=1, description="Training tokens of each proxy.")
-    runs: int = Field(14, ge=3, description="Proxy runs in all.")
-    split: list[float] = Field(
-        default_factory=lambda: [4.0, 2.0, 1.0],
-        description="Share of the runs per iteration (CLIMB's 4:2:1).",
-    )
-    tasks: list[str] = Field(default_factory=list, description="lm-eval tasks of each proxy.")
-    predictor: Literal["auto", "lightgbm", "linear"] = Field(
-        "auto",
-        description="'lightgbm' (CLIMB/RegMix), 'linear', or 'auto': whichever ranks the runs "
-        "so far better (k-fold Spearman).",
-    )
-    candidates: int = Field(10_000, ge=10, description="Mixtures the predictor ranks.")
-    regmix_top_k: int = Field(16, ge=1, description="RegMix: average the predictor's top k.")
-    temperature: float = Field(
-        0.5, gt=0, description="Prior of the proposals: token counts ** temperature."
-    )
-    strengths: tuple[float, float, int] = Field(
-        (0.1, 5.0, 15), description="Dirichlet strengths of the proposals: low, high, steps."
-    )
-    max_epochs: float | None = Field(
-        None, gt=0, description="No proposal repeats a domain more than this."
-    )
-    floor: float = Field(2e-4, ge=0, lt=1, description="Least share of a domain in a proposal.")
 
     def plan(self, ctx: Any) -> Any:
         from assay.proxies.model import get_preset
@@ -65,27 +32,12 @@ class SearchStep(ProxySettings):
             result = search_mixture(
                 cache.root,
                 folder,
-                objective=self.objective,
+                self,
                 tokenizer=tokenizer,
-                tokens=self.tokens,
-                runs=self.runs,
-                split=self.split,
-                method=self.method,
-                preset=self.preset,
                 heldout=shard_paths(heldout),
-                eval_docs=self.eval_docs,
-                tasks=self.tasks,
-                train=self.train.model_dump(),
-                predictor=self.predictor,
-                candidates=self.candidates,
-                regmix_top_k=self.regmix_top_k,
-                seed=ctx.seed(self.seed),
                 runner=ctx.runner,
-                temperature=self.temperature,
-                strengths=self.strengths,
-                max_epochs=self.max_epochs,
-                floor=self.floor,
                 plot=True,
+                seed=ctx.seed(self.seed),
             )
             metrics = [r["metric"] for r in result.runs]
             summary = {

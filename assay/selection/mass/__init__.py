@@ -1,7 +1,8 @@
 """MASS: mathematical data selection via a skill graph (Li et al., ICML 2025, arXiv 2503.14917).
 
-1. **Skills of a reference set.** The paper asks an LLM for 1-10 abstract skills per reference
-   problem. Offline, assay takes them from one of three places:
+1. **Skills of a reference set** (the target examples: `fit_mass(targets, ...)`, the `mass`
+   step's `targets`). The paper asks an LLM for 1-10 abstract skills per reference problem.
+   Offline, assay takes them from one of three places:
    - `tags`: skill tags that come with the examples (for `assay_champ`, the CHAMP concepts each
      problem is annotated with; see `champ_skill_tags`);
    - `keyphrase`: per example, its highest TF-IDF 1-3-word phrases that look like noun phrases
@@ -50,7 +51,8 @@ leave a copy of it on disk.
 
 The package: `skills` (a reference set's skills: tags, keyphrases, clusters), `graph` (merging
 near-duplicates, the weighted skill graph), `scoring` (document-skill similarities and the graph
-score), `reference` (reference sets and their tags) and `scorer` (`MassScorer`, `fit_mass`).
+score), `reference` (target sets and their tags) and `scorer` (`MassScorer`, `MassSettings`,
+`fit_mass`).
 """
 
 from assay.selection.mass.graph import (
@@ -69,10 +71,13 @@ from assay.selection.mass.scorer import (
     SKILLS_FILE,
     STATE_FILE,
     MassScorer,
+    MassSettings,
+    SkillSource,
     fit_mass,
 )
 from assay.selection.mass.scoring import (
     AGGREGATIONS,
+    Aggregation,
     check_finite,
     graph_scores,
     skill_similarities,
@@ -103,9 +108,12 @@ __all__ = [
     "SKILL_SOURCES",
     "STATE_FILE",
     "TASK_WORDS",
+    "Aggregation",
     "MassScorer",
+    "MassSettings",
     "RawSkills",
     "SkillGraph",
+    "SkillSource",
     "build_skill_graph",
     "champ_skill_tags",
     "check_finite",

@@ -1,20 +1,28 @@
-"""`MassScorer`, the skill-graph scorer, and `fit_mass`, which fits it on a reference set."""
+"""`MassScorer`, the skill-graph scorer; `MassSettings`, MASS's options; and `fit_mass`, which
+fits the scorer on a set of target examples."""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
+from pydantic import Field
 
-from assay.common.embed import Embedder, describe, model_fingerprint
+from assay.common.embed import EMBEDDER_HELP, Embedder, describe, model_fingerprint
 from assay.errors import ConfigError, InputError, StateError
 from assay.selection.base import NotFittedError, Scorer, embedder_settings, register_scorer
 from assay.selection.mass.graph import SkillGraph, build_skill_graph, skill_rows, top_edges
 from assay.selection.mass.reference import load_reference
-from assay.selection.mass.scoring import AGGREGATIONS, graph_scores, skill_similarities
+from assay.selection.mass.scoring import (
+    AGGREGATIONS,
+    Aggregation,
+    graph_scores,
+    skill_similarities,
+)
 from assay.selection.mass.skills import (
     RawSkills,
     cluster_skills,
@@ -22,12 +30,46 @@ from assay.selection.mass.skills import (
     named_skills,
     normalize_tags,
 )
+from assay.util.config import Strict
 from assay.util.files import atomic_path, read_json, write_json
 
-SKILL_SOURCES = ("auto", "tags", "keyphrase", "cluster")
+SkillSource = Literal["auto", "tags", "keyphrase", "cluster"]
+SKILL_SOURCES: tuple[str, ...] = typing.get_args(SkillSource)
 STATE_FILE = "mass_graph.npz"
 SKILLS_FILE = "mass_skills.json"
 REPORT_FILE = "fit_report.json"
+
+
+class MassSettings(Strict):
+    """MASS's options: what `fit_mass` takes, and (with its targets and corpus) the `mass` step.
+
+    From Python, `embedder` may also be a dict of `Embedder` settings (`{"model": ...,
+    "cache": False}`).
+    """
+
+    skills: SkillSource = Field(
+        "auto",
+        description="Where skills come from: 'auto' (tags when the targets have them, e.g. the "
+        "CHAMP concepts, else keyphrases), 'tags', 'keyphrase' or 'cluster'.",
+    )
+    tags_field: str | None = Field(None, description="Record field holding each example's tags.")
+    embedder: str | dict[str, Any] | None = Field(None, description=EMBEDDER_HELP)
+    merge_threshold: float = Field(
+        0.9, gt=0, le=1, description="Skills more similar than this merge."
+    )
+    min_cooccurrence: int = Field(
+        1, ge=1, description="Fewest examples two skills share for an edge between them."
+    )
+    top_k: int | None = Field(10, ge=1, description="Skills kept per document.")
+    aggregation: Aggregation = Field(
+        "quadratic", description="'quadratic' s^T(diag(w)+E)s or 'linear' w^T s."
+    )
+    column: str = Field("mass", description="Name of the score column.")
+    seed: int | None = Field(None, description="Seed of keyphrase and cluster skills.")
+
+
+#: the defaults MassScorer shares with the settings (declared once, in MassSettings)
+_DEFAULT = MassSettings()
 
 
 @register_scorer("mass")
@@ -51,14 +93,14 @@ class MassScorer(Scorer):
 
     def __init__(
         self,
-        column: str = "mass",
-        embedder: dict[str, Any] | str | None = None,
-        skills: str = "auto",
+        column: str = _DEFAULT.column,
+        embedder: dict[str, Any] | str | None = _DEFAULT.embedder,
+        skills: str = _DEFAULT.skills,
         max_skills: int = 10,
-        merge_threshold: float = 0.9,
-        min_cooccurrence: int = 1,
-        top_k: int | None = 10,
-        aggregation: str = "quadratic",
+        merge_threshold: float = _DEFAULT.merge_threshold,
+        min_cooccurrence: int = _DEFAULT.min_cooccurrence,
+        top_k: int | None = _DEFAULT.top_k,
+        aggregation: str = _DEFAULT.aggregation,
         edge_weight: float = 1.0,
         keyphrase: dict[str, Any] | None = None,
         n_clusters: int | None = None,
@@ -312,36 +354,47 @@ def _no_skills_message(source: str, n: int) -> str:
 
 
 def fit_mass(
-    reference: Any,
+    targets: Any,
+    settings: MassSettings | None = None,
     *,
     fields: Sequence[str] | None = None,
-    tags_field: str | None = None,
-    tags: Sequence[Sequence[str]] | None = None,
-    skills: str = "auto",
     max_items: int | None = None,
-    seed: int = 0,
+    tags: Sequence[Sequence[str]] | None = None,
     progress: bool = False,
-    **params: Any,
+    **options: Any,
 ) -> MassScorer:
-    """Fit a MASS scorer on a reference set (see `load_reference`); skills="auto" uses tags
-    where the reference has them (CHAMP concepts for "assay_champ") and keyphrases otherwise.
-    `params` go to `MassScorer` (embedder, top_k, aggregation, merge_threshold, ...)."""
-    if skills not in SKILL_SOURCES:
-        raise ConfigError(f"skills must be one of {SKILL_SOURCES}, not {skills!r}")
-    want = skills in ("auto", "tags")
+    """Fit a MASS scorer on target examples (a file, a built-in benchmark name or texts; see
+    `load_reference`); skills="auto" uses tags where the targets have them (CHAMP concepts for
+    "assay_champ") and keyphrases otherwise. `tags` gives one list of skill names per example.
+
+    `settings` (or keyword arguments such as skills=, embedder=, top_k=, aggregation=; they
+    override `settings`) are `MassSettings`; a seed of None is 0.
+    """
+    base = settings.model_dump(exclude_unset=True) if settings is not None else {}
+    cfg = MassSettings.model_validate({**base, **options})
+    seed = 0 if cfg.seed is None else cfg.seed
+    want = cfg.skills in ("auto", "tags")
     texts, found = load_reference(
-        reference,
+        targets,
         fields=fields,
-        tags_field=tags_field,
+        tags_field=cfg.tags_field,
         tags=tags,
         want_tags=want,
         max_items=max_items,
         seed=seed,
     )
-    if skills == "tags" and found is None:
+    if cfg.skills == "tags" and found is None:
+        what = f"{targets} has" if isinstance(targets, str) else "the targets have"
         raise ConfigError(
-            f"skills='tags' but {reference if isinstance(reference, str) else 'the reference'} "
-            "has no tags: name the field with tags_field= or pass tags="
+            f"skills='tags' but {what} no tags: name the field with tags_field= or pass tags="
         )
-    scorer = MassScorer(skills=skills, **params)
+    scorer = MassScorer(
+        column=cfg.column,
+        embedder=cfg.embedder,
+        skills=cfg.skills,
+        merge_threshold=cfg.merge_threshold,
+        min_cooccurrence=cfg.min_cooccurrence,
+        top_k=cfg.top_k,
+        aggregation=cfg.aggregation,
+    )
     return scorer.fit(texts, found if want else None, seed=seed, progress=progress)

@@ -3,12 +3,16 @@ through the skill graph (`quadratic`) or its node weights alone (`linear`)."""
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import numpy as np
 import scipy.sparse as sp
 
 from assay.errors import ConfigError, InputError
 
-AGGREGATIONS = ("quadratic", "linear")
+Aggregation = Literal["quadratic", "linear"]
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
