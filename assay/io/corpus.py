@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from assay.errors import ConfigError, InputError
+from assay.errors import ConfigError
 from assay.io.discover import discover_inputs
+from assay.io.sample import sample_shards
 from assay.io.shards import (
     DEFAULT_MAX_CHARS,
     FileShard,
@@ -36,7 +37,6 @@ from assay.io.shards import (
 )
 from assay.io.write import ShardWriter, output_name
 from assay.util.guard import check_output, folder_lock, mark_output
-from assay.util.hashing import stable_hash64
 
 # ---------------------------------------------------------------------------------------------
 # Shards
@@ -153,26 +153,14 @@ class Corpus:
         return [s.fingerprint() for s in self.shards]
 
     def sample(self, n: int, seed: int = 0, columns: Sequence[str] | None = None) -> pl.DataFrame:
-        """A uniform sample of `n` documents without replacement, in one streaming pass.
+        """A uniform sample of `n` documents without replacement, in O(N) time.
 
         Keeps the `n` documents with the smallest seeded hash of their id ("bottom-k"), so the
         sample does not depend on shard order or batch size, and growing `n` only adds documents.
+        Rows come in hash order (a repeated id: its first occurrence). Memory holds a few dozen
+        bytes per candidate, then the sample itself (see `assay.io.sample`).
         """
-        if n <= 0:
-            raise ConfigError("sample size must be positive")
-        best: pl.DataFrame | None = None
-        for batch in self.iter_batches():
-            if columns is not None:
-                batch = batch.select(
-                    ["id", "text", *[c for c in columns if c not in ("id", "text")]]
-                )
-            keys = stable_hash64(batch.get_column("id").to_list(), seed)
-            batch = batch.with_columns(pl.Series("_key", keys, dtype=pl.UInt64))
-            merged = batch if best is None else pl.concat([best, batch], how="diagonal_relaxed")
-            best = merged.sort("_key").head(n)
-        if best is None:
-            raise InputError("cannot sample from an empty corpus")
-        return best.drop("_key")
+        return sample_shards(self.shards, self.options, n, seed, columns)
 
     def write(self, out_dir: str | os.PathLike, fmt: str | None = None) -> list[Path]:
         """Copy (and convert) the corpus into `out_dir`, one output per shard, atomically."""
