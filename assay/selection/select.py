@@ -7,11 +7,14 @@ Two layers:
 * **`select(corpus, scores, out_dir, ...)`**: the same policies over a sharded corpus with side-car
   scores, in three resumable steps:
     1. *keys* (per shard, through the runner): join each document's score, its weight (1, its
-       characters or its tokens) and a stable hash of its id; write them to `_select/keys/`.
-    2. *decide* (global, in memory: a few numbers per document): apply the policy to all keys,
-       write the kept ids per shard to `_select/keep/` and the summary to `_selection.json`.
-    3. *filter* (per shard, through the runner): re-read each shard and write the kept
-       documents under the same shard name.
+       characters or its tokens), a stable hash of its id and its row in the shard; write them
+       to `_select/keys/`.
+    2. *decide* (global, in memory: three float64 or uint64 numbers per document, no ids;
+       about 36 bytes per document at the peak of the sort): apply the policy to all keys, then
+       stream each shard's keys again to write its kept ids and rows to `_select/keep/` and to
+       sum the summary, `_selection.json`.
+    3. *filter* (per shard, through the runner): re-read each shard and write the rows kept
+       (by position) under the same shard name.
 
 The fraction kept can be measured in documents, characters or tokens (`by=`). PreSelect cuts
 its top 10% by characters, BETR by tokens, MATES by documents.
@@ -40,21 +43,45 @@ from assay.io.corpus import Corpus
 from assay.io.scores import ScoreSet, check_score_columns, check_unique_ids, join_scores
 from assay.io.shards import ReadOptions, Shard, ShardStats
 from assay.io.write import ShardWriter, output_name
+from assay.selection.policies import (
+    Mode,
+    add_gumbel_noise,
+    cut_owned,
+    gumbel_noise,
+    gumbel_topk,
+    gumbel_topk_mask,
+    middle_key_owned,
+    threshold_mask,
+    topk_mask,
+)
 from assay.util.config import Strict
 from assay.util.files import (
     atomic_path,
     content_id,
     file_sha256,
+    iter_parquet,
+    parquet_rows,
     read_json,
     read_parquet,
     write_json,
 )
 from assay.util.guard import check_output, folder_lock, mark_output
-from assay.util.hashing import config_hash, mix64, stable_hash64, uniform_from_hash
+from assay.util.hashing import config_hash, mix64, stable_hash64
+
+# the array functions live in assay.selection.policies and are part of this module's API too
+__all__ = [
+    "SelectConfig",
+    "SelectResult",
+    "gumbel_noise",
+    "gumbel_topk",
+    "gumbel_topk_mask",
+    "select",
+    "threshold_mask",
+    "topk_mask",
+]
 
 Policy = Literal["topk", "gumbel", "threshold"]
 Measure = Literal["docs", "chars", "tokens"]
-Mode = Literal["top", "bottom", "middle"]
 
 #: Perplexity-pruning names (Ankner et al., 2024) for the same modes.
 MODE_ALIASES = {"high": "top", "low": "bottom", "medium": "middle"}
@@ -63,126 +90,17 @@ SELECT_DIR = "_select"
 SELECTION_FILE = "_selection.json"
 #: written after the decision: which keys (by content) it was made from
 DECIDED_FILE = "decided.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# Array-level policies
-
-
-def _cut(key: np.ndarray, tiebreak: np.ndarray, weights: np.ndarray, keep: float) -> np.ndarray:
-    """Keep the highest keys until their weight is closest to `keep` of the total."""
-    n = len(key)
-    mask = np.zeros(n, dtype=bool)
-    if n == 0:
-        return mask
-    order = np.lexsort((-tiebreak.astype(np.float64), -key))  # by key desc, then tiebreak desc
-    cum = np.cumsum(weights[order], dtype=np.float64)
-    total = cum[-1]
-    if total <= 0:
-        return mask
-    target = keep * total
-    k = int(np.searchsorted(cum, target, side="left")) + 1
-    k = min(k, n)
-    if k > 1 and abs(cum[k - 2] - target) <= abs(cum[k - 1] - target):
-        k -= 1
-    mask[order[:k]] = True
-    return mask
-
-
-def _check_keep(keep: float) -> None:
-    if isinstance(keep, bool) or not isinstance(keep, int | float) or not (0 < keep <= 1):
-        raise ConfigError(f"keep must be a fraction in (0, 1], not {keep!r}")
-
-
-def _policy_key(
-    scores: np.ndarray, weights: np.ndarray, tiebreak: np.ndarray, mode: Mode
-) -> np.ndarray:
-    s = scores.astype(np.float64)
-    if mode == "top":
-        return s
-    if mode == "bottom":
-        return -s
-    if mode == "middle":
-        # Weighted percentile of each document; keep the band nearest the median
-        # ("medium perplexity" in Ankner et al., 2024).
-        order = np.lexsort((tiebreak.astype(np.float64), s))
-        cum = np.cumsum(weights[order], dtype=np.float64)
-        mid = (cum - weights[order] / 2.0) / max(cum[-1], 1e-300)
-        pct = np.empty_like(mid)
-        pct[order] = mid
-        return -np.abs(pct - 0.5)
-    raise ConfigError(f"mode must be top, bottom or middle, not {mode!r}")
-
-
-def topk_mask(
-    scores: np.ndarray,
-    keep: float,
-    *,
-    weights: np.ndarray | None = None,
-    mode: Mode = "top",
-    tiebreak: np.ndarray | None = None,
-) -> np.ndarray:
-    """Keep the best `keep` fraction (of the total weight) by score.
-
-    mode='top' keeps the highest scores, 'bottom' the lowest, 'middle' the band around the
-    weighted median. Ties are broken by `tiebreak` (default: the later index wins, deterministic).
-    """
-    _check_keep(keep)
-    scores = np.asarray(scores)
-    w = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
-    tb = np.arange(len(scores)) if tiebreak is None else np.asarray(tiebreak)
-    return _cut(_policy_key(scores, w, tb, mode), tb, w, keep)
-
-
-def gumbel_noise(n_or_hashes: int | np.ndarray, seed: int) -> np.ndarray:
-    """Standard Gumbel noise, from a seeded generator or, given id hashes, from (seed, id)."""
-    if isinstance(n_or_hashes, int | np.integer):
-        return np.random.default_rng(seed).gumbel(size=int(n_or_hashes))
-    u = uniform_from_hash(mix64(np.asarray(n_or_hashes, dtype=np.uint64), seed))
-    return -np.log(-np.log(u))
-
-
-def gumbel_topk_mask(
-    scores: np.ndarray,
-    keep: float,
-    *,
-    tau: float = 1.0,
-    weights: np.ndarray | None = None,
-    mode: Literal["top", "bottom"] = "top",
-    seed: int = 0,
-    id_hashes: np.ndarray | None = None,
-) -> np.ndarray:
-    """Gumbel top-k: keep the top of score/tau + Gumbel noise (mode='bottom' uses -score/tau).
-
-    With document weights of 1 this samples `k` documents without replacement with probability
-    proportional to softmax(score/tau) (the Gumbel-top-k trick, Kool et al. 2019). MATES' official
-    code instead keeps the *smallest* noisy values of pred/tau + G, which is not that
-    distribution; assay implements the correct form: argtopk(-pred/tau + G) for "lower is better".
-    """
-    _check_keep(keep)
-    if tau <= 0:
-        raise ConfigError("tau must be positive")
-    if mode not in ("top", "bottom"):
-        raise ConfigError("Gumbel selection supports mode 'top' or 'bottom'")
-    s = np.asarray(scores, dtype=np.float64)
-    sign = 1.0 if mode == "top" else -1.0
-    noise = gumbel_noise(len(s) if id_hashes is None else id_hashes, seed)
-    key = sign * s / tau + noise
-    w = np.ones(len(s)) if weights is None else np.asarray(weights, dtype=np.float64)
-    tb = np.arange(len(s)) if id_hashes is None else id_hashes
-    return _cut(key, tb, w, keep)
-
-
-def threshold_mask(
-    scores: np.ndarray, threshold: float, *, mode: Literal["top", "bottom"] = "top"
-) -> np.ndarray:
-    """Keep scores >= threshold (mode='top') or <= threshold (mode='bottom')."""
-    s = np.asarray(scores)
-    if mode == "top":
-        return s >= threshold
-    if mode == "bottom":
-        return s <= threshold
-    raise ConfigError("threshold selection supports mode 'top' or 'bottom'")
+#: what step 1 writes per document (`row`: its position among the rows the shard yields)
+KEYS_SCHEMA = {
+    "id": pl.String,
+    "row": pl.Int64,
+    "score": pl.Float64,
+    "weight": pl.Float64,
+    "hash": pl.UInt64,
+    "group": pl.String,
+}
+#: what the decision writes per shard: the kept ids and their rows, in shard order
+KEEP_SCHEMA = {"id": pl.String, "row": pl.Int64}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +198,7 @@ class SelectResult:
 
 @dataclass
 class KeysTask:
-    """Step 1: per document, its score, weight, id hash and group."""
+    """Step 1: per document, its score, weight, id hash, group and row in the shard."""
 
     score_dirs: list[str]
     config: SelectConfig
@@ -294,6 +212,7 @@ class KeysTask:
         return {
             "config": self.config.keys_config(),
             "scores": [content_id(f) if f.exists() else None for f in files],
+            "columns": list(KEYS_SCHEMA),  # keys of another layout are made again
         }
 
     def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
@@ -303,9 +222,17 @@ class KeysTask:
         scores = ScoreSet(self.score_dirs).for_shard(shard, [cfg.column])
         writer = ShardWriter(out, fmt="parquet")
         seen: list[pl.Series] = []
+        start = 0
         for batch in shard.read(self.options, stats):
             seen.append(batch.get_column("id"))
+            rows = np.arange(start, start + batch.height, dtype=np.int64)
+            start += batch.height
             joined = join_scores(batch, scores)
+            if joined.height != batch.height:
+                raise InputError(
+                    f"the {cfg.column!r} scores of shard {shard.name} hold an id twice; "
+                    "score the corpus again"
+                )
             missing = joined.get_column(cfg.column).is_null()
             if missing.any():
                 if self.options.on_error == "fail":
@@ -316,6 +243,7 @@ class KeysTask:
                     )
                 stats.skip("no_score", int(missing.sum()))
                 joined = joined.filter(~missing)
+                rows = rows[~missing.to_numpy()]
             text = joined.get_column("text")
             n_chars = text.str.len_chars()
             if cfg.by == "docs":
@@ -334,6 +262,7 @@ class KeysTask:
                 pl.DataFrame(
                     {
                         "id": ids,
+                        "row": rows,
                         "score": joined.get_column(cfg.column).cast(pl.Float64),
                         "weight": weight,
                         "hash": stable_hash64(ids.to_list()),
@@ -345,15 +274,7 @@ class KeysTask:
             stats.chars_out += int(n_chars.sum())
             report_progress(batch.height)
         check_unique_ids(seen, shard)
-        writer.close(
-            schema_if_empty={
-                "id": pl.String,
-                "score": pl.Float64,
-                "weight": pl.Float64,
-                "hash": pl.UInt64,
-                "group": pl.String,
-            }
-        )
+        writer.close(schema_if_empty=KEYS_SCHEMA)
         return stats
 
 
@@ -382,11 +303,15 @@ class FilterTask:
     def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
         assert out is not None
         stats = ShardStats(shard.name)
-        kept = read_parquet(Path(self.keep_dir) / f"{shard.stem}.parquet").get_column("id")
+        keep_file = Path(self.keep_dir) / f"{shard.stem}.parquet"
+        rows = read_parquet(keep_file, columns=["row"]).get_column("row").to_numpy()
         scores = ScoreSet(self.score_dirs).for_shard(shard) if self.config.with_scores else None
         writer = ShardWriter(out, self.options)  # the temporary name keeps the output's suffix
+        start = 0
         for batch in shard.read(self.options, stats):
-            chosen = batch.filter(pl.col("id").is_in(kept.implode()))
+            lo, hi = np.searchsorted(rows, [start, start + batch.height])
+            chosen = batch[rows[lo:hi] - start]
+            start += batch.height
             if scores is not None:
                 chosen = join_scores(chosen, scores)
             if chosen.height:
@@ -399,31 +324,116 @@ class FilterTask:
         return stats
 
 
-def _decide(keys: pl.DataFrame, cfg: SelectConfig) -> np.ndarray:
-    score = keys.get_column("score").to_numpy()
-    weight = keys.get_column("weight").to_numpy()
-    h = keys.get_column("hash").to_numpy()
+def _key_column(files: list[Path], name: str, dtype: type) -> np.ndarray:
+    """One column of every shard's keys, in shard order, read a row group at a time."""
+    out = np.empty(sum(parquet_rows(f) for f in files), dtype=dtype)
+    at = 0
+    for f in files:
+        for part in iter_parquet(f, [name]):
+            out[at : at + part.height] = part.get_column(name).to_numpy()
+            at += part.height
+    return out
+
+
+def _decide(files: list[Path], cfg: SelectConfig) -> np.ndarray:
+    """The kept mask over every document of the keys `files`, in shard and row order.
+
+    Holds three arrays of 8 bytes per document (score, then the policy's key; weight; id hash,
+    then the tie-break as float64) and hands them over to the sort, which frees each when done
+    with it: about 36 bytes per document at the peak (48 for mode 'middle'). The decisions are
+    those of the array functions, bit for bit."""
+    key = _key_column(files, "score", np.float64)
     if cfg.policy == "threshold":
         assert cfg.threshold is not None
-        return threshold_mask(score, cfg.threshold, mode=cfg.mode)  # type: ignore[arg-type]
+        return threshold_mask(key, cfg.threshold, mode=cfg.mode)  # type: ignore[arg-type]
     assert cfg.keep is not None
-    if cfg.policy == "gumbel":
-        return gumbel_topk_mask(
-            score,
-            cfg.keep,
-            tau=cfg.tau,
-            weights=weight,
-            mode=cfg.mode,
-            seed=cfg.seed or 0,
-            id_hashes=h,
-        )  # type: ignore[arg-type]
-    # Seeded tie-break, so that a different seed also reshuffles exact ties.
-    return _cut(
-        _policy_key(score, weight, mix64(h, cfg.seed or 0), cfg.mode),
-        mix64(h, cfg.seed or 0),
-        weight,
-        cfg.keep,
-    )
+    seed = cfg.seed or 0
+    weight = _key_column(files, "weight", np.float64)
+    hashes = _key_column(files, "hash", np.uint64)
+    if cfg.policy == "gumbel":  # as gumbel_topk_mask: sign * score / tau + noise(seed, hash)
+        np.multiply(key, 1.0 if cfg.mode == "top" else -1.0, out=key)
+        np.divide(key, cfg.tau, out=key)
+        add_gumbel_noise(key, hashes, seed)
+    else:  # a seeded tie-break, so that a different seed also reshuffles exact ties
+        for a in range(0, len(hashes), _BLOCK):
+            hashes[a : a + _BLOCK] = mix64(hashes[a : a + _BLOCK], seed)
+        if cfg.mode == "bottom":
+            np.negative(key, out=key)
+    tiebreak = hashes.view(np.float64)  # the tie-break is only ever compared as float64
+    for a in range(0, len(hashes), _BLOCK):
+        tiebreak[a : a + _BLOCK] = hashes[a : a + _BLOCK].astype(np.float64)
+    del hashes
+    if cfg.policy == "topk" and cfg.mode == "middle":
+        scores = [key]
+        del key
+        key = middle_key_owned(scores, weight, tiebreak)
+    arrays = [key, tiebreak, weight]
+    del key, tiebreak, weight
+    return cut_owned(arrays, cfg.keep)
+
+
+#: documents per block of the in-place conversions of `_decide`
+_BLOCK = 1 << 16
+
+
+@dataclass
+class _Tally:
+    """The summary of a decision, summed a batch of keys at a time."""
+
+    docs: int = 0
+    weight: float = 0.0
+    kept_weight: float = 0.0
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
+    extremes: list[float] = field(default_factory=list)  # each batch's cutoff candidate
+
+    def add(self, part: pl.DataFrame, cfg: SelectConfig) -> None:
+        kept = part.filter(pl.col("kept"))
+        self.docs += part.height
+        self.weight += float(part.get_column("weight").sum())
+        self.kept_weight += float(kept.get_column("weight").sum())
+        if kept.height and cfg.policy == "topk" and cfg.mode in ("top", "bottom"):
+            score = kept.get_column("score")
+            self.extremes.append(score.min() if cfg.mode == "top" else score.max())  # type: ignore[arg-type]
+        by_group = part.group_by("group").agg(
+            pl.len().alias("docs"),
+            pl.col("kept").sum().alias("kept_docs"),
+            pl.col("weight").sum().alias("weight"),
+            (pl.col("weight") * pl.col("kept")).sum().alias("kept_weight"),
+        )
+        for row in by_group.iter_rows(named=True):
+            g = self.groups.setdefault(
+                row["group"], {"docs": 0, "kept_docs": 0, "weight": 0.0, "kept_weight": 0.0}
+            )
+            for k in g:
+                g[k] += float(row[k]) if "weight" in k else int(row[k])
+
+    def cutoff(self, cfg: SelectConfig) -> float | None:
+        if cfg.policy == "threshold":
+            return cfg.threshold
+        if not self.extremes:
+            return None
+        s = pl.Series(self.extremes, dtype=pl.Float64)
+        return float(s.min() if cfg.mode == "top" else s.max())  # type: ignore[arg-type]
+
+
+def _record_decision(
+    shards: list[Shard], files: list[Path], mask: np.ndarray, cfg: SelectConfig, keep_dir: Path
+) -> _Tally:
+    """Stream each shard's keys again: write its kept ids and rows, and sum the summary."""
+    tally = _Tally()
+    at = 0
+    for shard, f in zip(shards, files, strict=True):
+        with atomic_path(keep_dir / f"{shard.stem}.parquet") as tmp:
+            writer = ShardWriter(tmp, fmt="parquet")
+            for part in iter_parquet(f, ["id", "row", "score", "weight", "group"]):
+                part = part.with_columns(pl.Series("kept", mask[at : at + part.height]))
+                at += part.height
+                tally.add(part, cfg)
+                kept = part.filter(pl.col("kept"))
+                if kept.height:
+                    writer.write(kept.select(list(KEEP_SCHEMA)))
+            writer.close(schema_if_empty=KEEP_SCHEMA)
+    return tally
 
 
 def select(
@@ -504,16 +514,11 @@ def _select(
     )
     if not decided:
         decided_path.unlink(missing_ok=True)
-        parts = [read_parquet(keys_dir / f"{s.stem}.parquet") for s in corpus.shards]
-        keys = pl.concat(parts) if parts else pl.DataFrame()
-        mask = _decide(keys, cfg) if keys.height else np.zeros(0, dtype=bool)
-        offset = 0
-        for s, part in zip(corpus.shards, parts, strict=True):
-            m = mask[offset : offset + part.height]
-            offset += part.height
-            with atomic_path(keep_dir / f"{s.stem}.parquet") as tmp:
-                part.filter(pl.Series(m)).select("id").write_parquet(tmp)
-        result = _summarise(keys, mask, cfg, out, keys_result.skipped)
+        files = [keys_dir / f"{s.stem}.parquet" for s in corpus.shards]
+        mask = _decide(files, cfg)
+        tally = _record_decision(corpus.shards, files, mask, cfg, keep_dir)
+        result = _summarise(tally, int(mask.sum()), cfg, out, keys_result.skipped)
+        del mask
         write_json(summary_path, result.to_dict())
         write_json(decided_path, {"keys": keys_id})
     runner.run(
@@ -528,44 +533,19 @@ def _select(
 
 
 def _summarise(
-    keys: pl.DataFrame, mask: np.ndarray, cfg: SelectConfig, out: Path, skipped: dict[str, int]
+    tally: _Tally, kept_docs: int, cfg: SelectConfig, out: Path, skipped: dict[str, int]
 ) -> SelectResult:
-    if keys.height == 0:
+    if tally.docs == 0:
         return SelectResult(str(out), cfg.model_dump(), 0, 0, 0.0, 0.0, None, {}, skipped)
-    k = keys.with_columns(pl.Series("kept", mask))
-    kept = k.filter(pl.col("kept"))
-    cutoff = None
-    if kept.height and cfg.policy == "topk" and cfg.mode in ("top", "bottom"):
-        cutoff = float(
-            kept.get_column("score").min() if cfg.mode == "top" else kept.get_column("score").max()
-        )
-    elif cfg.policy == "threshold":
-        cutoff = cfg.threshold
-    by_group = (
-        k.group_by("group")
-        .agg(
-            pl.len().alias("docs"),
-            pl.col("kept").sum().alias("kept_docs"),
-            pl.col("weight").sum().alias("weight"),
-            (pl.col("weight") * pl.col("kept")).sum().alias("kept_weight"),
-        )
-        .sort("group")
-    )
-    groups = {
-        row["group"]: {
-            kk: (float(v) if "weight" in kk else int(v)) for kk, v in row.items() if kk != "group"
-        }
-        for row in by_group.iter_rows(named=True)
-    }
     return SelectResult(
         out_dir=str(out),
         config=cfg.model_dump(),
-        docs=k.height,
-        kept_docs=int(mask.sum()),
-        weight=float(k.get_column("weight").sum()),
-        kept_weight=float(kept.get_column("weight").sum()),
-        score_cutoff=cutoff,
-        groups=groups,
+        docs=tally.docs,
+        kept_docs=kept_docs,
+        weight=tally.weight,
+        kept_weight=tally.kept_weight,
+        score_cutoff=tally.cutoff(cfg),
+        groups={g: tally.groups[g] for g in sorted(tally.groups)},
         skipped=skipped,
     )
 
@@ -578,40 +558,3 @@ def _clear_selection(out: Path, corpus: Corpus, cfg: SelectConfig) -> None:
         (out / f).unlink(missing_ok=True)
     for s in corpus.shards:
         (out / output_name(s, cfg.format)).unlink(missing_ok=True)
-
-
-def gumbel_topk(
-    benefit: np.ndarray,
-    k: int,
-    *,
-    tau: float = 0.5,
-    seed: int = 0,
-    id_hashes: np.ndarray | None = None,
-) -> np.ndarray:
-    """Indices of k items sampled without replacement with P proportional to softmax(benefit/tau).
-
-    The Gumbel-top-k trick (Kool et al. 2019): the k largest of `benefit / tau + G`, G i.i.d.
-    standard Gumbel. For MATES, benefit = -predicted influence (lower influence = lower reference
-    loss = better), i.e. `argtopk(-pred / tau + G)`.
-
-    Not the official MATES code, which keeps the k *smallest* of `pred / tau + G`: since
-    min(a + G) is not distributed like max(-a + G) (the Gumbel distribution is skewed), that
-    picks item i with P != softmax(-pred / tau)_i; e.g. for pred = (0, 1, 2), tau = 1, k = 1 it
-    gives about (0.702, 0.245, 0.053) instead of softmax's (0.665, 0.245, 0.090): the worst
-    documents are under-sampled (and the best over-sampled) relative to the intended law.
-
-    Noise comes from a seeded generator, or from (seed, id hash) when `id_hashes` is given (then
-    the draw of a document does not depend on its position). Returned best key first.
-    """
-    from assay.selection.select import gumbel_noise
-
-    b = np.asarray(benefit, dtype=np.float64)
-    if tau <= 0:
-        raise ConfigError("tau must be positive")
-    if not 0 <= k <= len(b):
-        raise ConfigError(f"k must be between 0 and {len(b)}, not {k}")
-    if id_hashes is not None and len(id_hashes) != len(b):
-        raise InputError(f"{len(id_hashes)} id hashes for {len(b)} items")
-    key = b / tau + gumbel_noise(len(b) if id_hashes is None else id_hashes, seed)
-    order = np.argsort(-key, kind="stable")
-    return order[:k]

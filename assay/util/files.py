@@ -313,6 +313,27 @@ def read_parquet(path: str | os.PathLike, **kwargs: Any) -> Any:
     return pl.read_parquet(path, glob=False, **kwargs)
 
 
+def iter_parquet(
+    path: str | os.PathLike, columns: list[str] | None = None, batch_rows: int = 1 << 16
+) -> Iterator[Any]:
+    """A parquet file as polars DataFrames of at most `batch_rows` rows, in file order: memory
+    holds a batch (and a row group), never the whole file."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as f:
+        for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
+            yield pl.from_arrow(batch)
+
+
+def parquet_rows(path: str | os.PathLike) -> int:
+    """The number of rows of a parquet file, from its footer."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as f:
+        return int(f.metadata.num_rows)
+
+
 def package_versions(names: list[str]) -> dict[str, str | None]:
     """Installed versions of distributions (None when absent), for run records."""
     from importlib.metadata import PackageNotFoundError, version

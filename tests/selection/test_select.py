@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,16 @@ from assay.exec.runner import LocalRunner
 from assay.io.corpus import Corpus
 from assay.selection.doc_stats import DocStatsScorer
 from assay.selection.score import score_corpus
-from assay.selection.select import SelectConfig, gumbel_topk_mask, select, threshold_mask, topk_mask
+from assay.selection.select import (
+    KEYS_SCHEMA,
+    SelectConfig,
+    _decide,
+    gumbel_topk_mask,
+    select,
+    threshold_mask,
+    topk_mask,
+)
+from assay.util.hashing import mix64, stable_hash64, uniform_from_hash
 
 # -- arrays ------------------------------------------------------------------------------------
 
@@ -233,3 +243,147 @@ def test_documents_without_scores(
     assert r.skipped == {"no_score": 4} and r.docs == 356
     with pytest.raises(ValueError, match="no score column 'nope'"):
         select(corpus, scores, tmp_path / "z", column="nope", keep=0.5)
+
+
+# -- the same decisions as a plain in-memory reference, in a few bytes per document ----------------
+
+
+def _reference_cut(key: np.ndarray, tb: np.ndarray, w: np.ndarray, keep: float) -> np.ndarray:
+    """The decision as first written: one lexsort over every key in memory."""
+    order = np.lexsort((-tb.astype(np.float64), -key))
+    cum = np.cumsum(w[order], dtype=np.float64)
+    target = keep * cum[-1]
+    k = min(int(np.searchsorted(cum, target, side="left")) + 1, len(key))
+    if k > 1 and abs(cum[k - 2] - target) <= abs(cum[k - 1] - target):
+        k -= 1
+    mask = np.zeros(len(key), dtype=bool)
+    mask[order[:k]] = True
+    return mask
+
+
+def _reference_mask(score: np.ndarray, w: np.ndarray, h: np.ndarray, cfg: SelectConfig):
+    seed = cfg.seed or 0
+    if cfg.policy == "threshold":
+        return score >= cfg.threshold if cfg.mode == "top" else score <= cfg.threshold
+    if cfg.policy == "gumbel":
+        noise = -np.log(-np.log(uniform_from_hash(mix64(h, seed))))
+        key = (1.0 if cfg.mode == "top" else -1.0) * score / cfg.tau + noise
+        return _reference_cut(key, h, w, cfg.keep)
+    tb = mix64(h, seed)
+    if cfg.mode == "middle":
+        order = np.lexsort((tb.astype(np.float64), score))
+        cum = np.cumsum(w[order], dtype=np.float64)
+        pct = np.empty(len(score))
+        pct[order] = (cum - w[order] / 2.0) / max(cum[-1], 1e-300)
+        key = -np.abs(pct - 0.5)
+    else:
+        key = score if cfg.mode == "top" else -score
+    return _reference_cut(key, tb, w, cfg.keep)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"column": "alpha_frac", "keep": 0.3, "by": "chars"},
+        {"column": "dup_line_frac", "keep": 0.3, "by": "docs", "seed": 3},  # mostly exact ties
+        {"column": "dup_line_frac", "keep": 0.5, "by": "tokens", "mode": "bottom"},
+        {"column": "unique_word_frac", "keep": 0.4, "by": "chars", "mode": "middle", "seed": 1},
+        {"column": "alpha_frac", "keep": 0.2, "policy": "gumbel", "tau": 0.1, "by": "tokens"},
+        {"column": "n_chars", "keep": 0.3, "policy": "gumbel", "tau": 2.0, "mode": "bottom"},
+        {"column": "n_chars", "policy": "threshold", "threshold": 1500, "mode": "bottom"},
+        {"column": "alpha_frac", "keep": 0.25, "by": "chars", "group_by": None},
+    ],
+)
+def test_select_keeps_what_a_plain_reference_keeps(
+    tmp_path: Path, scored: tuple[Corpus, Path], settings: dict
+) -> None:
+    corpus, scores = scored
+    cfg = SelectConfig(**settings)
+    result = select(corpus, scores, tmp_path / "sel", cfg)
+    docs = pl.concat(list(corpus.iter_batches())).join(
+        pl.concat([pl.read_parquet(p) for p in scores.glob("*.parquet")]), on="id"
+    )
+    text = docs.get_column("text")
+    w = {
+        "docs": np.ones(docs.height),
+        "chars": text.str.len_chars().to_numpy().astype(np.float64),
+        "tokens": count_tokens(text, None),
+    }[cfg.by]
+    score = docs.get_column(cfg.column).cast(pl.Float64).to_numpy()
+    mask = _reference_mask(score, w, stable_hash64(docs.get_column("id").to_list()), cfg)
+    ids = docs.get_column("id")
+    out = [b for p in (tmp_path / "sel").glob("[!._]*.jsonl.gz") for b in Corpus(p).iter_batches()]
+    assert sorted(pl.concat(out).get_column("id")) == sorted(ids.filter(mask))
+    assert (result.kept_docs, result.kept_weight) == (int(mask.sum()), float(w[mask].sum()))
+    group = docs.get_column("domain") if cfg.group_by else pl.Series(["(all)"] * docs.height)
+    for g, counts in result.groups.items():
+        in_g = (group == g).to_numpy()
+        assert counts == {
+            "docs": int(in_g.sum()),
+            "kept_docs": int((in_g & mask).sum()),
+            "weight": float(w[in_g].sum()),
+            "kept_weight": float(w[in_g & mask].sum()),
+        }
+
+
+def _keys_files(root: Path, n: int, shards: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    files = []
+    for k in range(shards):
+        files.append(root / f"s{k}.parquet")
+        pl.DataFrame(
+            {
+                "id": [f"d{k}-{i}" for i in range(n)],
+                "row": np.arange(n),
+                "score": np.round(rng.normal(size=n), 2),  # plenty of exact ties
+                "weight": rng.integers(1, 2000, n).astype(np.float64),
+                "hash": rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2),
+                "group": rng.choice(["a", "b"], n),
+            },
+            schema=KEYS_SCHEMA,
+        ).write_parquet(files[-1], row_group_size=8192)
+    return files
+
+
+@pytest.mark.parametrize(
+    ("settings", "limit"),
+    [
+        ({"keep": 0.3, "by": "chars"}, 48),
+        ({"keep": 0.3, "policy": "gumbel", "tau": 0.5, "seed": 2}, 48),
+        ({"keep": 0.4, "mode": "middle", "seed": 1}, 56),
+    ],
+)
+def test_the_decision_holds_a_few_dozen_bytes_per_document(
+    tmp_path: Path, settings: dict, limit: int
+) -> None:
+    files = _keys_files(tmp_path, 60_000, 3)
+    cfg = SelectConfig(column="q", **settings)
+    tracemalloc.start()
+    try:
+        mask = _decide(files, cfg)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak / len(mask) <= limit  # numpy's allocations; the issue's bound is 64
+    keys = pl.concat([pl.read_parquet(f) for f in files])
+    score, w, h = (keys.get_column(c).to_numpy() for c in ("score", "weight", "hash"))
+    assert np.array_equal(mask, _reference_mask(score, w, h, cfg))
+
+
+def test_keys_of_an_older_layout_are_made_again(
+    tmp_path: Path, scored: tuple[Corpus, Path]
+) -> None:
+    corpus, scores = scored
+    first = select(corpus, scores, tmp_path / "s", column="alpha_frac", keep=0.3)
+    kept = sorted(_kept(tmp_path / "s").get_column("id"))
+    keys = tmp_path / "s" / "_select" / "keys"
+    for f in keys.glob("*.parquet"):  # what an earlier version wrote: no row, no layout
+        pl.read_parquet(f).drop("row").write_parquet(f)
+        stats = keys / "_stats" / f"{f.stem}.jsonl.gz.json"
+        saved = json.loads(stats.read_text())
+        del saved["source"]["task"]["columns"]
+        stats.write_text(json.dumps(saved))
+    again = select(corpus, scores, tmp_path / "s", column="alpha_frac", keep=0.3)
+    assert again.to_dict() == first.to_dict()
+    assert sorted(_kept(tmp_path / "s").get_column("id")) == kept
+    assert all("row" in pl.read_parquet(f).columns for f in keys.glob("*.parquet"))
