@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from assay.exec.runner import LocalRunner, Runner, report_progress
 from assay.io.corpus import Corpus
 from assay.io.shards import ReadOptions, Shard, ShardStats
 from assay.io.write import ShardWriter
-from assay.util.files import atomic_path, read_json, write_json
+from assay.util.files import atomic_path, iter_parquet, read_json, write_json
 from assay.util.hashing import config_hash
 
 ALL_DOMAINS = "all"
@@ -166,29 +168,10 @@ class TokenCache:
         runner = runner or LocalRunner(workers=1)
         task = TokenizeTask(backend, int(eos_id), corpus.options, domain_column)
         runner.run(task, corpus.shards, r / "_shards", overwrite=overwrite, label="tokenize")
-        parts = [pl.read_parquet(r / "_shards" / task.output_name(s)) for s in corpus.shards]
-        table = pl.concat(parts) if parts else pl.DataFrame()
-        if table.height == 0:
-            raise InputError("the corpus has no documents to tokenize")
         vocab = backend.get_vocab_size(with_added_tokens=True)
         dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
-        domains_meta: dict[str, Any] = {}
-        for i, (domain,) in enumerate(
-            table.select("domain").unique(maintain_order=True).iter_rows()
-        ):
-            rows = table.filter(pl.col("domain") == domain)
-            lengths = rows.get_column("tokens").list.len().to_numpy()
-            tokens = rows.get_column("tokens").explode().to_numpy().astype(dtype)
-            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-            name = f"d{i:03d}"
-            _save_npy(r / f"{name}.tokens.npy", tokens)
-            _save_npy(r / f"{name}.offsets.npy", offsets)
-            domains_meta[domain] = {
-                "file": name,
-                "docs": len(lengths),
-                "tokens": len(tokens),
-                "bytes": int(rows.get_column("n_bytes").sum()),
-            }
+        files = [r / "_shards" / task.output_name(s) for s in corpus.shards]
+        domains_meta = _write_domains(r, files, dtype)
         write_json(
             r / cls.META,
             {
@@ -201,6 +184,89 @@ class TokenCache:
         return cls.open(r)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
+def _write_domains(root: Path, files: list[Path], dtype: type) -> dict[str, Any]:
+    """Append each domain's tokens and document offsets to its .npy files, a batch of the
+    tokenized shards at a time: memory holds a batch, whatever the size of the corpus. Domains
+    are numbered in order of first appearance; the files are published only if all succeed."""
+    domains: dict[str, _DomainFiles] = {}
+    with contextlib.ExitStack() as stack:
+        for f in files:
+            for part in iter_parquet(f, ["domain", "n_bytes", "tokens"]):
+                for rows in part.partition_by("domain", maintain_order=True):
+                    domain = rows.get_column("domain")[0]
+                    if domain not in domains:
+                        name = f"d{len(domains):03d}"
+                        domains[domain] = _DomainFiles(
+                            name,
+                            stack.enter_context(atomic_path(root / f"{name}.tokens.npy")),
+                            stack.enter_context(atomic_path(root / f"{name}.offsets.npy")),
+                            dtype,
+                        )
+                    domains[domain].add(rows)
+        if not domains:
+            raise InputError("the corpus has no documents to tokenize")
+        return {domain: files.close() for domain, files in domains.items()}
+
+
+class _DomainFiles:
+    """One domain's tokens (each document followed by EOS) and its n_docs + 1 offsets."""
+
+    def __init__(self, name: str, tokens: Path, offsets: Path, dtype: type):
+        self.name, self.docs, self.bytes = name, 0, 0
+        self.tokens = _NpyAppender(tokens, dtype)
+        self.offsets = _NpyAppender(offsets, np.int64)
+        self.offsets.append(np.zeros(1, dtype=np.int64))
+
+    def add(self, rows: pl.DataFrame) -> None:
+        column = rows.get_column("tokens")
+        start = self.tokens.length
+        self.tokens.append(column.explode().to_numpy())
+        self.offsets.append(np.cumsum(column.list.len().to_numpy(), dtype=np.int64) + start)
+        self.docs += rows.height
+        self.bytes += int(rows.get_column("n_bytes").sum())
+
+    def close(self) -> dict[str, Any]:
+        self.tokens.close()
+        self.offsets.close()
+        return {
+            "file": self.name,
+            "docs": self.docs,
+            "tokens": self.tokens.length,
+            "bytes": self.bytes,
+        }
+
+
+class _NpyAppender:
+    """A 1-D .npy file written a piece at a time; `close()` puts the final length in its header.
+
+    numpy pads a header so that the length of its first axis can grow in place, so the file
+    ends byte for byte as `np.save` would write the whole array."""
+
+    def __init__(self, path: Path, dtype: type):
+        self.path, self.dtype, self.length = path, np.dtype(dtype), 0
+        self.header = self._header()
+        path.write_bytes(self.header)
+
+    def _header(self) -> bytes:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buf,
+            {
+                "descr": np.lib.format.dtype_to_descr(self.dtype),
+                "fortran_order": False,
+                "shape": (self.length,),
+            },
+        )
+        return buf.getvalue()
+
+    def append(self, values: np.ndarray) -> None:
+        with open(self.path, "ab") as f:  # opened per piece: a corpus may have many domains
+            np.ascontiguousarray(values, dtype=self.dtype).tofile(f)
+        self.length += len(values)
+
+    def close(self) -> None:
+        header = self._header()
+        if len(header) != len(self.header):  # pragma: no cover - numpy leaves room for this
+            raise StateError(f"the .npy header of {self.path} cannot take {self.length} items")
+        with open(self.path, "r+b") as f:
+            f.write(header)

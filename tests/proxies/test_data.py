@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from assay.common.mixture import Mixture
 from assay.common.tokenizer import load_tokenizer
-from assay.common.tokens import TokenCache
+from assay.common.tokens import TokenCache, _NpyAppender, _write_domains
 from assay.io.corpus import Corpus
 from assay.proxies.data import pack_mixture
 
@@ -49,6 +52,82 @@ def test_token_cache_holds_every_document(
     # opening again reuses it; another tokenizer does not
     again = TokenCache.build(Corpus(demo_dir / "train"), proxy_tokenizer, token_cache.root)
     assert again.summary() == token_cache.summary()
+
+
+def _saved(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _reference_files(shard_files: list[Path], dtype: type) -> dict[str, bytes]:
+    """The cache's files as first built: every shard's tokens in memory, then np.save."""
+    table = pl.concat([pl.read_parquet(f) for f in shard_files])
+    files = {}
+    for i, domain in enumerate(table.get_column("domain").unique(maintain_order=True)):
+        rows = table.filter(pl.col("domain") == domain).get_column("tokens")
+        files[f"d{i:03d}.tokens.npy"] = _saved(rows.explode().to_numpy().astype(dtype))
+        offsets = np.concatenate([[0], np.cumsum(rows.list.len().to_numpy())]).astype(np.int64)
+        files[f"d{i:03d}.offsets.npy"] = _saved(offsets)
+    return files
+
+
+def test_token_cache_files_are_those_of_one_np_save_per_domain(token_cache: TokenCache) -> None:
+    root = token_cache.root
+    reference = _reference_files(sorted((root / "_shards").glob("*.parquet")), np.uint16)
+    assert {f.name for f in root.glob("d*.npy")} == set(reference)
+    for name, data in reference.items():
+        assert (root / name).read_bytes() == data
+
+
+def test_npy_appender_writes_what_np_save_writes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for dtype in (np.uint16, np.uint32, np.int64):
+        whole = rng.integers(0, 60_000, 10_000).astype(dtype)
+        out = _NpyAppender(tmp_path / "a.npy", dtype)
+        for a, b in [(0, 0), (0, 3), (3, 4000), (4000, 4000), (4000, 10_000)]:
+            out.append(whole[a:b])
+        out.close()
+        assert (tmp_path / "a.npy").read_bytes() == _saved(whole)
+    empty = _NpyAppender(tmp_path / "e.npy", np.uint16)
+    empty.close()
+    assert (tmp_path / "e.npy").read_bytes() == _saved(np.zeros(0, np.uint16))
+    empty.length = 10**15  # the header has room for any length
+    assert len(empty._header()) == len(empty.header)
+
+
+def test_the_cache_is_written_a_batch_at_a_time(tmp_path: Path) -> None:
+    """Domains interleaved over 12 tokenized shards; memory holds a batch, not a domain."""
+    rng = np.random.default_rng(1)
+    shards = []
+    for k in range(12):
+        n = 5_000
+        lengths = rng.integers(1, 60, n)
+        shards.append(tmp_path / "_shards" / f"s{k}.parquet")
+        shards[-1].parent.mkdir(exist_ok=True)
+        flat = rng.integers(0, 1024, int(lengths.sum())).astype(np.uint32)
+        tokens = np.split(flat, np.cumsum(lengths)[:-1])
+        pl.DataFrame(
+            {
+                "domain": rng.choice(["b", "a", f"only-{k % 5}"], n),
+                "n_bytes": rng.integers(1, 500, n).astype(np.uint32),
+                "tokens": pl.Series([t.tolist() for t in tokens], dtype=pl.List(pl.UInt32)),
+            }
+        ).write_parquet(shards[-1])
+    total = sum(pl.read_parquet(f).get_column("tokens").list.len().sum() for f in shards)
+    tracemalloc.start()
+    try:
+        meta = _write_domains(tmp_path, shards, np.uint16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < total  # bytes: under half of the 2-byte tokens written (all: 2 x total)
+    reference = _reference_files(shards, np.uint16)
+    for info in meta.values():
+        for kind in ("tokens", "offsets"):
+            name = f"{info['file']}.{kind}.npy"
+            assert (tmp_path / name).read_bytes() == reference[name]
+    assert sum(info["tokens"] for info in meta.values()) == total
 
 
 def test_packing_hits_budget_and_proportions(token_cache: TokenCache) -> None:
