@@ -193,3 +193,29 @@ def test_map_runs_independent_jobs_in_a_pool_in_order() -> None:
     items = [-3, 1, -2, 5]
     assert LocalRunner(workers=1).map(abs, items) == [3, 1, 2, 5]
     assert LocalRunner(workers=2).map(abs, items) == [3, 1, 2, 5]
+
+
+@pytest.mark.parametrize(
+    ("address", "env", "expected"),
+    [
+        (None, None, {"address": "local", "num_cpus": 2}),  # never the latest cluster started here
+        (None, "local", {"address": "local", "num_cpus": 2}),
+        (None, "10.0.0.5:6379", {}),  # RAY_ADDRESS: that cluster, its own CPUs
+        ("10.0.0.5:6379", None, {"address": "10.0.0.5:6379"}),
+    ],
+)
+def test_ray_runner_starts_its_own_instance_unless_given_an_address(
+    monkeypatch: pytest.MonkeyPatch, address: str | None, env: str | None, expected: dict
+) -> None:
+    ray = pytest.importorskip("ray")
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    RayRunner(address=address, workers=2, progress=False)._ensure_ray()
+    (kwargs,) = calls
+    assert {k: kwargs[k] for k in ("address", "num_cpus") if k in kwargs} == expected
+    assert ("_node_ip_address" in kwargs) == ("num_cpus" in expected)  # loopback when started here

@@ -444,17 +444,17 @@ class RayRunner(Runner):
             }
             # No runtime_env here: it would stop Ray from using the workers it prestarts at init,
             # and every run would wait for fresh ones. Thread limits are set inside each task.
-            if self.address:
-                kwargs["address"] = self.address
-            else:
-                kwargs["num_cpus"] = self.workers
-            # With no address (nor RAY_ADDRESS, which ray.init would connect to) a local
-            # cluster starts, and it must listen on the loopback interface only: otherwise its
-            # GCS, raylet, workers and agents bind to every interface (0.0.0.0 / ::) or to the
-            # host's external IP, and anyone who reaches the host could submit code to them.
-            if self.address or os.environ.get("RAY_ADDRESS", "") not in ("", "local"):
-                ray.init(**kwargs)
+            # An address (given, or in RAY_ADDRESS) joins that cluster. Without one a new local
+            # instance starts ("local": ray.init would otherwise join the latest cluster
+            # started on this machine, with its own CPUs and settings), and it must listen on
+            # the loopback interface only: otherwise its GCS, raylet, workers and agents bind
+            # to every interface (0.0.0.0 / ::) or to the host's external IP, and anyone who
+            # reaches the host could submit code to them.
+            env_address = os.environ.get("RAY_ADDRESS", "") not in ("", "local")
+            if self.address or env_address:
+                ray.init(**kwargs, **({"address": self.address} if self.address else {}))
                 return ray
+            kwargs.update(address="local", num_cpus=self.workers)
             # Each Ray service binds to loopback exactly when the node IP is the loopback
             # address. But ray.init rewrites a loopback `_node_ip_address` (a private
             # argument; there is no public one) to the host's external IP unless
