@@ -6,8 +6,10 @@ Two paths, chosen per file by its estimated in-memory size (`ReadOptions.whole_f
   cores, with every field of every record and strict types; the file is held in memory once.
 * **streaming**: the file is read in blocks of whole lines (JSONL, `assay.io.blocks`: plain
   files through a memory map, gzip through ISA-L when installed, zstd in cache-sized steps) or
-  row groups (parquet), so memory stays bounded whatever the size of a shard. A part of a large
-  file (`assay.io.split`) is always streamed: the lines of a byte range, or a run of rows.
+  row groups (parquet), so memory stays bounded whatever the size of a shard. JSONL blocks go
+  through a pipeline: decompressed in one thread, parsed strictly by pyarrow several blocks at
+  once (one thread each), validated in order by the caller. A part of a large file
+  (`assay.io.split`) is always streamed: the lines of a byte range, or a run of rows.
 
 Either way the result is the same rows, ids and errors. Line numbers are only needed for error
 messages, so on the fast path they are computed lazily, from the file, when a record is bad.
@@ -16,12 +18,14 @@ A file that polars cannot parse whole is re-read on the streaming path, which fi
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +103,7 @@ def estimated_bytes(path: str, kind: str | None) -> int:
 _PARSE = pj.ParseOptions(unexpected_field_behavior="infer")
 
 
-def parse_jsonl(data: Any) -> pl.DataFrame:
+def parse_jsonl(data: Any, use_threads: bool = True) -> pl.DataFrame:
     """Parse JSON lines strictly, with every field of every record.
 
     `data` is a buffer, or a function that opens the source (a memory-mapped file, a
@@ -109,7 +113,8 @@ def parse_jsonl(data: Any) -> pl.DataFrame:
     changes: a value whose type differs from the rest of its column (a text `42` among strings,
     which polars turns into "42") and a lone UTF-16 surrogate escape (which polars turns into
     U+0000); invalid UTF-8 is caught by validating the result. Any error sends the caller to
-    the line-by-line reader, which names the bad records.
+    the line-by-line reader, which names the bad records. Without `use_threads` the buffer is
+    parsed as one block in this thread (the block reader parses several blocks at once).
     """
     if callable(data):
         source = data
@@ -117,11 +122,12 @@ def parse_jsonl(data: Any) -> pl.DataFrame:
         buffer = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
         source = lambda: buffer  # noqa: E731
     block = 1 << 20
+    if not use_threads and not callable(data):
+        block = max(block, len(buffer))
     while True:
         try:
-            table = pj.read_json(
-                source(), read_options=pj.ReadOptions(block_size=block), parse_options=_PARSE
-            )
+            options = pj.ReadOptions(use_threads=use_threads, block_size=block)
+            table = pj.read_json(source(), read_options=options, parse_options=_PARSE)
             break
         except pa.ArrowInvalid as e:
             if "straddl" in str(e) and block < (1 << 30):  # a line longer than a block
@@ -240,10 +246,16 @@ def _read_jsonl_blocks(
     start: int = 0,
     stop: int | None = None,
 ) -> Iterator[RawBatch]:
-    """Parse whole-line blocks; the records of a part are numbered from the file's start."""
+    """Parse whole-line blocks; the records of a part are numbered from the file's start.
+
+    A pipeline: gzip and zstd are decompressed in one thread; blocks are parsed by a few
+    threads at once (pyarrow releases the GIL), each block whole in one thread, so that no
+    thread waits for another within a block; the caller validates them, in order, meanwhile.
+    """
+    threads = parse_threads()
     base: Callable[[], int] | None = None
     if kind is None:
-        blocks = mapped_blocks(path, block_bytes, max_line, start, stop)
+        blocks = mapped_blocks(path, block_bytes, max_line, start, stop, threads)
         if start > 0:
             base = functools.cache(lambda: mapped_records_before(path, start, max_line))
     else:
@@ -254,16 +266,48 @@ def _read_jsonl_blocks(
         if start > 0:
             base = lambda: skipped[0]  # noqa: E731 (known before the first block)
     records_before = 0
-    for offset, block in blocks:
-        if block is None:
-            yield _too_long(path, offset, max_line)
-            records_before += 1
-            continue
-        lines_before = lambda a=offset: count_lines(path, a)  # noqa: E731
-        raw, n_records = _parse_block(block, lines_before, records_before)
+    parse = functools.partial(_parse_one, path, max_line, start <= 0)
+    for raw, n_records in in_order(parse, blocks, threads):
+        raw.records += records_before
         raw.record_base = base
         records_before += n_records
         yield raw
+
+
+def parse_threads() -> int:
+    """Blocks parsed at once: the threads this process may use (the runner limits a worker's
+    through OMP_NUM_THREADS), at most 8."""
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(8, int(limit) if limit.isdigit() else pa.cpu_count()))
+
+
+def in_order(fn: Callable[[Any], Any], items: Iterator[Any], threads: int) -> Iterator[Any]:
+    """`fn` of each item, computed by `threads` threads (at most `threads` + 1 items ahead of
+    the caller), handed out in order."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="assay-parse")
+    pending: collections.deque[Future] = collections.deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=False)
+
+
+def _parse_one(
+    path: str, max_line: int | None, from_start: bool, item: tuple[int, Any]
+) -> tuple[RawBatch, int]:
+    """One block parsed, its records numbered from 1 (the caller adds those before it)."""
+    offset, block = item
+    if block is None:
+        return _too_long(path, offset, max_line), 1
+    lines_before = lambda: count_lines(path, offset)  # noqa: E731
+    return _parse_block(block, lines_before, from_start and offset <= len(BOM))
 
 
 def _too_long(path: str, offset: int, max_line: int | None) -> RawBatch:
@@ -278,16 +322,16 @@ def _too_long(path: str, offset: int, max_line: int | None) -> RawBatch:
 
 
 def _as_bytes(block: Any) -> bytes:
-    return block.to_pybytes() if isinstance(block, pa.Buffer) else bytes(block)
+    return block if isinstance(block, bytes) else bytes(block)
 
 
 def _parse_block(
-    block: Any, lines_before: Callable[[], int], records_before: int
+    block: Any, lines_before: Callable[[], int], file_start: bool
 ) -> tuple[RawBatch, int]:
     try:
-        df = parse_jsonl(block)
+        df = parse_jsonl(block, use_threads=False)
     except Exception:
-        return _parse_lines_slowly(_as_bytes(block), lines_before(), records_before)
+        return _parse_lines_slowly(_as_bytes(block), lines_before(), file_start)
 
     def lines() -> np.ndarray:  # rows are the block's non-blank lines, in order
         first = lines_before() + 1
@@ -295,25 +339,23 @@ def _parse_block(
         numbers = [first + i for i, ln in enumerate(data.split(b"\n")) if ln.strip()]
         return np.asarray(numbers, dtype=np.int64)
 
-    return RawBatch(df, _arange(records_before + 1, df.height), lines), df.height
+    return RawBatch(df, _arange(1, df.height), lines), df.height
 
 
-def _parse_lines_slowly(
-    block: bytes, lines_before: int, records_before: int
-) -> tuple[RawBatch, int]:
+def _parse_lines_slowly(block: bytes, lines_before: int, file_start: bool) -> tuple[RawBatch, int]:
     """Parse line by line to find the records that are broken, with reasons."""
     rows: list[dict[str, Any]] = []
     raws: list[bytes] = []
     records: list[int] = []
     lines: list[int] = []
     bad: list[tuple[int, str, str]] = []
-    record = records_before
+    record = 0
     for i, line in enumerate(block.split(b"\n")):
         if not line.strip():
             continue
         record += 1
         number = lines_before + 1 + i
-        if record == 1 and line.startswith(BOM):
+        if file_start and record == 1 and line.startswith(BOM):
             line = line[3:]
         problem = _check_line(line)
         if isinstance(problem, tuple):
@@ -332,7 +374,7 @@ def _parse_lines_slowly(
             bad,
             raw=lambda: raws,
         ),
-        record - records_before,
+        record,
     )
 
 
@@ -487,6 +529,12 @@ def bad_rows(df: pl.DataFrame, text_field: str, max_chars: int | None) -> pl.Ser
             .then(pl.lit("missing_text"))
             .otherwise(pl.lit("text_not_string"))
         ).to_series()
+    col = pl.col(text_field)  # first one query for "is anything wrong?" (usually not)
+    checks = [(col.is_null() | ~col.str.contains(r"\S")).any().alias("blank")]
+    if max_chars is not None:
+        checks.append((col.str.len_bytes() > max_chars).any().alias("long"))
+    if not any(df.select(checks).row(0)):
+        return None
     empty = ~text.str.contains(r"\S")  # null for null texts
     bad = text.is_null() | empty.fill_null(False)
     if max_chars is not None:

@@ -143,7 +143,12 @@ class ReadOptions(Strict):
         description="Files whose in-memory size (5x a compressed file's) is at most this are "
         "parsed whole (fastest); larger ones are streamed in blocks (bounded memory).",
     )
-    block_bytes: int = Field(16 << 20, ge=1 << 10, description="Block size of streamed files.")
+    block_bytes: int = Field(
+        16 << 20,
+        ge=1 << 10,
+        description="Largest block of a streamed file (blocks are parsed several at once, so "
+        "a file is cut into smaller ones when that gives every thread one).",
+    )
     batch_rows: int = Field(8192, ge=1, description="Rows per batch handed to a task.")
     split_bytes: int | None = Field(
         DEFAULT_SPLIT_BYTES,
@@ -335,8 +340,8 @@ def _check_batch(
             ids = ids.fill_null(generated())
     else:
         ids = generated()
-    rest = [c for c in df.columns if c not in (tf, idf, "id", "text")]
-    return df.select(ids.alias("id"), pl.col(tf).alias("text"), *rest)
+    rest = [df.get_column(c) for c in df.columns if c not in (tf, idf, "id", "text")]
+    return pl.DataFrame([ids.alias("id"), df.get_column(tf).alias("text"), *rest])
 
 
 def _generated_ids(shard: Shard, records: np.ndarray) -> pl.Series:
