@@ -24,7 +24,7 @@ import pytest
 import zstandard
 from conftest import read_all
 
-from assay.exec.runner import LocalRunner
+from assay.exec.runner import LocalRunner, RayRunner
 from assay.io.corpus import Corpus
 from assay.io.scores import read_scores
 from assay.io.shards import ShardStats
@@ -252,3 +252,24 @@ def test_a_file_cut_otherwise_since_replaces_its_old_parts_and_others_resume(
     kept = read_all(Corpus(tmp_path / "sel"))
     assert kept.height == result.kept_docs and kept.get_column("id").is_unique().all()
     assert not list((tmp_path / "sel").glob("math-00000.part-*-of-00002.jsonl.gz"))
+
+
+@pytest.mark.slow
+def test_ray_runs_the_parts_of_a_split_corpus_as_the_local_runner_does(
+    tmp_path: Path, demo_dir: Path
+) -> None:
+    ray = pytest.importorskip("ray")
+    corpus = Corpus(demo_dir / "train", split_bytes=SPLIT)
+    try:
+        result = score_corpus(
+            DocStatsScorer(), corpus, tmp_path / "ray", runner=RayRunner(workers=2, progress=False)
+        )
+    finally:
+        ray.shutdown()
+    score_corpus(DocStatsScorer(), corpus, tmp_path / "local")
+    assert result.ran == len(corpus.shards) and result.docs_out == 360
+    names = sorted(p.name for p in (tmp_path / "local").glob("*.parquet"))
+    assert names == sorted(p.name for p in (tmp_path / "ray").glob("*.parquet"))
+    assert all(
+        (tmp_path / "ray" / n).read_bytes() == (tmp_path / "local" / n).read_bytes() for n in names
+    )

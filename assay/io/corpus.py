@@ -177,7 +177,7 @@ class Corpus:
         return best.drop("_key")
 
     def write(self, out_dir: str | os.PathLike, fmt: str | None = None) -> list[Path]:
-        """Copy (and convert) the corpus into `out_dir`, one output per shard, atomically."""
+        """Copy (and convert) the corpus into `out_dir`, one output per file, atomically."""
         self.check_output(out_dir)
         outs = []
         with folder_lock(out_dir):
