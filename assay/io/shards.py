@@ -175,6 +175,13 @@ class ReadOptions(Strict):
     def _zero_is_no_limit(cls, v: int | None) -> int | None:
         return v or None
 
+    @field_validator("split_bytes")
+    @classmethod
+    def _whole_lines_at_least(cls, v: int | None) -> int | None:
+        if v is not None and v < 1 << 10:
+            raise ValueError("split_bytes must be 0 (no split) or at least 1024")
+        return v
+
 
 @dataclass(frozen=True)
 class Shard:
