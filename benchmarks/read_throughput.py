@@ -5,11 +5,15 @@ and normalises ids; polars reads each file whole with no checks. polars' default
 schema from the first 100 records and drops any field that appears later; assay reads every
 field of every record, so `polars_all_fields` (polars with infer_schema_length=None) is the
 like-for-like baseline, and `ratio_all_fields` the ratio against it. Two assay paths are measured:
-the default (shards that fit in `whole_file_bytes` are parsed whole by polars) and streaming
-(forced with whole_file_bytes=0: blocks of 16 MiB, bounded memory, the path of large shards).
-Target: assay >= 0.8x polars.
+the default (shards that fit in `whole_file_bytes` are parsed whole) and streaming
+(forced with whole_file_bytes=0: blocks of at most 16 MiB, bounded memory, the path of large
+shards and of the parts of split files). Target: assay >= 0.85x polars.
 
     python benchmarks/read_throughput.py [--docs 40000] [--shards 8]
+
+`--shards 1` reads one 109 MB file (the streaming path in its steady state). With
+`POLARS_MAX_THREADS=1 OMP_NUM_THREADS=1` in the environment every reader gets one thread, as
+each worker of a `-j N` run does (pyarrow and polars honour these variables).
 """
 
 from __future__ import annotations
@@ -62,8 +66,9 @@ def main() -> None:
             "ratio_all_fields": round(t_full / t_assay, 3),
             "assay_streaming_docs_per_s": round(n_stream / t_stream),
             "streaming_ratio": round(t_polars / t_stream, 3),
+            "streaming_ratio_all_fields": round(t_full / t_stream, 3),
         }
-    emit({"benchmark": "read_throughput", "target_ratio": 0.8, "formats": rows})
+    emit({"benchmark": "read_throughput", "target_ratio": 0.85, "formats": rows})
 
 
 if __name__ == "__main__":

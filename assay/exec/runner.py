@@ -17,6 +17,10 @@ The runner owns the bookkeeping every task needs, so tasks stay small:
   resumed ones included, are merged into `<out>/_stats.json`.
 * **safety**: an output folder that equals, contains or lies inside an input shard is refused;
   the folder is locked for the run (a second writer is refused) and marked as assay's.
+* **parts**: a large file may be read as several shards (`assay.io.split`); when a file is now
+  cut otherwise than when an output was made (it grew, or `split_bytes` changed), the outputs
+  of its old parts (those with stats, so written by assay) are removed, so that the folder never
+  holds a file's documents twice.
 
 Everything the runner writes beside the outputs starts with `_` or `.`, which corpus discovery
 skips, so an output folder can be read back as a corpus.
@@ -41,6 +45,7 @@ from typing import Any, Protocol
 
 from assay.errors import ConfigError, DependencyError
 from assay.io.shards import FileShard, Shard, ShardStats
+from assay.io.split import parse_part_name, shard_named
 from assay.util.files import (
     json_normal,
     read_json,
@@ -233,6 +238,25 @@ class _Job:
     source: dict[str, Any] | None = None
 
 
+def _remove_other_cuts(task: ShardTask, shards: Sequence[Shard], out_dir: Path) -> None:
+    """Remove the outputs (and stats) of these files' shards cut into other parts than now."""
+    stats_dir = out_dir / STATS_DIR
+    files = {s.file_name: s.path for s in shards if isinstance(s, FileShard)}
+    if not stats_dir.is_dir():
+        return
+    current = {s.name for s in shards}
+    for f in sorted(stats_dir.rglob("*.json")):
+        name = f.relative_to(stats_dir).as_posix()[: -len(".json")]
+        parsed = parse_part_name(name)
+        file = parsed[0] if parsed else name
+        if name in current or file not in files:
+            continue
+        output = task.output_name(shard_named(name, files[file]))
+        if output is not None:
+            (out_dir / output).unlink(missing_ok=True)
+        f.unlink()
+
+
 # ---------------------------------------------------------------------------------------------
 # Runners
 
@@ -289,6 +313,8 @@ class Runner:
                 stale += 1  # the output was made from something else: redo it
             jobs.append(_Job(i, shard, str(final), str(stats_path), source))
         resumed = len(results)
+        if out_dir is not None:
+            _remove_other_cuts(task, shards, Path(out_dir))
         if jobs:
             with _ProgressBar(label, total=len(shards), done=resumed, enabled=self.progress) as bar:
                 for job, stats in self._execute(task, jobs, bar):

@@ -35,6 +35,7 @@ from assay.io.shards import (
     Shard,
     ShardStats,
 )
+from assay.io.split import split_shards, whole_files
 from assay.io.write import ShardWriter, output_name
 from assay.util.guard import check_output, folder_lock, mark_output
 
@@ -80,7 +81,8 @@ class Corpus:
             **read_options,
         )
         shards, self.inputs = discover_inputs(paths)
-        self.shards: list[Shard] = list(shards)
+        #: the units of work: a file each, or the parts of a large one (`assay.io.split`)
+        self.shards: list[Shard] = split_shards(shards, self.options)
 
     @classmethod
     def from_shards(
@@ -91,7 +93,7 @@ class Corpus:
     ) -> Corpus:
         corpus = cls.__new__(cls)
         corpus.options = options or ReadOptions()
-        corpus.shards = list(shards)
+        corpus.shards = split_shards(shards, corpus.options)
         corpus.inputs = list(inputs) if inputs is not None else []
         return corpus
 
@@ -142,7 +144,7 @@ class Corpus:
         return f"Corpus({len(self.shards)} shards, text_field={self.options.text_field!r})"
 
     def iter_batches(self, stats: ShardStats | None = None) -> Iterator[pl.DataFrame]:
-        for shard in self.shards:
+        for shard in whole_files(self.shards):  # one pass over a split file, not one per part
             yield from shard.read(self.options, stats)
 
     def iter_texts(self) -> Iterator[str]:
@@ -163,12 +165,12 @@ class Corpus:
         return sample_shards(self.shards, self.options, n, seed, columns)
 
     def write(self, out_dir: str | os.PathLike, fmt: str | None = None) -> list[Path]:
-        """Copy (and convert) the corpus into `out_dir`, one output per shard, atomically."""
+        """Copy (and convert) the corpus into `out_dir`, one output per file, atomically."""
         self.check_output(out_dir)
         outs = []
         with folder_lock(out_dir):
             mark_output(out_dir, "corpus")
-            for shard in self.shards:
+            for shard in whole_files(self.shards):
                 final = Path(out_dir) / output_name(shard, fmt)
                 with ShardWriter.atomic(final, self.options) as w:
                     for batch in shard.read(self.options):

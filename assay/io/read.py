@@ -4,8 +4,12 @@ Two paths, chosen per file by its estimated in-memory size (`ReadOptions.whole_f
 
 * **whole file**: pyarrow's JSON reader parses the (decompressed) file in one call, on all
   cores, with every field of every record and strict types; the file is held in memory once.
-* **streaming**: the file is read in blocks of whole lines (JSONL; gzip through ISA-L when
-  installed) or row groups (parquet), so memory stays bounded whatever the size of a shard.
+* **streaming**: the file is read in blocks of whole lines (JSONL, `assay.io.blocks`: plain
+  files through a memory map, gzip through ISA-L when installed, zstd in cache-sized steps) or
+  row groups (parquet), so memory stays bounded whatever the size of a shard. JSONL blocks go
+  through a pipeline: decompressed in one thread, parsed strictly by pyarrow several blocks at
+  once (one thread each), validated in order by the caller. A part of a large file
+  (`assay.io.split`) is always streamed: the lines of a byte range, or a run of rows.
 
 Either way the result is the same rows, ids and errors. Line numbers are only needed for error
 messages, so on the fast path they are computed lazily, from the file, when a record is bad.
@@ -14,12 +18,14 @@ A file that polars cannot parse whole is re-read on the streaming path, which fi
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
-import mmap
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +34,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pj
 
+from assay.io.blocks import (
+    FileLevelError,
+    count_lines,
+    mapped_blocks,
+    mapped_records_before,
+    stream_blocks,
+)
 from assay.util.files import BOM, open_read, open_stream, sniff_compression
 from assay.util.files import read_parquet as read_parquet_file
 
@@ -51,8 +64,8 @@ def max_line_bytes(max_chars: int | None) -> int | None:
 class RawBatch:
     """Parsed rows before validation.
 
-    `records` are 1-based ordinals among the non-blank lines (or rows) of the file: generated ids
-    come from them. `lines()` gives each row's 1-based line (or row) number, for messages.
+    `records` are 1-based ordinals among the non-blank lines (or rows) of the file (of the part,
+    plus `record_base()` when that is set): generated ids come from them. `lines()` gives each row's 1-based line (or row) number, for messages.
     `raw()` gives each row's raw JSON line, for batches read leniently line by line, so that the
     few rows whose parsed values are suspicious are checked (a strict parse needs none). `bad`
     lists records that did not parse: (line, reason, message).
@@ -63,14 +76,11 @@ class RawBatch:
     lines: Lines
     bad: list[tuple[int, str, str]] = field(default_factory=list)
     raw: RawLines | None = None
+    record_base: Callable[[], int] | None = None
 
-
-class FileLevelError(Exception):
-    """A whole file cannot be read (corrupt archive, not parquet); carries the message."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(message)
-        self.path, self.message = path, message
+    def ordinals(self) -> np.ndarray:
+        """`records` counted from the start of the file."""
+        return self.records if self.record_base is None else self.records + self.record_base()
 
 
 def _const(values: np.ndarray) -> Lines:
@@ -93,7 +103,7 @@ def estimated_bytes(path: str, kind: str | None) -> int:
 _PARSE = pj.ParseOptions(unexpected_field_behavior="infer")
 
 
-def parse_jsonl(data: Any) -> pl.DataFrame:
+def parse_jsonl(data: Any, use_threads: bool = True) -> pl.DataFrame:
     """Parse JSON lines strictly, with every field of every record.
 
     `data` is a buffer, or a function that opens the source (a memory-mapped file, a
@@ -103,15 +113,21 @@ def parse_jsonl(data: Any) -> pl.DataFrame:
     changes: a value whose type differs from the rest of its column (a text `42` among strings,
     which polars turns into "42") and a lone UTF-16 surrogate escape (which polars turns into
     U+0000); invalid UTF-8 is caught by validating the result. Any error sends the caller to
-    the line-by-line reader, which names the bad records.
+    the line-by-line reader, which names the bad records. Without `use_threads` the buffer is
+    parsed as one block in this thread (the block reader parses several blocks at once).
     """
-    source = data if callable(data) else (lambda: pa.py_buffer(data))
+    if callable(data):
+        source = data
+    else:
+        buffer = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+        source = lambda: buffer  # noqa: E731
     block = 1 << 20
+    if not use_threads and not callable(data):
+        block = max(block, len(buffer))
     while True:
         try:
-            table = pj.read_json(
-                source(), read_options=pj.ReadOptions(block_size=block), parse_options=_PARSE
-            )
+            options = pj.ReadOptions(use_threads=use_threads, block_size=block)
+            table = pj.read_json(source(), read_options=options, parse_options=_PARSE)
             break
         except pa.ArrowInvalid as e:
             if "straddl" in str(e) and block < (1 << 30):  # a line longer than a block
@@ -137,10 +153,21 @@ def _read_whole(path: str, kind: str | None) -> pl.DataFrame:
 
 
 def read_jsonl(
-    path: str, whole_file_bytes: int, block_bytes: int, max_chars: int | None = None
+    path: str,
+    whole_file_bytes: int,
+    block_bytes: int,
+    max_chars: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[RawBatch]:
+    """The records of a JSONL file, or of its part `[start, stop)` (see `assay.io.blocks`)."""
     kind = sniff_compression(path)
-    if estimated_bytes(path, kind) <= whole_file_bytes and not _starts_with_bom(path, kind):
+    whole = start <= 0 and stop is None
+    if (
+        whole
+        and estimated_bytes(path, kind) <= whole_file_bytes
+        and not _starts_with_bom(path, kind)
+    ):
         try:
             df = _read_whole(path, kind)
         except Exception:  # malformed JSON, bad UTF-8, mixed types: find them line by line
@@ -149,7 +176,7 @@ def read_jsonl(
             # parsed strictly: no row needs its raw line checked (RawBatch.raw stays None)
             yield RawBatch(df, _arange(1, df.height), lambda: _nonblank_line_numbers(path))
             return
-    yield from _read_jsonl_blocks(path, kind, block_bytes, max_line_bytes(max_chars))
+    yield from _read_jsonl_blocks(path, kind, block_bytes, max_line_bytes(max_chars), start, stop)
 
 
 def _starts_with_bom(path: str, kind: str | None) -> bool:
@@ -165,68 +192,6 @@ def _nonblank_line_numbers(path: str) -> np.ndarray:
     return np.asarray(
         [i + 1 for i, ln in enumerate(data.split(b"\n")) if ln.strip()], dtype=np.int64
     )
-
-
-def _decompressed_chunks(path: str, size: int, kind: str | None = None) -> Iterator[bytes]:
-    """The decompressed bytes of a gzip or zstd file (told by its bytes), in chunks of `size`."""
-    kind = kind or sniff_compression(path)
-    if kind is None:
-        with open(path, "rb") as f:
-            while chunk := f.read(size):
-                yield chunk
-        return
-    if kind == "zstd":
-        import zstandard
-
-        with open(path, "rb") as fh:
-            reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-            while chunk := reader.read(size):
-                yield chunk
-        return
-    with open_read(path) as f:
-        while chunk := f.read(size):
-            yield chunk
-
-
-def _line_blocks(
-    path: str, kind: str | None, block_bytes: int, max_line: int | None
-) -> Iterator[tuple[int, bytes | None]]:
-    """Blocks of whole lines, each with its offset in the decompressed stream.
-
-    A line longer than `max_line` is not kept: `(offset, None)` says one starts at `offset`,
-    and its bytes are skipped up to the next newline, so memory stays bounded.
-    """
-    offset = 0
-    rest = bytearray()
-    first, skipping = True, False
-    try:
-        for chunk in _decompressed_chunks(path, block_bytes, kind):
-            if first:
-                first = False
-                if chunk.startswith(BOM):
-                    chunk, offset = chunk[3:], 3
-            if skipping:
-                nl = chunk.find(b"\n")
-                if nl < 0:
-                    offset += len(chunk)
-                    continue
-                offset, chunk, skipping = offset + nl + 1, chunk[nl + 1 :], False
-            cut = chunk.rfind(b"\n")
-            if cut < 0:
-                rest += chunk
-            else:
-                block = bytes(rest) + chunk[: cut + 1] if rest else chunk[: cut + 1]
-                rest = bytearray(chunk[cut + 1 :])
-                yield offset, block
-                offset += len(block)
-            if max_line is not None and len(rest) > max_line:
-                yield offset, None
-                offset += len(rest)
-                rest, skipping = bytearray(), True
-        if rest and not skipping:
-            yield offset, bytes(rest)
-    except Exception as e:  # truncated gzip, corrupt zstd frame, I/O error
-        raise FileLevelError(path, f"cannot read {kind or 'file'} stream ({e})") from e
 
 
 _END = object()
@@ -274,26 +239,80 @@ def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def _read_jsonl_blocks(
-    path: str, kind: str | None, block_bytes: int, max_line: int | None
+    path: str,
+    kind: str | None,
+    block_bytes: int,
+    max_line: int | None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[RawBatch]:
+    """Parse whole-line blocks; the records of a part are numbered from the file's start.
+
+    A pipeline: gzip and zstd are decompressed in one thread; blocks are parsed by a few
+    threads at once (pyarrow releases the GIL), each block whole in one thread, so that no
+    thread waits for another within a block; the caller validates them, in order, meanwhile.
+    """
+    threads = parse_threads()
+    base: Callable[[], int] | None = None
     if kind is None:
-        yield from _mapped_blocks(path, block_bytes, max_line)
-        return
+        blocks = mapped_blocks(path, block_bytes, max_line, start, stop, threads)
+        if start > 0:
+            base = functools.cache(lambda: mapped_records_before(path, start, max_line))
+    else:
+        skipped: list[int] = []
+        blocks = prefetched(
+            stream_blocks(path, kind, block_bytes, max_line, start, stop, skipped.append)
+        )
+        if start > 0:
+            base = lambda: skipped[0]  # noqa: E731 (known before the first block)
     records_before = 0
-    for offset, block in prefetched(_line_blocks(path, kind, block_bytes, max_line)):
-        if block is None:
-            yield _too_long(path, offset, max_line)
-            records_before += 1
-            continue
-        lines_before = lambda a=offset: _count_lines(path, a)  # noqa: E731
-        raw, n_records = _parse_block(block, lines_before, records_before)
+    parse = functools.partial(_parse_one, path, max_line, start <= 0)
+    for raw, n_records in in_order(parse, blocks, threads):
+        raw.records += records_before
+        raw.record_base = base
         records_before += n_records
         yield raw
 
 
+def parse_threads() -> int:
+    """Blocks parsed at once: the threads this process may use (the runner limits a worker's
+    through OMP_NUM_THREADS), at most 8."""
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(8, int(limit) if limit.isdigit() else pa.cpu_count()))
+
+
+def in_order(fn: Callable[[Any], Any], items: Iterator[Any], threads: int) -> Iterator[Any]:
+    """`fn` of each item, computed by `threads` threads (at most `threads` + 1 items ahead of
+    the caller), handed out in order."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="assay-parse")
+    pending: collections.deque[Future] = collections.deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=False)
+
+
+def _parse_one(
+    path: str, max_line: int | None, from_start: bool, item: tuple[int, Any]
+) -> tuple[RawBatch, int]:
+    """One block parsed, its records numbered from 1 (the caller adds those before it)."""
+    offset, block = item
+    if block is None:
+        return _too_long(path, offset, max_line), 1
+    lines_before = lambda: count_lines(path, offset)  # noqa: E731
+    return _parse_block(block, lines_before, from_start and offset <= len(BOM))
+
+
 def _too_long(path: str, offset: int, max_line: int | None) -> RawBatch:
     """A batch holding one refused record: a line too long to hold a valid one."""
-    line = _count_lines(path, offset) + 1
+    line = count_lines(path, offset) + 1
     message = (
         f"line longer than {max_line:,} bytes, more than any record whose text is within "
         "max_chars can take; not read"
@@ -302,83 +321,41 @@ def _too_long(path: str, offset: int, max_line: int | None) -> RawBatch:
     return RawBatch(pl.DataFrame(), empty, _const(empty), [(line, "too_long", message)])
 
 
-def _mapped_blocks(path: str, block_bytes: int, max_line: int | None) -> Iterator[RawBatch]:
-    """Uncompressed files: slice whole-line blocks straight out of a memory map.
-
-    No line counting on the way: ids come from record ordinals, and the line numbers that error
-    messages need are counted from the file only when a record is bad. A line longer than
-    `max_line` is skipped without being copied (its record is reported as too long).
-    """
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            size, records_before = len(mm), 0
-            start = 3 if mm[:3] == BOM else 0
-            while start < size:
-                end = min(start + block_bytes, size)
-                if end < size:
-                    cut = mm.rfind(b"\n", start, end)
-                    if cut < 0:  # one line longer than the block
-                        limit = size if max_line is None else min(size, start + max_line)
-                        cut = mm.find(b"\n", end, limit) if limit > end else -1
-                        if cut < 0 and limit < size:  # longer than any valid record
-                            yield _too_long(path, start, max_line)
-                            records_before += 1
-                            nl = mm.find(b"\n", limit)
-                            start = size if nl < 0 else nl + 1
-                            continue
-                    end = size if cut < 0 else cut + 1
-                lines_before = lambda a=start: _count_lines(path, a)  # noqa: E731
-                raw, n_records = _parse_block(mm[start:end], lines_before, records_before)
-                records_before += n_records
-                start = end
-                yield raw
-
-
-def _count_lines(path: str, upto: int) -> int:
-    """Newlines in the first `upto` (decompressed) bytes of a file; only for error messages."""
-    n, left = 0, upto
-    for chunk in _decompressed_chunks(path, 1 << 20):
-        if left <= 0:
-            break
-        n += chunk.count(b"\n", 0, left)
-        left -= len(chunk)
-    return n
+def _as_bytes(block: Any) -> bytes:
+    return block if isinstance(block, bytes) else bytes(block)
 
 
 def _parse_block(
-    block: bytes, lines_before: Callable[[], int], records_before: int
+    block: Any, lines_before: Callable[[], int], file_start: bool
 ) -> tuple[RawBatch, int]:
     try:
-        df = parse_jsonl(block)
+        df = parse_jsonl(block, use_threads=False)
     except Exception:
-        return _parse_lines_slowly(block, lines_before(), records_before)
+        return _parse_lines_slowly(_as_bytes(block), lines_before(), file_start)
 
     def lines() -> np.ndarray:  # rows are the block's non-blank lines, in order
         first = lines_before() + 1
-        numbers = [first + i for i, ln in enumerate(block.split(b"\n")) if ln.strip()]
+        data = _as_bytes(block)
+        numbers = [first + i for i, ln in enumerate(data.split(b"\n")) if ln.strip()]
         return np.asarray(numbers, dtype=np.int64)
 
-    return RawBatch(df, _arange(records_before + 1, df.height), lines), df.height
+    return RawBatch(df, _arange(1, df.height), lines), df.height
 
 
-def _parse_lines_slowly(
-    block: bytes, lines_before: int, records_before: int
-) -> tuple[RawBatch, int]:
+def _parse_lines_slowly(block: bytes, lines_before: int, file_start: bool) -> tuple[RawBatch, int]:
     """Parse line by line to find the records that are broken, with reasons."""
     rows: list[dict[str, Any]] = []
     raws: list[bytes] = []
     records: list[int] = []
     lines: list[int] = []
     bad: list[tuple[int, str, str]] = []
-    record = records_before
+    record = 0
     for i, line in enumerate(block.split(b"\n")):
         if not line.strip():
             continue
         record += 1
         number = lines_before + 1 + i
-        if record == 1 and line.startswith(BOM):
+        if file_start and record == 1 and line.startswith(BOM):
             line = line[3:]
         problem = _check_line(line)
         if isinstance(problem, tuple):
@@ -397,7 +374,7 @@ def _parse_lines_slowly(
             bad,
             raw=lambda: raws,
         ),
-        record - records_before,
+        record,
     )
 
 
@@ -454,13 +431,23 @@ def _has_lone_surrogate(value: Any) -> bool:
 # Parquet and Hugging Face datasets
 
 
-def read_parquet(path: str, whole_file_bytes: int) -> Iterator[RawBatch]:
+def read_parquet(
+    path: str, whole_file_bytes: int, start: int = 0, stop: int | None = None
+) -> Iterator[RawBatch]:
+    """The rows of a parquet file, or its rows `[start, stop)` (a part: whole row groups)."""
     try:
-        if os.path.getsize(path) * COMPRESSION_RATIO <= whole_file_bytes:
+        if (
+            start <= 0
+            and stop is None
+            and os.path.getsize(path) * COMPRESSION_RATIO <= (whole_file_bytes)
+        ):
             frames: Iterator[pl.DataFrame] = iter([read_parquet_file(path)])
         else:  # polars' streaming engine: bounded memory, same speed
-            frames = pl.scan_parquet(path, glob=False).collect_batches()
-        row = 0
+            scan = pl.scan_parquet(path, glob=False)
+            if start > 0 or stop is not None:
+                scan = scan.slice(start, None if stop is None else stop - start)
+            frames = scan.collect_batches()
+        row = start
         for df in frames:
             yield RawBatch(df, _arange(row + 1, df.height), _const(_arange(row + 1, df.height)))
             row += df.height
@@ -542,6 +529,12 @@ def bad_rows(df: pl.DataFrame, text_field: str, max_chars: int | None) -> pl.Ser
             .then(pl.lit("missing_text"))
             .otherwise(pl.lit("text_not_string"))
         ).to_series()
+    col = pl.col(text_field)  # first one query for "is anything wrong?" (usually not)
+    checks = [(col.is_null() | ~col.str.contains(r"\S")).any().alias("blank")]
+    if max_chars is not None:
+        checks.append((col.str.len_bytes() > max_chars).any().alias("long"))
+    if not any(df.select(checks).row(0)):
+        return None
     empty = ~text.str.contains(r"\S")  # null for null texts
     bad = text.is_null() | empty.fill_null(False)
     if max_chars is not None:

@@ -1,7 +1,9 @@
 """Side-car score tables: scores live beside the data, keyed by document id.
 
 This is dolma's "attributes" idea. Scoring a corpus writes, per input shard, one parquet file
-`<scores_dir>/<shard stem>.parquet` with an `id` column and one float32 column per score. A
+`<scores_dir>/<shard stem>.parquet` with an `id` column and one float32 column per score (a
+large file read in parts writes one per part, `<stem>.part-00001-of-00004.parquet`: see
+`assay.io.split`; a reader finds a shard's rows whichever way its file was split when scored). A
 scores folder also holds `_scores.json` (which scorer, which columns) and the runner's stats.
 Several folders (one per scorer) combine by joining on `id`, so that selecting or mixing again
 never re-scores anything.
@@ -9,6 +11,7 @@ never re-scores anything.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +21,8 @@ import polars as pl
 
 from assay.errors import ConfigError, InputError, MissingError
 from assay.io.corpus import Corpus
-from assay.io.shards import RESERVED_COLUMNS, Shard
+from assay.io.shards import RESERVED_COLUMNS, Shard, strip_format_suffix
+from assay.io.split import PART_STEM
 from assay.util.files import read_json, read_parquet
 
 SCORES_META = "_scores.json"
@@ -26,6 +30,26 @@ SCORES_META = "_scores.json"
 
 def score_file(scores_dir: str | os.PathLike, shard: Shard) -> Path:
     return Path(scores_dir) / f"{shard.stem}.parquet"
+
+
+def score_files(scores_dir: str | os.PathLike, shard: Shard) -> list[Path]:
+    """The score files holding a shard's rows: its own; or, when its file was split otherwise
+    when it was scored, the whole file's (a superset of a part's rows) or all the parts of it.
+    The shard's own (missing) file when there is none."""
+    own = score_file(scores_dir, shard)
+    if own.exists():
+        return [own]
+    stem = strip_format_suffix(shard.file_name)
+    whole = Path(scores_dir) / f"{stem}.parquet"
+    if whole.exists():
+        return [whole]
+    parts: dict[int, list[Path]] = {}
+    for f in whole.parent.glob(f"{glob.escape(whole.name[: -len('.parquet')])}.part-*.parquet"):
+        m = PART_STEM.match(f.name[: -len(".parquet")])
+        if m and (whole.parent / f"{m['stem']}.parquet") == whole:
+            parts.setdefault(int(m["count"]), []).append(f)
+    complete = [sorted(fs) for n, fs in parts.items() if len(fs) == n]
+    return complete[0] if len(complete) == 1 else [own]
 
 
 def check_unique_ids(ids: list[pl.Series], shard: Shard) -> None:
@@ -103,10 +127,12 @@ class ScoreSet:
             take = [c for c in cols if c in wanted]
             if not take:
                 continue
-            path = score_file(d, shard)
-            if not path.exists():
-                raise MissingError(f"no scores for shard {shard.name!r} in {d} (expected {path})")
-            part = read_parquet(path, columns=["id", *take])
+            paths = score_files(d, shard)
+            if not paths[0].exists():
+                raise MissingError(
+                    f"no scores for shard {shard.name!r} in {d} (expected {paths[0]})"
+                )
+            part = pl.concat([read_parquet(p, columns=["id", *take]) for p in paths])
             frame = part if frame is None else frame.join(part, on="id", how="full", coalesce=True)
         assert frame is not None
         return frame
@@ -114,18 +140,24 @@ class ScoreSet:
     def files_for(self, shard: Shard, columns: Sequence[str]) -> list[Path]:
         """The score files a shard's `columns` are read from (to record what a result used)."""
         return [
-            score_file(d, shard)
+            f
             for d, cols in self.columns_by_dir.items()
             if any(c in cols for c in columns)
+            for f in score_files(d, shard)
         ]
 
     def read_all(
         self, shards: Sequence[Shard], columns: Sequence[str] | None = None
     ) -> pl.DataFrame:
-        """Every score row of the given shards with a `shard` column; ids and floats only."""
-        parts = [
-            self.for_shard(s, columns).with_columns(pl.lit(s.name).alias("shard")) for s in shards
-        ]
+        """Every score row of the given shards with a `shard` column; ids and floats only.
+        Rows are read once even where several parts of a file share one score file."""
+        parts, seen = [], set()
+        for s in shards:
+            files = tuple(self.files_for(s, columns if columns is not None else self.columns))
+            if files in seen:
+                continue
+            seen.add(files)
+            parts.append(self.for_shard(s, columns).with_columns(pl.lit(s.name).alias("shard")))
         return pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
 
 

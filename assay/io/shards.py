@@ -34,6 +34,9 @@ OnError = Literal["fail", "skip"]
 #: concatenation accidents, and they stall tokenizers and embedders. Raise or disable (None) it.
 DEFAULT_MAX_CHARS = 10_000_000
 
+#: Files holding more than this are read as several parts (tasks); see `assay.io.split`.
+DEFAULT_SPLIT_BYTES = 512 << 20
+
 
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
@@ -140,18 +143,44 @@ class ReadOptions(Strict):
         description="Files whose in-memory size (5x a compressed file's) is at most this are "
         "parsed whole (fastest); larger ones are streamed in blocks (bounded memory).",
     )
-    block_bytes: int = Field(16 << 20, ge=1 << 10, description="Block size of streamed files.")
+    block_bytes: int = Field(
+        16 << 20,
+        ge=1 << 10,
+        description="Largest block of a streamed file (blocks are parsed several at once, so "
+        "a file is cut into smaller ones when that gives every thread one).",
+    )
     batch_rows: int = Field(8192, ge=1, description="Rows per batch handed to a task.")
+    split_bytes: int | None = Field(
+        DEFAULT_SPLIT_BYTES,
+        ge=0,
+        description="Files holding more than this many bytes (JSONL: decompressed, estimated for "
+        "gzip and zstd; parquet: uncompressed, from its footer) are read as several tasks "
+        "('<stem>.part-00001-of-00004<suffix>' outputs) so that one large file uses every "
+        "worker; null or 0: one task per file.",
+    )
+    compressed_parts: int = Field(
+        16,
+        ge=1,
+        description="Most parts a gzip or zstd file is split into: a part decompresses the file "
+        "from its start, so n parts cost (n+1)/2 decompressions in all.",
+    )
 
     @field_validator("id_field")
     @classmethod
     def _empty_id_field(cls, v: str | None) -> str | None:
         return v or None
 
-    @field_validator("max_chars")
+    @field_validator("max_chars", "split_bytes")
     @classmethod
     def _zero_is_no_limit(cls, v: int | None) -> int | None:
         return v or None
+
+    @field_validator("split_bytes")
+    @classmethod
+    def _whole_lines_at_least(cls, v: int | None) -> int | None:
+        if v is not None and v < 1 << 10:
+            raise ValueError("split_bytes must be 0 (no split) or at least 1024")
+        return v
 
 
 @dataclass(frozen=True)
@@ -167,6 +196,12 @@ class Shard:
     @property
     def format(self) -> str | None:
         return None
+
+    @property
+    def file_name(self) -> str:
+        """The name of the whole file (or dataset slice) this shard reads; a part of a large
+        file (`assay.io.split.FilePart`) has a name of its own."""
+        return self.name
 
     def read(self, options: ReadOptions, stats: ShardStats | None = None) -> Iterator[pl.DataFrame]:
         raise NotImplementedError
@@ -201,13 +236,14 @@ class FileShard(Shard):
         if os.path.getsize(self.path) == 0:
             stats.note("empty_shard")
             return
+        yield from _validated(self._raw(options), self, options, stats)
+
+    def _raw(self, options: ReadOptions) -> Iterator[RawBatch]:
         if self.format == "parquet":
-            raw = read_parquet(self.path, options.whole_file_bytes)
-        else:
-            raw = read_jsonl(
-                self.path, options.whole_file_bytes, options.block_bytes, options.max_chars
-            )
-        yield from _validated(raw, self, options, stats)
+            return read_parquet(self.path, options.whole_file_bytes)
+        return read_jsonl(
+            self.path, options.whole_file_bytes, options.block_bytes, options.max_chars
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,7 +305,7 @@ def _validated(
 def _check_batch(
     batch: RawBatch, shard: Shard, options: ReadOptions, stats: ShardStats, path: str, where: str
 ) -> pl.DataFrame:
-    df, records = batch.df, batch.records
+    df, keep = batch.df, None
     tf, idf = options.text_field, options.id_field
     stats.docs_in += df.height
     if tf != "text" and "text" in df.columns and tf in df.columns:
@@ -297,21 +333,26 @@ def _check_batch(
         for r, n in reason.filter(bad).value_counts().iter_rows():
             stats.skip(r, n)
         df = df.filter(~bad)
-        records = records[(~bad).to_numpy()]
+        keep = (~bad).to_numpy()
         if df.height == 0:
             return df
+
+    def generated() -> pl.Series:
+        records = batch.ordinals()
+        return _generated_ids(shard, records if keep is None else records[keep])
 
     if idf and idf in df.columns:
         ids = df.get_column(idf).cast(pl.String, strict=False)
         if ids.null_count():
-            ids = ids.fill_null(_generated_ids(shard, records))
+            ids = ids.fill_null(generated())
     else:
-        ids = _generated_ids(shard, records)
-    rest = [c for c in df.columns if c not in (tf, idf, "id", "text")]
-    return df.select(ids.alias("id"), pl.col(tf).alias("text"), *rest)
+        ids = generated()
+    rest = [df.get_column(c) for c in df.columns if c not in (tf, idf, "id", "text")]
+    return pl.DataFrame([ids.alias("id"), df.get_column(tf).alias("text"), *rest])
 
 
 def _generated_ids(shard: Shard, records: np.ndarray) -> pl.Series:
-    """'<shard name>:<n>' for the n-th record (non-blank line or row) of the shard."""
+    """'<file's shard name>:<n>' for the n-th record (non-blank line or row) of the file (a part
+    of a large file numbers its records as the whole file does)."""
     nums = pl.Series("n", records, dtype=pl.Int64).cast(pl.String)
-    return pl.select((pl.lit(f"{shard.name}:") + nums).alias("id")).to_series()
+    return pl.select((pl.lit(f"{shard.file_name}:") + nums).alias("id")).to_series()

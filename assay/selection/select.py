@@ -480,7 +480,8 @@ def _select(
     runner: Runner,
     overwrite: bool,
 ) -> SelectResult:
-    full_cfg = {**cfg.model_dump(), "scores": score_dirs, "corpus": [s.name for s in corpus.shards]}
+    files = list(dict.fromkeys(s.file_name for s in corpus.shards))  # a split file is one
+    full_cfg = {**cfg.model_dump(), "scores": score_dirs, "corpus": files}
     cfg_path = out / SELECT_DIR / "config.json"
     if cfg_path.exists():
         old = read_json(cfg_path)

@@ -77,7 +77,7 @@ def shard_paths(corpus: Corpus | None) -> list[str] | None:
     """The files of a corpus, for proxy workers that reopen it in another process."""
     if corpus is None:
         return None
-    return [str(getattr(s, "path", s.name)) for s in corpus.shards]
+    return list(dict.fromkeys(str(getattr(s, "path", s.name)) for s in corpus.shards))
 
 
 class ProxyInputs(Step):
