@@ -64,19 +64,22 @@ class LabelledShard(FileShard):
             )
         own = self.labelled_with.model_copy(update={k: getattr(options, k) for k in _PACING})
         labels = _RowStream(self.sidecar, ["id", self.column])
-        for batch in super().read(own, stats):
-            side = labels.take(batch.height)
-            if side.height != batch.height or not side["id"].equals(batch["id"]):
-                raise StateError(
-                    f"the labels in {self.sidecar} do not line up with the documents of "
-                    f"{self.path} (first difference near row {labels.taken - batch.height}): "
-                    "label it again"
-                )
-            if self.column in batch.columns:
-                batch = batch.rename({self.column: f"source_{self.column}"})
-            yield batch.with_columns(side.get_column(self.column))
-        if labels.take(1).height:
-            raise StateError(f"{self.sidecar} labels more documents than {self.path} holds")
+        try:
+            for batch in super().read(own, stats):
+                side = labels.take(batch.height)
+                if side.height != batch.height or not side["id"].equals(batch["id"]):
+                    raise StateError(
+                        f"the labels in {self.sidecar} do not line up with the documents of "
+                        f"{self.path} (in the {batch.height} rows from row "
+                        f"{labels.taken - side.height}): label it again"
+                    )
+                if self.column in batch.columns:
+                    batch = batch.rename({self.column: f"source_{self.column}"})
+                yield batch.with_columns(side.get_column(self.column))
+            if labels.take(1).height:
+                raise StateError(f"{self.sidecar} labels more documents than {self.path} holds")
+        finally:
+            labels.close()
 
 
 def _identity(path: str) -> str:
@@ -93,6 +96,9 @@ class _RowStream:
         self._batches = self._file.iter_batches(columns=columns, batch_size=65_536)
         self._buffer: pl.DataFrame | None = None
         self.taken = 0
+
+    def close(self) -> None:
+        self._file.close()
 
     def take(self, n: int) -> pl.DataFrame:
         parts = [] if self._buffer is None else [self._buffer]
