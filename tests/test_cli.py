@@ -343,7 +343,7 @@ def test_mixing_verbs(tmp_path: Path, demo_dir: Path, static_model: Path) -> Non
         "cluster", str(demo_dir / "train"), "--out", str(c), "--embedder", str(static_model),
         "--k-init", "6", "--n-domains", "3", "--heldout", str(demo_dir / "heldout"), "--no-progress",
     ])  # fmt: skip
-    assert "3 domains from 6 clusters" in shown and "relabelled held-out corpus" in shown
+    assert "3 domains from 6 clusters" in shown and "held-out corpus with these domains" in shown
     corpus, heldout = str(c), str(c / "heldout" / "corpus")  # the folder stands for its corpus
     m = tmp_path / "entropy"
     shown = _ok(["mixture", corpus, "--method", "entropy", "--out", str(m), "--vocab-size", "512"])

@@ -20,7 +20,11 @@ def _recipe(demo_dir: Path, run_dir: Path, **select: object) -> dict:
                 "score": {
                     "name": "quality",
                     "scorer": "fasttext",
-                    "params": {"column": "quality", "params": {"lr": 0.3, "epoch": 15}},
+                    # one fastText thread: two runs train the same classifier
+                    "params": {
+                        "column": "quality",
+                        "params": {"lr": 0.3, "epoch": 15, "thread": 1},
+                    },
                     "fit": {
                         "positive": {"paths": [str(demo_dir / "heldout" / "math.jsonl.gz")]},
                         "n": 300,

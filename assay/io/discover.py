@@ -9,6 +9,7 @@ from pathlib import Path
 
 from assay.errors import InputError, MissingError
 from assay.io.shards import FOLDER_SUFFIXES, FileShard, format_of
+from assay.io.view import VIEW_FILE, LabelledShard, is_view, read_view
 from assay.util.guard import is_assay_output
 
 
@@ -55,14 +56,20 @@ def _glob_files(pattern: str, root: Path) -> list[Path]:
 def discover_inputs(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
 ) -> tuple[list[FileShard], list[str]]:
-    """Shards and the input locations they came from (folders, files, glob matches)."""
+    """Shards and the input locations they came from (folders, files, glob matches; a view's
+    sources and side-cars)."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
-    found: list[tuple[Path, Path]] = []  # (file, root)
+    found: list[tuple[Path, Path] | LabelledShard] = []  # (file, root), or a view's shard
     inputs: list[str] = []
     for raw in paths:
         p = os.fspath(raw)
-        if os.path.isdir(p):
+        view = p if is_view(p) else os.path.dirname(p) if Path(p).name == VIEW_FILE else None
+        if view is not None and is_view(view):  # a view folder, or its _view.json
+            view_shards, view_inputs = read_view(view)
+            found += view_shards
+            inputs += view_inputs
+        elif os.path.isdir(p):
             files = _folder_files(Path(p))
             if not files:
                 raise MissingError(
@@ -85,19 +92,30 @@ def discover_inputs(
                 inputs.append(str(root))
         else:
             raise MissingError(f"corpus file not found: {p!r}")
+    return _named_shards(found), inputs
+
+
+def _named_shards(found: list[tuple[Path, Path] | LabelledShard]) -> list[FileShard]:
+    """One shard per file, named by its path under the folder given (a view's shards keep
+    their names); two files under one name, or names differing only by format, are refused."""
     shards: list[FileShard] = []
     seen: dict[str, str] = {}
-    for f, root in found:
-        format_of(f.name)  # raises for unsupported types, naming the file
-        name = f.relative_to(root).as_posix() if root != Path("") else f.as_posix()
-        if name in seen and seen[name] != str(f.resolve()):
+    for item in found:
+        if isinstance(item, LabelledShard):
+            shard, where = item, f"{item.path} (labelled by {item.sidecar})"
+        else:
+            f, root = item
+            format_of(f.name)  # raises for unsupported types, naming the file
+            name = f.relative_to(root).as_posix() if root != Path("") else f.as_posix()
+            shard, where = FileShard(name=name, path=str(f.resolve())), str(f.resolve())
+        if shard.name in seen and seen[shard.name] != where:
             raise InputError(
-                f"two input files map to the same shard name {name!r} ({seen[name]} and {f}); "
-                "pass their common parent folder instead"
+                f"two input files map to the same shard name {shard.name!r} "
+                f"({seen[shard.name]} and {where}); pass their common parent folder instead"
             )
-        if name not in seen:
-            seen[name] = str(f.resolve())
-            shards.append(FileShard(name=name, path=str(f.resolve())))
+        if shard.name not in seen:
+            seen[shard.name] = where
+            shards.append(shard)
     stems: dict[str, str] = {}
     for s in shards:
         if s.stem in stems:
@@ -106,7 +124,7 @@ def discover_inputs(
                 "would collide"
             )
         stems[s.stem] = s.name
-    return shards, inputs
+    return shards
 
 
 def discover_shards(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[FileShard]:
@@ -116,6 +134,8 @@ def discover_shards(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     outputs mirror the input layout. Hidden files and names starting with '_' are ignored in
     folders: that is where assay keeps its own bookkeeping; so are folders assay wrote (they
     hold `_assay.json`) below the folder given. A path that exists is taken as it is, even with
-    '[' or '*' in its name; only a path that does not exist is tried as a glob.
+    '[' or '*' in its name; only a path that does not exist is tried as a glob. A folder holding
+    `_view.json` (or that file) is a view: its shards are the files it names, read with their
+    side-car column (`assay.io.view`).
     """
     return discover_inputs(paths)[0]

@@ -14,15 +14,18 @@
 
 Outputs, under `out_dir`:
 - `domains/<shard>.parquet`: the side-car, `id`, `cluster` (k-means cluster), `domain`
-  (its final domain, or `pruned`), `chars` and `tokens` (a GPT-2 pre-token estimate);
-- `corpus/<shard>`: the corpus with `domain` set to the cluster domain (the original, if any,
-  kept as `source_domain`), because every mixing tool keys on the `domain` field;
+  (its final domain, or `pruned`), `chars` and `tokens` (a GPT-2 pre-token estimate), in the
+  shard's row order;
+- `corpus/`: a view of the corpus (`assay.io.view`), nothing copied: read as a corpus, it gives
+  the original shards with `domain` set to the cluster domain (the original, if any, kept as
+  `source_domain`), because every mixing tool keys on the `domain` field;
 - `_clusters.json`: per domain its documents, characters and estimated tokens, its member
   clusters and its top terms (class-based TF-IDF), so a user can name it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +35,15 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from assay.common.embed import EMBEDDER_HELP, Embedder
+from assay.common.embed import EMBEDDER_HELP, Embedder, describe
 from assay.common.numerics import default_k, kmeans, nearest
 from assay.common.text import count_tokens, top_terms
 from assay.errors import ConfigError, InputError, MissingError
-from assay.exec.runner import Runner, report_progress
+from assay.exec.runner import LocalRunner, Runner, report_progress
 from assay.io.corpus import Corpus
 from assay.io.shards import ReadOptions, Shard, ShardStats
-from assay.io.write import ShardWriter, output_name
+from assay.io.view import sidecar_file, write_view
+from assay.io.write import ShardWriter
 from assay.util.config import Strict
 from assay.util.files import atomic_path, read_json, write_json
 from assay.util.guard import check_output, folder_lock, mark_output
@@ -73,60 +77,66 @@ def merge_centroids(
     return rank[inverse].astype(np.int64)
 
 
+#: the side-car of a clustering: per document, its k-means cluster, its domain and its size
+SIDECAR_SCHEMA = {
+    "id": pl.String,
+    "cluster": pl.Int32,
+    "domain": pl.String,
+    "chars": pl.UInt32,
+    "tokens": pl.Int64,
+}
+
+
 @dataclass
 class AssignTask:
-    """Per shard: embed, assign to the nearest centroid, write the side-car and the relabelled
-    shard."""
+    """Per shard: embed, assign to the nearest centroid, write the side-car (in the shard's row
+    order, so that a view reads it in step with the shard)."""
 
     embedder: Embedder
     centroids: np.ndarray
     domain_of: list[str]  # per centroid: its final domain (or PRUNED)
-    side_dir: str
     options: ReadOptions
-    fmt: str | None = None
 
     def output_name(self, shard: Shard) -> str:
-        return output_name(shard, self.fmt)
+        return sidecar_file("", shard).as_posix()
+
+    def source(self, shard: Shard) -> dict[str, Any]:
+        """What the labels depend on besides the shard: the centroids and their domains."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.centroids).tobytes()).hexdigest()
+        return {"centroids": digest, "domains": self.domain_of, "embedder": describe(self.embedder)}
 
     def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
         assert out is not None
         stats = ShardStats(shard.name)
-        writer = ShardWriter(out, self.options)
-        sides = []
+        writer = ShardWriter(out, fmt="parquet")
         names = np.asarray(self.domain_of, dtype=object)
         for batch in shard.read(self.options, stats):
             vecs = self.embedder.embed(batch.get_column("text").to_list())
             cluster = nearest(vecs, self.centroids)
-            domain = pl.Series("domain", names[cluster].tolist(), dtype=pl.String)
             text = batch.get_column("text")
-            sides.append(
-                pl.DataFrame(
-                    {
-                        "id": batch.get_column("id"),
-                        "cluster": cluster.astype(np.int32),
-                        "domain": domain,
-                        "chars": text.str.len_chars(),
-                        "tokens": count_tokens(text, None).astype(np.int64),
-                    }
-                )
-            )
-            if "domain" in batch.columns:
-                batch = batch.rename({"domain": "source_domain"})
-            writer.write(batch.with_columns(domain))
+            side = {
+                "id": batch.get_column("id"),
+                "cluster": cluster.astype(np.int32),
+                "domain": pl.Series("domain", names[cluster].tolist(), dtype=pl.String),
+                "chars": text.str.len_chars(),
+                "tokens": count_tokens(text, None).astype(np.int64),
+            }
+            writer.write(pl.DataFrame(side, schema=SIDECAR_SCHEMA))
             stats.docs_out += batch.height
             report_progress(batch.height)
-        writer.close()
-        schema = {
-            "id": pl.String,
-            "cluster": pl.Int32,
-            "domain": pl.String,
-            "chars": pl.UInt32,
-            "tokens": pl.Int64,
-        }
-        side = pl.concat(sides) if sides else pl.DataFrame(schema=schema)
-        with atomic_path(Path(self.side_dir) / f"{shard.stem}.parquet") as tmp:
-            side.write_parquet(tmp)
+        writer.close(schema_if_empty=SIDECAR_SCHEMA)
         return stats
+
+
+def _assign(
+    corpus: Corpus, task: AssignTask, out: Path, runner: Runner | None, overwrite: bool, label: str
+) -> Path:
+    """Label every document of `corpus` into `out/domains` (side-cars) and write `out/corpus`,
+    the view of the corpus with those domains. Returns the view folder."""
+    side = out / "domains"
+    runner = runner or LocalRunner(workers=1)
+    runner.run(task, corpus.shards, side, overwrite=overwrite, label=label)
+    return write_view(out / "corpus", corpus.shards, corpus.options, side, inputs=corpus.inputs)
 
 
 @dataclass
@@ -205,13 +215,12 @@ def cluster_corpus(
     overwrite: bool = False,
     **options: Any,
 ) -> ClusterResult:
-    """Discover domains in `corpus` and write the side-car, the relabelled corpus and a report.
+    """Discover domains in `corpus` and write the side-car, the view of the corpus with those
+    domains (`ClusterResult.corpus`) and a report.
 
     `settings` (or keyword arguments such as embedder=, k_init=, n_domains=, prune=; those given
     apply over `settings`) say how: see `ClusterSettings`.
     """
-    from assay.exec.runner import LocalRunner
-
     base = settings.model_dump(include=set(ClusterSettings.model_fields)) if settings else {}
     cfg = ClusterSettings.model_validate({**base, **options})
     seed = cfg.seed or 0
@@ -240,13 +249,11 @@ def cluster_corpus(
         with atomic_path(out / CENTROIDS_FILE) as tmp, open(tmp, "wb") as f:
             np.savez(f, centroids=centroids, domain_of=np.asarray(domain_of, dtype=str))
         write_json(out / "_embedder.json", emb.get_config())
-        side = out / "domains"
-        side.mkdir(parents=True, exist_ok=True)
-        task = AssignTask(emb, centroids, domain_of, str(side), corpus.options)
-        runner = runner or LocalRunner(workers=1)
-        runner.run(task, corpus.shards, out / "corpus", overwrite=overwrite, label="cluster")
+        task = AssignTask(emb, centroids, domain_of, corpus.options)
+        _assign(corpus, task, out, runner, overwrite, "cluster")
 
-        report = _report(out, frame, labels, domain_of, k, kept, seed)
+        sidecars = [sidecar_file(out / "domains", s) for s in corpus.shards]
+        report = _report(out, sidecars, frame, labels, domain_of, k, kept, seed)
         report["absorbed_clusters"] = [int(c) for c in np.flatnonzero(small)]
         write_json(out / "_clusters.json", report)
         return ClusterResult(
@@ -311,6 +318,7 @@ def _cluster_domains(
 
 def _report(
     out: Path,
+    sidecars: list[Path],
     frame: pl.DataFrame,
     labels: np.ndarray,
     domain_of: list[str],
@@ -319,12 +327,7 @@ def _report(
     seed: int,
 ) -> dict[str, Any]:
     # the side-cars carry each document's size, so the report never reads the texts again
-    table = pl.concat(
-        [
-            pl.read_parquet(p, columns=["domain", "chars", "tokens"])
-            for p in sorted((out / "domains").glob("*.parquet"))
-        ]
-    )
+    table = pl.concat([pl.read_parquet(p, columns=["domain", "chars", "tokens"]) for p in sidecars])
     names = np.asarray(domain_of, dtype=object)
     sample_domains = names[labels]
     codes, inverse = np.unique(sample_domains, return_inverse=True)
@@ -365,13 +368,11 @@ def assign_domains(
 ) -> str:
     """Label another corpus (a held-out split, new shards) with the domains of a clustering.
 
-    Writes `out_dir/corpus` (relabelled shards) and `out_dir/domains` (side-car) exactly as
-    `cluster_corpus` does for the corpus it was fitted on; returns the corpus folder. Per-domain
-    held-out losses on cluster domains (what BiMix fits, and what a mixture search can target)
-    need held-out documents labelled this way.
+    Writes `out_dir/domains` (side-cars) and `out_dir/corpus` (the view of `corpus` with those
+    domains) exactly as `cluster_corpus` does for the corpus it was fitted on; returns the view
+    folder. Per-domain held-out losses on cluster domains (what BiMix fits, and what a mixture
+    search can target) need held-out documents labelled this way.
     """
-    from assay.exec.runner import LocalRunner
-
     src = Path(cluster_dir)
     if not (src / CENTROIDS_FILE).exists():
         raise MissingError(f"{src} holds no clustering ({CENTROIDS_FILE} is missing)")
@@ -382,9 +383,5 @@ def assign_domains(
     corpus.check_output(out, "output folder")
     # the clustering it reads (a held-out labelling may live in a subfolder of it)
     check_output(out, [src / CENTROIDS_FILE, src / "corpus", src / "domains"], "output folder")
-    side = out / "domains"
-    side.mkdir(parents=True, exist_ok=True)
-    task = AssignTask(emb, centroids, domain_of, str(side), corpus.options)
-    runner = runner or LocalRunner(workers=1)
-    runner.run(task, corpus.shards, out / "corpus", overwrite=overwrite, label="assign domains")
-    return str(out / "corpus")
+    task = AssignTask(emb, centroids, domain_of, corpus.options)
+    return str(_assign(corpus, task, out, runner, overwrite, "assign domains"))

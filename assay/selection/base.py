@@ -27,7 +27,7 @@ import functools
 import importlib
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -299,14 +299,17 @@ def embedder_settings(embedder: dict[str, Any] | str | None) -> dict[str, Any]:
     return dict(embedder)
 
 
-def sample_texts(source: Any, n: int | None, seed: int) -> list[str]:
-    """`n` texts of a Corpus (a uniform sample by seeded hash of the id) or of a sequence."""
+def sample_texts(source: Any, n: int | None, seed: int) -> Iterable[str]:
+    """`n` texts of a Corpus (a uniform sample by seeded hash of the id) or of a sequence.
+
+    A Corpus' texts are not copied into Python strings: its sample comes as a polars Series
+    (iterated in chunks), all of it (`n=None`) as a stream."""
     from assay.io.corpus import Corpus
 
     if isinstance(source, Corpus):
         if n is None:
-            return list(source.iter_texts())
-        return source.sample(n, seed=seed).get_column("text").to_list()
+            return source.iter_texts()
+        return source.sample(n, seed=seed).get_column("text")
     texts = list(source)
     if n is not None and len(texts) > n:
         idx = np.sort(np.random.default_rng(seed).choice(len(texts), n, replace=False))

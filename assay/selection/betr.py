@@ -228,13 +228,14 @@ class BETRScorer(Scorer):
         order = np.lexsort((tie, -ranks["score"]))
         label = np.zeros(len(sample), dtype=np.int8)
         label[order[:n_pos]] = 1
-        pos = [sample[i] for i in order[:n_pos]]
-        neg = [sample[i] for i in order[n_pos:]]
         params = dict(self.params)
         if self.adapt_to_sample:
             params = adapt_to_sample(params, 2 * n_pos)
         self.classifier = FastTextScorer(column=self.column, params=params).fit(
-            pos, neg, seed=seed, balance=True
+            (sample[i] for i in order[:n_pos]),
+            (sample[i] for i in order[n_pos:]),
+            seed=seed,
+            balance=True,
         )
         self.labels = {"id": np.asarray(keys, dtype=object), "label": label, **ranks}
         self.labels.pop("k", None)
@@ -300,6 +301,9 @@ def fit_betr(
     seed = 0 if cfg.seed is None else cfg.seed
     examples = load_targets(targets, fields, max_items=max_targets, seed=seed)
     frame = corpus.sample(cfg.sample, seed=seed)
+    # the texts once, as Python strings (the embedder takes them so); the frame goes
+    texts, ids = frame.get_column("text").to_list(), frame.get_column("id").to_list()
+    del frame
     scorer = BETRScorer(
         column=cfg.column,
         embedder=cfg.embedder_config(),
@@ -307,10 +311,4 @@ def fit_betr(
         positive_fraction=cfg.positive_fraction,
         params=cfg.params,
     )
-    return scorer.fit(
-        examples,
-        frame.get_column("text").to_list(),
-        ids=frame.get_column("id").to_list(),
-        seed=seed,
-        progress=progress,
-    )
+    return scorer.fit(examples, texts, ids=ids, seed=seed, progress=progress)

@@ -6,6 +6,11 @@ labels) and BETR (benchmark-similarity labels) all train `FastTextScorer.fit(pos
 and then score the full corpus at tens of thousands of documents per second.
 
 The score is P(positive) under the classifier, in [0, 1].
+
+Training is one fastText run: the texts stream to temporary files (memory keeps their offsets,
+not the texts), a validation share is held out and measured, and the rest is written once, in
+a seeded shuffle, as fastText's training file. fastText trains on `thread` cores (default: all
+this process may use, at most 16); only `thread: 1` trains bit-identical classifiers.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import tempfile
 import time
 import warnings
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,14 +34,15 @@ from assay.util.files import write_json
 POSITIVE = "__label__pos"
 NEGATIVE = "__label__neg"
 
-#: DCLM's classifier settings (bigrams, lr 0.1, dim 100, 5 epochs), with two local choices:
-#: `bucket` 200k instead of 2M (the n-gram hash table dominates the model size: 800 MB at 2M x
-#: 100 floats, for no accuracy gain at the sample sizes a quality classifier is trained on), and
-#: one thread, because fastText's Hogwild training is only deterministic single-threaded.
+#: DCLM's classifier settings (bigrams, lr 0.1, dim 100, 5 epochs) with fastText's own default of
+#: 2M n-gram hash buckets (what PreSelect's official `train_supervised` call uses). The buckets
+#: dominate the model's size: 2M x dim 100 floats are 800 MB in memory and in `model.bin`; pass
+#: a smaller `bucket` for a smaller model. `thread` is left out: it defaults to the cores
+#: this process may use, at most `MAX_AUTO_THREADS` (see `training_threads`).
 #:
-#: Single-threaded, fastText initialises only the first tenth of its input matrix at random
-#: (`DenseMatrix::uniform` splits the matrix into ten blocks, one per thread) and relies on the
-#: rest being zero. Since its 2024 AlignedVector change (in every numpy-2 build on PyPI) that
+#: fastText initialises its input matrix in ten blocks, one per training thread (`thread` >= 10
+#: fills all of them; with fewer threads only the first `thread` tenths are random) and relies on
+#: the rest being zero. Since its 2024 AlignedVector change (in every numpy-2 build on PyPI) that
 #: storage comes from `posix_memalign` uninitialised: in a process whose heap holds garbage the
 #: same data and seed train differently, or diverge. `zeroed_allocations` below restores the zeros.
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -44,15 +51,38 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "wordNgrams": 2,
     "dim": 100,
     "minCount": 1,
-    "bucket": 200_000,
+    "bucket": 2_000_000,
     "loss": "softmax",
-    "thread": 1,
 }
+
+#: the most training threads chosen automatically (fastText scales to about this many cores)
+MAX_AUTO_THREADS = 16
 
 MIN_DOCS_PER_CLASS = 10
 #: fastText diverges (NaN) when the learning rate is too high for the data, and near that edge
 #: the outcome can depend on the process's floating-point history. Each retry halves the rate.
 DIVERGENCE_RETRIES = 3
+
+
+def training_threads(params: dict[str, Any]) -> int:
+    """The fastText `thread` setting: as given, else the cores this process may run on (its CPU
+    affinity), at most `MAX_AUTO_THREADS`.
+
+    fastText trains Hogwild: threads update the shared weights without locks, in an order left
+    to the scheduler, so only `thread: 1` trains bit-identical classifiers from the same data and
+    seed. The thread count also decides how much of the input matrix starts random (see
+    `DEFAULT_PARAMS`), so classifiers trained with different counts differ too.
+    """
+    given = params.get("thread")
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise ConfigError(f"fastText's thread must be a positive integer, not {given!r}")
+        return given
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS and Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_AUTO_THREADS))
 
 
 def _fasttext() -> Any:
@@ -127,6 +157,84 @@ def to_line(text: str) -> str:
     return text.replace("\n", " ").replace("\r", " ")
 
 
+class _Spool:
+    """The non-blank texts of one class in a file, one fastText line each (newlines made spaces),
+    read once; memory keeps only where each line starts."""
+
+    def __init__(self, path: Path, texts: Iterable[str]):
+        self.path = path
+        ends = array("q")
+        at = 0
+        with open(path, "wb") as f:
+            for text in texts:
+                if not text or not text.strip():
+                    continue
+                line = (to_line(text) + "\n").encode("utf-8")
+                f.write(line)
+                at += len(line)
+                ends.append(at)
+        self.ends = np.frombuffer(ends, dtype=np.int64) if len(ends) else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def span(self, i: int) -> tuple[int, int]:
+        """(offset, length) of line i, its newline included."""
+        start = int(self.ends[i - 1]) if i else 0
+        return start, int(self.ends[i]) - start
+
+    def lines(self, rows: np.ndarray, batch: int = 8192) -> Iterator[list[str]]:
+        """The texts of `rows` (as lines), in that order, `batch` at a time."""
+        with open(self.path, "rb") as f:
+            fd = f.fileno()
+            for a in range(0, len(rows), batch):
+                out = []
+                for i in rows[a : a + batch]:
+                    offset, length = self.span(int(i))
+                    out.append(os.pread(fd, length, offset)[:-1].decode("utf-8"))
+                yield out
+
+
+def _choose_rows(
+    n_pos: int, n_neg: int, balance: bool, validation: float, rng: np.random.Generator
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray | None], ...]:
+    """Per class: the rows used (balanced: a seeded sample of the larger class, in file order),
+    those trained on, and those held out for validation (None when either class would hold out
+    fewer than 2: then training uses every row)."""
+    use = [np.arange(n_pos), np.arange(n_neg)]
+    if balance:
+        n = min(n_pos, n_neg)
+        use = [np.sort(rng.choice(k, n, replace=False)) for k in (n_pos, n_neg)]
+    n_held = [int(len(rows) * validation) for rows in use]
+    if min(n_held) < 2:
+        return tuple((rows, rows, None) for rows in use)
+    perms = [rng.permutation(len(rows)) for rows in use]
+    return tuple(
+        (rows, rows[perm[k:]], rows[perm[:k]])
+        for rows, perm, k in zip(use, perms, n_held, strict=True)
+    )
+
+
+def _write_training_file(
+    path: Path, classes: list[tuple[str, _Spool, np.ndarray]], rng: np.random.Generator
+) -> None:
+    """fastText's training file: '<label> <text>' per chosen row of each class, the classes'
+    rows concatenated and then shuffled together."""
+    labels = [(label + " ").encode() for label, _, _ in classes]
+    which = np.concatenate([np.full(len(rows), k) for k, (_, _, rows) in enumerate(classes)])
+    rows = np.concatenate([rows for _, _, rows in classes])
+    order = rng.permutation(len(rows))
+    spools = [spool for _, spool, _ in classes]
+    with contextlib.ExitStack() as stack:
+        fds = [stack.enter_context(open(spool.path, "rb")).fileno() for spool in spools]
+        out = stack.enter_context(open(path, "wb"))
+        for j in order:
+            k = int(which[j])
+            offset, length = spools[k].span(int(rows[j]))
+            out.write(labels[k])
+            out.write(os.pread(fds[k], length, offset))
+
+
 @register_scorer("fasttext")
 class FastTextScorer(Scorer):
     """Binary fastText classifier; `score` returns P(positive).
@@ -141,6 +249,7 @@ class FastTextScorer(Scorer):
         if unknown:
             raise ConfigError(f"unknown fastText parameters: {sorted(unknown)}")
         self.params = {**DEFAULT_PARAMS, **(params or {})}
+        training_threads(self.params)  # a bad thread count is refused before any work
         self.model: Any = None
         self.report: dict[str, Any] = {}
         self.lr_used: float = float(self.params["lr"])
@@ -162,90 +271,89 @@ class FastTextScorer(Scorer):
         balance: bool = True,
         validation: float = 0.1,
     ) -> FastTextScorer:
-        """Train on positive vs negative texts.
+        """Train on positive vs negative texts (any iterables: each is read once, in order).
 
         `balance` down-samples the larger class to the size of the smaller (DCLM, PreSelect and
-        BETR all train balanced). A `validation` share of each class is held out to report
-        accuracy in `self.report`, then the final model is trained on everything.
-        """
-        pos = [t for t in positive if t and t.strip()]
-        neg = [t for t in negative if t and t.strip()]
-        for label, docs in (("positive", pos), ("negative", neg)):
-            if len(docs) < MIN_DOCS_PER_CLASS:
-                raise InputError(
-                    f"too few {label} documents to train fastText: {len(docs)} "
-                    f"(need at least {MIN_DOCS_PER_CLASS})"
-                )
-        rng = np.random.default_rng(seed)
-        if balance:
-            n = min(len(pos), len(neg))
-            pos = [pos[i] for i in np.sort(rng.choice(len(pos), n, replace=False))]
-            neg = [neg[i] for i in np.sort(rng.choice(len(neg), n, replace=False))]
+        BETR all train balanced). A `validation` share of each class is held out and the
+        classifier, trained once on the rest, reports its accuracy and ROC AUC on them in
+        `self.report` (with fewer than 2 held-out documents per class, or `validation=0`, it
+        trains on everything and reports none).
 
-        t0 = time.perf_counter()
-        report: dict[str, Any] = {
-            "positive": len(pos),
-            "negative": len(neg),
-            "params": self.params,
-            "seed": seed,
-        }
-        if validation > 0:
-            n_val_p, n_val_n = int(len(pos) * validation), int(len(neg) * validation)
-            if n_val_p >= 2 and n_val_n >= 2:
-                perm_p, perm_n = rng.permutation(len(pos)), rng.permutation(len(neg))
-                val_p = [pos[i] for i in perm_p[:n_val_p]]
-                val_n = [neg[i] for i in perm_n[:n_val_n]]
-                train_p = [pos[i] for i in perm_p[n_val_p:]]
-                train_n = [neg[i] for i in perm_n[n_val_n:]]
-                self.model = self._train(train_p, train_n, seed, rng)
-                report["validation"] = binary_report(self.score(val_p), self.score(val_n))
-        self.model = self._train(pos, neg, seed, rng)
-        report["train_seconds"] = round(time.perf_counter() - t0, 3)
+        The texts go to temporary files as they are read (under `TMPDIR`), so memory holds
+        their byte offsets, never the texts; fastText then streams its training file.
+        """
+        if not 0 <= validation < 1:
+            raise ConfigError(f"validation must be a share in [0, 1), not {validation}")
+        with tempfile.TemporaryDirectory(prefix="assay-fasttext-") as tmp:
+            pos = _Spool(Path(tmp) / "positive.txt", positive)
+            neg = _Spool(Path(tmp) / "negative.txt", negative)
+            for label, spool in (("positive", pos), ("negative", neg)):
+                if len(spool) < MIN_DOCS_PER_CLASS:
+                    raise InputError(
+                        f"too few {label} documents to train fastText: {len(spool)} "
+                        f"(need at least {MIN_DOCS_PER_CLASS})"
+                    )
+            rng = np.random.default_rng(seed)
+            (use_p, train_p, held_p), (use_n, train_n, held_n) = _choose_rows(
+                len(pos), len(neg), balance, validation, rng
+            )
+            threads = training_threads(self.params)
+            report: dict[str, Any] = {
+                "positive": len(use_p),
+                "negative": len(use_n),
+                "trained_on": len(train_p) + len(train_n),
+                "params": self.params,
+                "threads": threads,
+                "seed": seed,
+            }
+            t0 = time.perf_counter()
+            path = Path(tmp) / "train.txt"
+            _write_training_file(path, [(POSITIVE, pos, train_p), (NEGATIVE, neg, train_n)], rng)
+            self.model = self._train(path, seed, threads)
+            report["train_seconds"] = round(time.perf_counter() - t0, 3)
+            if held_p is not None and held_n is not None:
+                report["validation"] = binary_report(
+                    self._score_lines(pos.lines(held_p)), self._score_lines(neg.lines(held_n))
+                )
         if self.lr_used != self.params["lr"]:
             report["lr_used"] = self.lr_used  # lowered after divergence
         self.report = report
         return self
 
-    def _train(
-        self, pos: Sequence[str], neg: Sequence[str], seed: int, rng: np.random.Generator
-    ) -> Any:
+    def _train(self, path: Path, seed: int, threads: int) -> Any:
         ft = _fasttext()
-        lines = [f"{POSITIVE} {to_line(t)}" for t in pos] + [
-            f"{NEGATIVE} {to_line(t)}" for t in neg
-        ]
-        order = rng.permutation(len(lines))
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
-            for i in order:
-                f.write(lines[i])
-                f.write("\n")
-            path = f.name
-        try:
-            lr = float(self.params["lr"])
-            for attempt in range(DIVERGENCE_RETRIES + 1):
-                try:
-                    with zeroed_allocations():
-                        model = ft.train_supervised(
-                            input=path, seed=seed, verbose=0, **{**self.params, "lr": lr}
-                        )
-                except RuntimeError as e:
-                    if "NaN" not in str(e):
-                        raise
-                    if attempt == DIVERGENCE_RETRIES:
-                        raise InputError(
-                            f"fastText training diverged (NaN) even at lr={lr:g}. The training text "
-                            "is probably degenerate (very few distinct words); use real documents "
-                            "or more of them."
-                        ) from e
-                    warnings.warn(
-                        f"fastText diverged at lr={lr:g}; training again at lr={lr / 2:g}",
-                        stacklevel=3,
+        lr = float(self.params["lr"])
+        for attempt in range(DIVERGENCE_RETRIES + 1):
+            try:
+                with zeroed_allocations():
+                    model = ft.train_supervised(
+                        input=str(path),
+                        seed=seed,
+                        verbose=0,
+                        **{**self.params, "lr": lr, "thread": threads},
                     )
-                    lr /= 2
-                    continue
-                self.lr_used = lr
-                return model
-        finally:
-            os.unlink(path)
+            except RuntimeError as e:
+                if "NaN" not in str(e):
+                    raise
+                if attempt == DIVERGENCE_RETRIES:
+                    raise InputError(
+                        f"fastText training diverged (NaN) even at lr={lr:g}. The training text "
+                        "is probably degenerate (very few distinct words); use real documents "
+                        "or more of them."
+                    ) from e
+                warnings.warn(
+                    f"fastText diverged at lr={lr:g}; training again at lr={lr / 2:g}",
+                    stacklevel=3,
+                )
+                lr /= 2
+                continue
+            self.lr_used = lr
+            return model
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _score_lines(self, batches: Iterator[list[str]]) -> np.ndarray:
+        parts = [self.score(batch) for batch in batches]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         if self.model is None:

@@ -51,8 +51,9 @@ from assay.selection.fasttext import (
 from assay.util.config import Strict
 from assay.util.files import atomic_path, read_json, write_json
 
-#: The official classifier call: `fasttext.train_supervised(epoch=3, lr=0.1, wordNgrams=2)`; the
-#: other settings are assay's fastText defaults (see `assay.selection.fasttext.DEFAULT_PARAMS`).
+#: The official classifier call: `fasttext.train_supervised(epoch=3, lr=0.1, wordNgrams=2)`. It
+#: leaves the rest at fastText's defaults, which assay's share (`DEFAULT_PARAMS`: dim 100,
+#: minCount 1, 2M buckets, softmax); only the thread count is assay's (`training_threads`).
 PRESELECT_PARAMS: dict[str, Any] = {"lr": 0.1, "epoch": 3, "wordNgrams": 2}
 
 #: The fewest models for which a rank agreement means anything: with two, every document scores
@@ -552,7 +553,7 @@ class PreSelectScorer(Scorer):
 
         params = adapt_to_sample(self.params, 2 * len(pos)) if self.adapt_to_sample else self.params
         self._clf = FastTextScorer(column=self.column, params=params)
-        self._clf.fit([texts[usable[i]] for i in pos], [texts[usable[i]] for i in neg], seed=seed)
+        self._clf.fit((texts[usable[i]] for i in pos), (texts[usable[i]] for i in neg), seed=seed)
 
         full_strength, label = _per_document(n_docs, usable, strength, pos, neg)
         self.calibration = self._calibration_table(ids, texts, losses, names, full_strength, label)

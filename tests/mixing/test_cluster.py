@@ -54,6 +54,35 @@ def test_domains_follow_the_real_sources(clustered, demo_records: list[dict]) ->
     assert relabelled.join(side, on="id").filter(pl.col("domain") != pl.col("domain_right")).height == 0  # fmt: skip
 
 
+def test_the_clustered_corpus_is_a_view_not_a_copy(clustered, demo_dir: Path) -> None:
+    result, out, _ = clustered
+    assert result.corpus == str(out / "corpus")
+    written = [f for f in (out / "corpus").rglob("*") if f.is_file()]
+    assert {f.name for f in written} == {"_view.json", "_assay.json"}  # no shard copied
+    assert sum(f.stat().st_size for f in written) < 20_000
+    source = pl.concat(list(Corpus(demo_dir / "train").iter_batches()))
+    viewed = pl.concat(list(Corpus(result.corpus).iter_batches()))
+    assert viewed.select("id", "text").equals(source.select("id", "text"))  # same order
+    assert viewed.get_column("domain").equals(_side(out).get_column("domain"))
+    # the view is an input of whatever reads it: nothing may be written into its sources
+    with pytest.raises(ValueError, match="lies inside the input"):
+        score_corpus(DocStatsScorer(), Corpus(result.corpus), demo_dir / "train" / "scores")
+
+
+def test_clustering_again_with_other_settings_relabels(
+    clustered, demo_dir: Path, tmp_path: Path
+) -> None:
+    _, out, embedder = clustered
+    corpus = Corpus(demo_dir / "train")
+    cluster_corpus(corpus, tmp_path, embedder=embedder, k_init=12, n_domains=6, seed=0)
+    assert _side(tmp_path).equals(_side(out))
+    # the labels record the clustering they came from: new centroids relabel every shard
+    result = cluster_corpus(corpus, tmp_path, embedder=embedder, k_init=12, n_domains=3, seed=0)
+    assert len(result.domains) == 3 and _side(tmp_path).get_column("domain").n_unique() == 3
+    viewed = pl.concat(list(Corpus(result.corpus).iter_batches()))
+    assert viewed.get_column("domain").n_unique() == 3
+
+
 def test_same_seed_same_domains(clustered, demo_dir: Path, tmp_path: Path) -> None:
     _, out, embedder = clustered
     # the same settings as a ClusterSettings, with a keyword over them

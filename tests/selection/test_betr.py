@@ -60,7 +60,9 @@ def test_small_samples_get_fitting_fasttext_settings() -> None:
 def champ_betr(demo_dir: Path, static_model: Path, tmp_path_factory: pytest.TempPathFactory):
     corpus = Corpus(demo_dir / "train")
     sample = pl.concat(list(corpus.iter_batches()), how="diagonal_relaxed")
-    scorer = BETRScorer(embedder={"model": str(static_model), "cache": False})
+    # the paper's settings, with a 100 MB model (2M buckets x dim 128 would be 1 GB)
+    scorer = BETRScorer(embedder={"model": str(static_model), "cache": False},
+                        params={"bucket": 200_000})  # fmt: skip
     scorer.fit(
         load_targets("assay_champ"),
         sample.get_column("text").to_list(),
@@ -115,7 +117,9 @@ def test_a_saved_betr_scorer_runs_on_ray_unchanged(champ_betr, demo_dir: Path, t
 
 
 def test_bad_input_is_a_clear_error(real_texts: list[str], static_model: Path) -> None:
-    scorer = BETRScorer(embedder={"model": str(static_model), "cache": False})
+    # the paper's settings, with a 100 MB model (2M buckets x dim 128 would be 1 GB)
+    scorer = BETRScorer(embedder={"model": str(static_model), "cache": False},
+                        params={"bucket": 200_000})  # fmt: skip
     with pytest.raises(ValueError, match="target set is empty"):
         scorer.fit([], real_texts)
     with pytest.raises(ValueError, match=r"too small.*at least 100"):
@@ -149,7 +153,7 @@ def test_settings_are_the_one_declaration_of_the_defaults() -> None:
 def test_fit_betr_takes_settings_or_keywords(demo_dir: Path, static_model: Path) -> None:
     corpus = Corpus(demo_dir / "train")
     embedder = {"model": str(static_model), "cache": False}
-    small = {"lr": 0.3, "epoch": 20}
+    small = {"lr": 0.3, "epoch": 20, "bucket": 200_000, "thread": 1}  # 1 thread: reproducible
     settings = BETRSettings(sample=200, embedder=embedder, params=small, column="b")
     a = fit_betr(corpus, "assay_champ", settings, max_targets=50)
     # keywords alone (a seed of None is 0), and keywords over settings

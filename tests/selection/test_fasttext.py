@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -15,12 +16,22 @@ import pytest
 from assay.exec.runner import LocalRunner
 from assay.io.corpus import Corpus
 from assay.selection.base import load_scorer
-from assay.selection.fasttext import FastTextScorer, train_quality_classifier
+from assay.selection.fasttext import (
+    DEFAULT_PARAMS,
+    MAX_AUTO_THREADS,
+    FastTextScorer,
+    train_quality_classifier,
+    training_threads,
+)
 from assay.selection.score import score_corpus
 
 pytest.importorskip("fasttext")
 
-SMALL_DATA = {"lr": 0.3, "epoch": 20}
+#: a few hundred documents: more epochs, and fewer n-gram buckets than the default 2M (an 80 MB
+#: model instead of 800 MB, to save and load quickly)
+SMALL_DATA = {"lr": 0.3, "epoch": 20, "bucket": 200_000}
+#: one training thread: fastText's multi-threaded (Hogwild) training is not reproducible
+SMALL_DATA_1T = {**SMALL_DATA, "thread": 1}
 
 
 def _domain(records: list[dict], domain: str) -> list[str]:
@@ -29,7 +40,7 @@ def _domain(records: list[dict], domain: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def math_vs_code(demo_records: list[dict]) -> FastTextScorer:
-    return FastTextScorer(column="mathy", params=SMALL_DATA).fit(
+    return FastTextScorer(column="mathy", params=SMALL_DATA_1T).fit(
         _domain(demo_records, "math"), _domain(demo_records, "code"), seed=0
     )
 
@@ -46,7 +57,7 @@ def test_classifier_separates_real_domains(math_vs_code: FastTextScorer, demo_di
 
 
 def test_training_is_deterministic(demo_records: list[dict], math_vs_code: FastTextScorer) -> None:
-    again = FastTextScorer(column="mathy", params=SMALL_DATA).fit(
+    again = FastTextScorer(column="mathy", params=SMALL_DATA_1T).fit(
         _domain(demo_records, "math"), _domain(demo_records, "code"), seed=0
     )
     texts = _domain(demo_records, "news")
@@ -155,6 +166,72 @@ def test_divergence_retries_at_lower_rates_then_explains(
         )
 
 
+def test_defaults_are_fasttexts_own_where_preselect_relies_on_them() -> None:
+    from fasttext.FastText import unsupervised_default
+
+    # PreSelect's official call sets only epoch, lr and wordNgrams; the rest is fastText's own
+    for name in ("bucket", "dim", "ws", "neg"):
+        assert DEFAULT_PARAMS.get(name, unsupervised_default[name]) == unsupervised_default[name]
+    assert DEFAULT_PARAMS["bucket"] == 2_000_000
+    assert "thread" not in DEFAULT_PARAMS  # chosen when training, from this process' cores
+
+
+def test_training_threads_default_to_the_cores_this_process_may_use() -> None:
+    assert training_threads({}) == min(len(os.sched_getaffinity(0)), MAX_AUTO_THREADS)
+    assert training_threads({"thread": 3}) == 3
+    for bad in (0, -2, 1.5, True, "4"):
+        with pytest.raises(ValueError, match="thread must be a positive integer"):
+            training_threads({"thread": bad})
+    with pytest.raises(ValueError, match="thread must be a positive integer"):
+        FastTextScorer(params={"thread": 0})
+
+
+def test_one_training_per_fit_with_validation_held_out(
+    monkeypatch: pytest.MonkeyPatch, demo_records: list[dict]
+) -> None:
+    import fasttext
+
+    real, calls = fasttext.train_supervised, []
+
+    def train(**kwargs):
+        with open(kwargs["input"], encoding="utf-8") as f:
+            calls.append({**kwargs, "lines": sum(1 for _ in f)})
+        return real(**kwargs)
+
+    monkeypatch.setattr(fasttext, "train_supervised", train)
+    scorer = FastTextScorer(params={**SMALL_DATA, "bucket": 10_000}).fit(
+        _domain(demo_records, "math"), _domain(demo_records, "code")
+    )
+    assert len(calls) == 1  # no second fit on everything after the validation fit
+    assert calls[0]["thread"] == training_threads({}) and calls[0]["bucket"] == 10_000
+    report = scorer.report
+    assert report["validation"]["n"] == 18 and report["validation"]["auc"] > 0.9
+    assert calls[0]["lines"] == report["trained_on"] == 2 * (90 - 9)  # 10% of each class held out
+    assert report["threads"] == training_threads({})
+
+
+def test_texts_stream_through_training(demo_records: list[dict]) -> None:
+    """fit keeps the byte offsets of its texts, not the texts (before: three copies of them)."""
+    import tracemalloc
+
+    def fresh(domain: str, copies: int):  # new strings each time: nothing else holds them
+        for r in range(copies):
+            for t in _domain(demo_records, domain):
+                yield f"{t} {r}"
+
+    total = sum(len(t) for d in ("math", "code") for t in fresh(d, 20))
+    tracemalloc.start()
+    try:
+        scorer = FastTextScorer(params={"epoch": 1, "dim": 10, "bucket": 10_000}).fit(
+            fresh("math", 20), fresh("code", 20)
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert scorer.report["positive"] == scorer.report["negative"] == 20 * 90
+    assert total > 8_000_000 and peak < total / 4
+
+
 DIRTY_HEAP_SCRIPT = """
 import ctypes, json, sys
 import numpy as np
@@ -174,7 +251,9 @@ if sys.argv[2] == "dirty":
 recs = [r for b in Corpus(sys.argv[1]).iter_batches() for r in b.to_dicts()]
 math = [r["text"] for r in recs if r["domain"] == "math"]
 code = [r["text"] for r in recs if r["domain"] == "code"]
-scorer = FastTextScorer(params={"lr": 0.3, "epoch": 20}).fit(math, code, seed=0, validation=0)
+scorer = FastTextScorer(params={"lr": 0.3, "epoch": 20, "thread": 1}).fit(
+    math, code, seed=0, validation=0
+)
 print(json.dumps({"lr_used": scorer.lr_used, "scores": scorer.score(math[:20]).tolist()}))
 """
 

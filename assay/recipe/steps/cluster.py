@@ -14,7 +14,8 @@ from assay.recipe.step import Step, embedder_id, register_step
 @register_step
 class ClusterStep(Step, ClusterSettings):
     """Embed, k-means, prune and merge an unlabeled corpus into domains; write a side-car
-    `domain` per document, the relabelled corpus, and each domain's size and top terms."""
+    `domain` per document, a view of the corpus with those domains (nothing copied), and each
+    domain's size and top terms."""
 
     outputs = ("corpus", "domains", "clusters", "heldout")
     corpus_output = "corpus"
@@ -86,6 +87,8 @@ class ClusterStep(Step, ClusterSettings):
             terms = ", ".join(d["top_terms"][:8])
             t.add_row(name, f"{d['docs']:,}", f"{d['tokens_estimate']:,}", terms)
         console.print(t)
-        console.print(f"relabelled corpus: {outputs['corpus']}", highlight=False)
+        console.print(f"corpus with these domains (a view): {outputs['corpus']}", highlight=False)
         if "heldout" in outputs:
-            console.print(f"relabelled held-out corpus: {outputs['heldout']}", highlight=False)
+            console.print(
+                f"held-out corpus with these domains: {outputs['heldout']}", highlight=False
+            )
