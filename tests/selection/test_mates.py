@@ -195,6 +195,43 @@ def test_head_is_chosen_by_heldout_spearman() -> None:
         MatesScorer(heads=("forest",))
 
 
+def test_scoring_batch_after_batch_loads_the_model_and_opens_the_cache_once(
+    tmp_path: Path, static_model: Path, real_texts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scoring task calls `score` once per batch: the embedder is built once per scorer."""
+    import pickle
+
+    import assay.common.embed as embed
+
+    loads: list[str] = []
+    opens: list[str] = []
+
+    class CountingEncoder(embed.StaticEncoder):
+        def __init__(self, *a, **k) -> None:
+            loads.append("model")
+            super().__init__(*a, **k)
+
+    class CountingCache(embed.EmbeddingCache):
+        def __init__(self, *a, **k) -> None:
+            opens.append("cache")
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(embed, "StaticEncoder", CountingEncoder)
+    monkeypatch.setattr(embed, "EmbeddingCache", CountingCache)
+    texts = real_texts[:24]
+    config = {"model": str(static_model), "cache": str(tmp_path / "cache")}
+    scorer = MatesScorer(embedder=config, heads=("ridge",))
+    scorer.fit(texts, -np.log([len(t) for t in texts]), seed=0)
+    batches = [real_texts[24 + 8 * b : 32 + 8 * b] for b in range(12)]
+    scores = [scorer.score(batch) for batch in batches]
+    assert (len(loads), len(opens)) == (1, 1)  # fit and 12 batches: one model, one cache
+    # the embedder is not pickled (a worker builds its own, once) and scores do not change
+    copy = pickle.loads(pickle.dumps(scorer))
+    assert copy._embedder is None
+    assert all(np.array_equal(copy.score(b), s) for b, s in zip(batches, scores, strict=True))
+    assert (len(loads), len(opens)) == (2, 2)
+
+
 def test_scorer_saves_and_reloads_identically(
     tmp_path: Path, static_model: Path, real_texts: list[str], demo_dir: Path
 ) -> None:
