@@ -402,12 +402,53 @@ def test_relational_model_and_greedy_selection_use_learned_alpha_tau() -> None:
     assert pick[:3].sum() == 2  # at tau = 4 a copy keeps 3/4 of its (larger) benefit
 
 
+def test_group_selection_assigns_clusters_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No documents x clusters distance matrix: 20,000 documents in 100 clusters would need
+    8 MB for one; the selection is the same when it is computed in blocks."""
+    import tracemalloc
+
+    import assay.common.numerics as numerics
+    from assay.selection.group_mates import group_select
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(100, 16))
+    e = centres[rng.integers(0, 100, size=20_000)] + 0.05 * rng.normal(size=(20_000, 16))
+    e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+    u = rng.normal(size=20_000)
+    whole = group_select(u, e, 0.3, alpha=1.0, tau=1.0, docs_per_cluster=200)  # one block
+    monkeypatch.setattr(numerics, "NEAREST_BLOCK", 1 << 16)  # 655 documents a block
+    tracemalloc.start()
+    blocked = group_select(u, e, 0.3, alpha=1.0, tau=1.0, docs_per_cluster=200)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20_000 * 100 * 4
+    assert abs(int(blocked.sum()) - 6000) <= 50  # round(0.3 * size) per cluster
+    assert np.mean(blocked != whole) < 0.01  # (float rounding may move a tie, nothing else)
+
+
 def test_run_group_mates(
-    tmp_path: Path, demo_dir: Path, proxy_tokenizer, static_model: Path
+    tmp_path: Path,
+    demo_dir: Path,
+    proxy_tokenizer,
+    static_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from assay.common.embed import StaticEncoder
+
+    encoded: list[int] = []
+    encode = StaticEncoder.encode
+    monkeypatch.setattr(
+        StaticEncoder, "encode", lambda self, t, b=0: encoded.append(len(t)) or encode(self, t, b)
+    )
     res = _mates(tmp_path / "g", demo_dir, proxy_tokenizer, static_model, group=True,
                  trajectory_length=2, docs_per_cluster=60)  # fmt: skip
     s1 = res.stages[1]
+    # each pool document is embedded once (scores and clusters share it), the probes once more
+    pool = Corpus(tmp_path / "g" / "pools" / "stage-1")
+    distinct = sum(b.get_column("text").n_unique() for b in pool.iter_batches())  # per call
+    assert s1.pool_docs - 3 <= distinct <= s1.pool_docs
+    assert sum(encoded) == distinct + 16
+    assert not (tmp_path / "g" / "stage-1" / "embeddings").exists()  # removed after selection
     assert s1.method == "group-mates"
     assert s1.probing["trajectory_length"] == 2 and s1.probing["probes"] == 16
     assert {"alpha", "tau", "spearman", "individual"} <= set(s1.influence_model)
