@@ -61,14 +61,79 @@ def test_cache_returns_the_same_vectors_without_encoding(
     np.testing.assert_array_equal(out[0], first[1])
 
 
-def test_cache_chunks_are_whole_files(tmp_path: Path) -> None:
-    cache = EmbeddingCache(tmp_path)
+def test_cache_lookup_reads_only_the_batch_it_is_asked_for(tmp_path: Path) -> None:
+    """An `Embedder` called once per batch must not load the whole cache for each batch."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    writer = EmbeddingCache(tmp_path)
+    keys = rng.integers(0, 2**63, size=(20, 1000), dtype=np.uint64)
+    for part in keys:  # 20 puts: 20 MB of vectors in all
+        writer.put(part, _vectors_of(part))
+    reader = EmbeddingCache(tmp_path)
+    ask = np.array([keys[3, 7], 12345, keys[17, 999], keys[3, 7]], dtype=np.uint64)
+    tracemalloc.start()
+    found, vecs = reader.get(ask)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert found.tolist() == [True, False, True, True]
+    np.testing.assert_array_equal(vecs, _vectors_of(ask[found]))
+    assert peak < 1 << 20  # the whole cache is 20 MB
+
+
+def _vectors_of(keys: np.ndarray) -> np.ndarray:
+    """A vector that each key determines (256 dims)."""
+    return ((keys[:, None] % np.uint64(9973)) * np.arange(1, 257)[None, :] % 101).astype(np.float32)
+
+
+WRITER = """
+import sys, numpy as np
+from assay.common.embed_cache import EmbeddingCache
+cache, worker = EmbeddingCache(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(worker)
+for _ in range(15):
+    keys = rng.integers(0, 3000, size=200).astype(np.uint64)  # overlaps the other workers'
+    found, vecs = cache.get(keys)
+    if vecs is not None:
+        assert np.array_equal(vecs, (keys[found, None] * np.arange(1, 9)[None] % 997).astype("f4"))
+    new = np.unique(keys[~found])
+    cache.put(new, (new[:, None] * np.arange(1, 9)[None] % 997).astype("f4"))
+"""
+
+
+def test_cache_is_shared_by_concurrent_writers(tmp_path: Path) -> None:
+    """Processes writing one cache folder at once (from its creation on) lose and spoil nothing."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "cache"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(folder), str(w)]) for w in range(3)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    written = set()
+    for w in range(3):
+        rng = np.random.default_rng(w)
+        for _ in range(15):
+            written |= set(rng.integers(0, 3000, size=200).tolist())
+    keys = np.arange(3000, dtype=np.uint64)
+    found, vecs = EmbeddingCache(folder).get(keys)
+    assert set(np.flatnonzero(found).tolist()) == written
+    np.testing.assert_array_equal(
+        vecs, (keys[found, None] * np.arange(1, 9)[None] % 997).astype(np.float32)
+    )
+
+
+def test_cache_of_an_earlier_version_is_moved_into_the_table(tmp_path: Path) -> None:
     keys = np.array([5, 1, 9], dtype=np.uint64)
-    cache.put(keys, np.eye(3, dtype=np.float32))
+    with open(tmp_path / "chunk-0123456789abcdef.npz", "wb") as f:  # the former format
+        np.savez(f, keys=keys, vectors=np.eye(3, dtype=np.float32))
     found, vecs = EmbeddingCache(tmp_path).get(np.array([9, 2, 1], dtype=np.uint64))
     assert found.tolist() == [True, False, True]
     np.testing.assert_array_equal(vecs, np.eye(3, dtype=np.float32)[[2, 1]])
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert not list(tmp_path.glob("chunk-*")) and not list(tmp_path.glob("*.tmp*"))
+    found, _ = EmbeddingCache(tmp_path).get(keys)  # read from the table from now on
+    assert found.all()
 
 
 def test_cosine_topk_matches_brute_force_in_blocks() -> None:

@@ -16,7 +16,10 @@ Two kinds of embedder, one interface (`Embedder.embed(texts) -> float32 (n, dim)
   folders from elsewhere.
 
 The cache is keyed by the model's fingerprint and a hash of each text, so re-running a scorer,
-or clustering the same sample with another k, never embeds a document twice.
+or clustering the same sample with another k, never embeds a document twice. It is an SQLite
+table per model (`assay.common.embed_cache`): a batch's lookup reads that batch's rows only, so
+an `Embedder` called once per batch costs the same per batch however large the cache grows, and
+holds no more than the batch in memory.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from assay.common.embed_cache import EmbeddingCache
 from assay.errors import ConfigError, DependencyError, MissingError
 from assay.util.files import atomic_path, read_json, write_json
 from assay.util.hashing import stable_hash64
@@ -79,53 +83,6 @@ def model_fingerprint(path: str | os.PathLike) -> str:
             if f.suffix == ".json" and st.st_size < 1 << 20:
                 h.update(f.read_bytes())
     return h.hexdigest()
-
-
-class EmbeddingCache:
-    """Vectors already computed for one model, in append-only chunk files under `folder`.
-
-    Each `put` writes one `.npz` (text keys and vectors) atomically, so a killed run keeps every
-    finished chunk. Lookups go through one sorted key array (no per-text Python dict).
-    """
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        self._keys = np.zeros(0, dtype=np.uint64)
-        self._vecs: np.ndarray | None = None
-        self._loaded: set[str] = set()
-
-    def _refresh(self) -> None:
-        if not self.folder.exists():
-            return
-        new = [p for p in sorted(self.folder.glob("chunk-*.npz")) if p.name not in self._loaded]
-        if not new:
-            return
-        keys, vecs = [self._keys], [] if self._vecs is None else [self._vecs]
-        for p in new:
-            with np.load(p) as z:
-                keys.append(z["keys"])
-                vecs.append(z["vectors"])
-            self._loaded.add(p.name)
-        all_keys, all_vecs = np.concatenate(keys), np.concatenate(vecs)
-        all_keys, first = np.unique(all_keys, return_index=True)
-        self._keys, self._vecs = all_keys, all_vecs[first]
-
-    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(found mask, vectors of the found keys in order)."""
-        self._refresh()
-        if self._vecs is None or not len(self._keys):
-            return np.zeros(len(keys), dtype=bool), None
-        pos = np.searchsorted(self._keys, keys).clip(max=len(self._keys) - 1)
-        found = self._keys[pos] == keys
-        return found, self._vecs[pos[found]]
-
-    def put(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        if not len(keys):
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"chunk-{hashlib.blake2b(keys.tobytes(), digest_size=8).hexdigest()}.npz"
-        with atomic_path(self.folder / name) as tmp, open(tmp, "wb") as f:
-            np.savez(f, keys=keys, vectors=vectors.astype(np.float32))
 
 
 class Embedder:

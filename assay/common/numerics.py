@@ -1,4 +1,4 @@
-"""Numerics several engines share: rank correlation, k-means."""
+"""Numerics several engines share: rank correlation, k-means, nearest centroids."""
 
 from __future__ import annotations
 
@@ -40,6 +40,20 @@ def kmeans(x: np.ndarray, k: int, *, seed: int = 0, n_iter: int = 100) -> np.nda
         return km.cluster_centers_.astype(np.float32)
 
 
-def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    d = (x * x).sum(1)[:, None] - 2 * x @ centroids.T + (centroids * centroids).sum(1)[None, :]
-    return np.argmin(d, axis=1)
+#: distances computed at once by `nearest` (rows x centroids): 64 MiB of float32
+NEAREST_BLOCK = 1 << 24
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray, *, block: int | None = None) -> np.ndarray:
+    """The index of each row's nearest centroid (squared Euclidean distance), in blocks of rows
+    with at most `block` (default `NEAREST_BLOCK`) distances each: memory O(block), never
+    rows x centroids. A set that fits one block gives exactly the values of one whole
+    computation."""
+    rows = max(1, (NEAREST_BLOCK if block is None else block) // max(1, len(centroids)))
+    c2 = (centroids * centroids).sum(1)[None, :]
+    out = np.empty(len(x), dtype=np.int64)
+    for a in range(0, len(x), rows):
+        xb = x[a : a + rows]
+        d = (xb * xb).sum(1)[:, None] - 2 * xb @ centroids.T + c2
+        out[a : a + rows] = np.argmin(d, axis=1)
+    return out

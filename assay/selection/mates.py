@@ -250,6 +250,7 @@ class MatesScorer(Scorer):
         self.finetune_lr = finetune_lr
         self.finetune_batch = finetune_batch
         self._encoder: Any = None  # the fine-tuned SentenceTransformer, when finetune=True
+        self._embedder: Any = None  # the frozen Embedder, built on first use (never pickled)
         self.head: dict[str, Any] | None = None  # {"head": kind, "alpha"?: ...}
         self.weights: dict[str, np.ndarray] = {}
         self.report: dict[str, Any] = {}
@@ -267,6 +268,16 @@ class MatesScorer(Scorer):
         from assay.common.embed import Embedder
 
         return Embedder(**self.embedder)
+
+    def embedding_model(self) -> Any:
+        """This scorer's `Embedder`, built once: its model loads and its cache opens on the
+        first batch, not on every one."""
+        if self._embedder is None:
+            self._embedder = self.make_embedder()
+        return self._embedder
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_embedder": None}
 
     def _fit_one(self, cand: dict[str, Any], x: np.ndarray, y: np.ndarray, seed: int) -> dict:
         if cand["head"] == "ridge":
@@ -299,7 +310,7 @@ class MatesScorer(Scorer):
             x = (
                 embeddings
                 if embeddings is not None
-                else self.make_embedder().embed(texts, progress=progress)
+                else self.embedding_model().embed(texts, progress=progress)
             )
             best, results = self._fit_heads(np.asarray(x, dtype=np.float32), y, train, val, seed)
         held_pred = np.full(len(texts), np.nan)
@@ -462,7 +473,7 @@ class MatesScorer(Scorer):
         elif self._encoder is not None:
             x = self._encode(list(texts))
         else:
-            x = self.make_embedder().embed(list(texts))
+            x = self.embedding_model().embed(list(texts))
         return _predict_head(self.head["head"], self.weights, x)
 
     def score(self, texts: Sequence[str]) -> np.ndarray:

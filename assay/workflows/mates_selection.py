@@ -12,7 +12,10 @@ consume-once candidate pool, and how the stage chooses its data from it.
 
 Every step writes its result under the stage folder (oracle.parquet, probing.json, scorer/,
 relational/, scores/, group_scores/, selected/) and reads it back when it is there, so an
-interrupted stage resumes without probing or fitting again.
+interrupted stage resumes without probing or fitting again. Group-MATES embeds each pool
+document once: the pass that writes its individual scores also keeps its embedding
+(embeddings/, removed once the greedy selection is written), and the selection reads those
+back with the scores, never the texts.
 """
 
 from __future__ import annotations
@@ -275,9 +278,10 @@ def group_stage(
     ref_batch_size: int | None,
     progress: bool,
 ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Rollouts -> relational model -> individual scores (score_corpus) -> greedy selection."""
+    """Rollouts -> relational model -> individual scores and embeddings (one pass over the
+    pool) -> greedy selection."""
+    from assay.io.scores import SCORES_META
     from assay.selection.base import load_scorer
-    from assay.selection.score import score_corpus
     from assay.selection.select import select
 
     T = trajectory_length
@@ -306,10 +310,11 @@ def group_stage(
     if not (scorer_dir / "scorer.json").exists():
         model.as_scorer(emb_config).save(scorer_dir)
     scorer = load_scorer(scorer_dir)
-    score_corpus(scorer, pool, stage_dir / "scores", runner=runner)
-    group_dir = _group_scores(
-        pool, stage_dir, scorer.column, model, emb_config, keep, docs_per_cluster, seed, progress
-    )
+    assert isinstance(scorer, MatesScorer)
+    group_dir = stage_dir / "group_scores"
+    if not (group_dir / SCORES_META).exists():
+        _score_and_embed(pool, stage_dir, scorer, runner)
+        _group_scores(pool, stage_dir, scorer.column, model, keep, docs_per_cluster, seed)
     select(
         pool,
         group_dir,
@@ -351,35 +356,99 @@ def _relational_model(
     return model
 
 
+def _score_and_embed(pool: Any, stage_dir: Path, scorer: MatesScorer, runner: Any) -> None:
+    """The pool's individual scores (`stage_dir/scores`, a scores folder) and embeddings
+    (`stage_dir/embeddings`), from one embedding of each document, through the runner."""
+    from assay.io.scores import SCORES_META, score_file
+    from assay.selection.score import scorer_identity
+    from assay.util.files import remove_stale_temps
+    from assay.util.guard import mark_output
+
+    scores, vec_dir = stage_dir / "scores", stage_dir / VECTORS_DIR
+    mark_output(scores, "scores")
+    vec_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(vec_dir)
+    for shard in pool.shards:  # a score file whose embeddings are gone is scored again
+        if not (vec_dir / f"{shard.stem}{VECTORS_SUFFIX}").exists():
+            score_file(scores, shard).unlink(missing_ok=True)
+    meta = {"type": scorer.kind, "config": scorer.get_config(), "path": scorer.path}
+    write_json(scores / SCORES_META, {"columns": scorer.columns, "scorer": meta})
+    task = EmbedScoreTask(scorer, str(vec_dir), pool.options, scorer_identity(scorer))
+    runner.run(task, pool.shards, scores, label="group-mates:score")
+
+
+#: the pool's embeddings while a Group-MATES stage selects: float32 rows, one file per shard
+VECTORS_DIR = "embeddings"
+VECTORS_SUFFIX = ".f32"
+
+
+@dataclass
+class EmbedScoreTask:
+    """Per shard of a Group-MATES pool: embed each batch once, write the individual scores (the
+    side-car: id and the scorer's column) and append the embeddings to `<stem>.f32` in
+    `vec_dir` (raw little-endian float32 rows, in the shard's order)."""
+
+    scorer: MatesScorer
+    vec_dir: str
+    options: Any
+    identity: dict[str, Any]
+
+    def output_name(self, shard: Any) -> str:
+        return f"{shard.stem}.parquet"
+
+    def source(self, shard: Any) -> dict[str, Any]:
+        return self.identity
+
+    def __call__(self, shard: Any, out: Path | None) -> Any:
+        import polars as pl
+
+        from assay.exec.runner import report_progress
+        from assay.io.shards import ShardStats
+        from assay.io.write import ShardWriter
+
+        assert out is not None
+        stats = ShardStats(shard.name)
+        column = self.scorer.column
+        writer = ShardWriter(out, fmt="parquet")
+        embedder = self.scorer.embedding_model()
+        final = Path(self.vec_dir) / f"{shard.stem}{VECTORS_SUFFIX}"
+        with atomic_path(final) as tmp, open(tmp, "wb") as f:
+            for batch in shard.read(self.options, stats):
+                texts = batch.get_column("text").to_list()
+                vecs = np.ascontiguousarray(embedder.embed(texts), dtype="<f4")
+                score = -self.scorer.predict(texts, embeddings=vecs)  # = scorer.score(texts)
+                f.write(vecs.tobytes())
+                writer.write(
+                    pl.DataFrame({"id": batch.get_column("id"), column: score.astype(np.float32)})
+                )
+                stats.docs_out += batch.height
+                report_progress(batch.height)
+        writer.close(schema_if_empty={"id": pl.String, column: pl.Float32})
+        return stats
+
+
 def _group_scores(
     pool: Any,
     stage_dir: Path,
     column: str,
     model: RelationalInfluenceModel,
-    emb_config: dict[str, Any],
     keep: float,
     docs_per_cluster: int,
     seed: int,
-    progress: bool,
 ) -> Path:
     """The greedy selection as a score side-car (`group_mates`: 1 kept, 0 not) in
-    `stage_dir/group_scores`, from the individual scores in `stage_dir/scores` (or read back)."""
+    `stage_dir/group_scores`, from the individual scores in `stage_dir/scores` and the
+    embeddings in `stage_dir/embeddings` (removed once it is written).
+
+    Holds the pool's embeddings and one score per document (k-means needs them all), never
+    its texts or ids: a shard's ids are read back when its side-car is written."""
     import polars as pl
 
-    from assay.common.embed import Embedder
-    from assay.io.scores import SCORES_META, ScoreSet, score_file
+    from assay.io.scores import SCORES_META, score_file
 
     group_dir = stage_dir / "group_scores"
-    if (group_dir / SCORES_META).exists():
-        return group_dir
-    frame = ScoreSet(stage_dir / "scores").read_all(pool.shards, [column])
-    pool_ids = frame.get_column("id").to_list()
-    by_id: dict[str, str] = {}
-    for batch in pool.iter_batches():
-        ids, texts = batch.get_column("id").to_list(), batch.get_column("text").to_list()
-        by_id.update(zip(ids, texts, strict=True))
-    vecs = Embedder(**emb_config).embed([by_id[i] for i in pool_ids], progress=progress)
-    u = -frame.get_column(column).to_numpy().astype(np.float64)
+    scores, vec_dir = stage_dir / "scores", stage_dir / VECTORS_DIR
+    u, vecs, ends = _read_scored_pool(pool, scores, vec_dir, column)
     mask = group_select(
         u,
         vecs,
@@ -389,13 +458,47 @@ def _group_scores(
         docs_per_cluster=docs_per_cluster,
         seed=seed,
     )
-    chosen = frame.with_columns(pl.Series("group_mates", mask.astype(np.float32)))
-    for shard in pool.shards:
-        part = chosen.filter(pl.col("shard") == shard.name).select("id", "group_mates")
+    del vecs
+    for shard, a, b in zip(pool.shards, [0, *ends][:-1], ends, strict=True):
+        ids = pl.read_parquet(score_file(scores, shard), columns=["id"]).get_column("id")
+        part = pl.DataFrame({"id": ids, "group_mates": mask[a:b].astype(np.float32)})
         with atomic_path(score_file(group_dir, shard)) as tmp:
             part.write_parquet(tmp)
     write_json(
         group_dir / SCORES_META,
         {"columns": ["group_mates"], "scorer": {"type": "group-mates", "config": {}}},
     )
+    shutil.rmtree(vec_dir, ignore_errors=True)
     return group_dir
+
+
+def _read_scored_pool(
+    pool: Any, scores: Path, vec_dir: Path, column: str
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(u = -score per document, embeddings (documents x dim) read into one array, the end
+    row of each shard), in the pool's shard order."""
+    import polars as pl
+
+    from assay.errors import StateError
+    from assay.io.scores import score_file
+
+    parts = [
+        pl.read_parquet(score_file(scores, s), columns=[column]).get_column(column).to_numpy()
+        for s in pool.shards
+    ]
+    ends = np.cumsum([len(p) for p in parts]).tolist()
+    sizes = [(vec_dir / f"{s.stem}{VECTORS_SUFFIX}").stat().st_size for s in pool.shards]
+    dim = next((size // (4 * len(p)) for size, p in zip(sizes, parts, strict=True) if len(p)), 0)
+    vecs = np.empty((ends[-1] if ends else 0, dim), dtype="<f4")
+    for s, p, size, b in zip(pool.shards, parts, sizes, ends, strict=True):
+        if size != 4 * dim * len(p):
+            raise StateError(
+                f"{vec_dir} does not hold {len(p)} embeddings of {s.name}; delete "
+                f"{score_file(scores, s)} to score that shard again"
+            )
+        with open(vec_dir / f"{s.stem}{VECTORS_SUFFIX}", "rb") as f:
+            view = memoryview(vecs[b - len(p) : b]).cast("B")
+            while view.nbytes:
+                view = view[f.readinto(view) :]
+    u = -np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+    return u, vecs, ends

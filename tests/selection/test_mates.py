@@ -195,6 +195,43 @@ def test_head_is_chosen_by_heldout_spearman() -> None:
         MatesScorer(heads=("forest",))
 
 
+def test_scoring_batch_after_batch_loads_the_model_and_opens_the_cache_once(
+    tmp_path: Path, static_model: Path, real_texts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scoring task calls `score` once per batch: the embedder is built once per scorer."""
+    import pickle
+
+    import assay.common.embed as embed
+
+    loads: list[str] = []
+    opens: list[str] = []
+
+    class CountingEncoder(embed.StaticEncoder):
+        def __init__(self, *a, **k) -> None:
+            loads.append("model")
+            super().__init__(*a, **k)
+
+    class CountingCache(embed.EmbeddingCache):
+        def __init__(self, *a, **k) -> None:
+            opens.append("cache")
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(embed, "StaticEncoder", CountingEncoder)
+    monkeypatch.setattr(embed, "EmbeddingCache", CountingCache)
+    texts = real_texts[:24]
+    config = {"model": str(static_model), "cache": str(tmp_path / "cache")}
+    scorer = MatesScorer(embedder=config, heads=("ridge",))
+    scorer.fit(texts, -np.log([len(t) for t in texts]), seed=0)
+    batches = [real_texts[24 + 8 * b : 32 + 8 * b] for b in range(12)]
+    scores = [scorer.score(batch) for batch in batches]
+    assert (len(loads), len(opens)) == (1, 1)  # fit and 12 batches: one model, one cache
+    # the embedder is not pickled (a worker builds its own, once) and scores do not change
+    copy = pickle.loads(pickle.dumps(scorer))
+    assert copy._embedder is None
+    assert all(np.array_equal(copy.score(b), s) for b, s in zip(batches, scores, strict=True))
+    assert (len(loads), len(opens)) == (2, 2)
+
+
 def test_scorer_saves_and_reloads_identically(
     tmp_path: Path, static_model: Path, real_texts: list[str], demo_dir: Path
 ) -> None:
@@ -365,12 +402,53 @@ def test_relational_model_and_greedy_selection_use_learned_alpha_tau() -> None:
     assert pick[:3].sum() == 2  # at tau = 4 a copy keeps 3/4 of its (larger) benefit
 
 
+def test_group_selection_assigns_clusters_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No documents x clusters distance matrix: 20,000 documents in 100 clusters would need
+    8 MB for one; the selection is the same when it is computed in blocks."""
+    import tracemalloc
+
+    import assay.common.numerics as numerics
+    from assay.selection.group_mates import group_select
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(100, 16))
+    e = centres[rng.integers(0, 100, size=20_000)] + 0.05 * rng.normal(size=(20_000, 16))
+    e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+    u = rng.normal(size=20_000)
+    whole = group_select(u, e, 0.3, alpha=1.0, tau=1.0, docs_per_cluster=200)  # one block
+    monkeypatch.setattr(numerics, "NEAREST_BLOCK", 1 << 16)  # 655 documents a block
+    tracemalloc.start()
+    blocked = group_select(u, e, 0.3, alpha=1.0, tau=1.0, docs_per_cluster=200)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20_000 * 100 * 4
+    assert abs(int(blocked.sum()) - 6000) <= 50  # round(0.3 * size) per cluster
+    assert np.mean(blocked != whole) < 0.01  # (float rounding may move a tie, nothing else)
+
+
 def test_run_group_mates(
-    tmp_path: Path, demo_dir: Path, proxy_tokenizer, static_model: Path
+    tmp_path: Path,
+    demo_dir: Path,
+    proxy_tokenizer,
+    static_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from assay.common.embed import StaticEncoder
+
+    encoded: list[int] = []
+    encode = StaticEncoder.encode
+    monkeypatch.setattr(
+        StaticEncoder, "encode", lambda self, t, b=0: encoded.append(len(t)) or encode(self, t, b)
+    )
     res = _mates(tmp_path / "g", demo_dir, proxy_tokenizer, static_model, group=True,
                  trajectory_length=2, docs_per_cluster=60)  # fmt: skip
     s1 = res.stages[1]
+    # each pool document is embedded once (scores and clusters share it), the probes once more
+    pool = Corpus(tmp_path / "g" / "pools" / "stage-1")
+    distinct = sum(b.get_column("text").n_unique() for b in pool.iter_batches())  # per call
+    assert s1.pool_docs - 3 <= distinct <= s1.pool_docs
+    assert sum(encoded) == distinct + 16
+    assert not (tmp_path / "g" / "stage-1" / "embeddings").exists()  # removed after selection
     assert s1.method == "group-mates"
     assert s1.probing["trajectory_length"] == 2 and s1.probing["probes"] == 16
     assert {"alpha", "tau", "spearman", "individual"} <= set(s1.influence_model)
