@@ -273,3 +273,23 @@ def test_ray_runs_the_parts_of_a_split_corpus_as_the_local_runner_does(
     assert all(
         (tmp_path / "ray" / n).read_bytes() == (tmp_path / "local" / n).read_bytes() for n in names
     )
+
+
+def test_blocks_stay_intact_after_a_too_long_line_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks are views of the buffer they were decompressed into: reading on (past a line too
+    long to keep) must never write into a buffer whose lines were handed out."""
+    from assay.io import blocks
+
+    monkeypatch.setattr(blocks, "CHUNK_BYTES", 1024)
+    lines = [
+        json.dumps({"id": f"d{i}", "text": "y" * 9000 if i % 7 == 3 else f"doc {i} " * 30})
+        for i in range(120)
+    ]
+    path = tmp_path / "a.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress("\n".join(lines).encode() + b"\n"))
+    got = list(blocks.stream_blocks(str(path), "zstd", 1 << 20, 5000))  # all held at once
+    assert sum(b is None for _, b in got) == sum(i % 7 == 3 for i in range(120))
+    kept = b"".join(bytes(b) for _, b in got if b is not None)
+    assert kept == "".join(f"{ln}\n" for i, ln in enumerate(lines) if i % 7 != 3).encode()

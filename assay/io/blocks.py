@@ -260,7 +260,7 @@ def _fill(stream: Any, block_bytes: int, max_line: int | None) -> Iterator[Block
                 offset += buf.last + 1 - buf.lo
             yield offset, None
             offset += open_line
-            buf.clear()
+            buf = _Buffer(size)  # never refill a buffer whose lines were handed out
             skipping = True
     if buf.n > buf.lo:
         yield offset, buf.view(buf.lo, buf.n)
