@@ -42,6 +42,8 @@ class LabelledShard(FileShard):
     """A file shard read as it was when labelled, with `column` from its side-car file."""
 
     sidecar: str = ""
+    #: the view folder this shard is part of: what reopens it in another process
+    view: str = ""
     column: str = "domain"
     labelled_with: ReadOptions = field(default_factory=ReadOptions)
     #: the source's content identity when it was labelled (JSON), checked before reading
@@ -186,6 +188,7 @@ def read_view(folder: str | os.PathLike) -> tuple[list[LabelledShard], list[str]
                 name=s["name"],
                 path=s["path"],
                 sidecar=str(sidecar_file(sidecars, Shard(s["name"]))),
+                view=str(root.resolve()),
                 column=column,
                 labelled_with=options,
                 source_id=json.dumps(s["source"], sort_keys=True),
