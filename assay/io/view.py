@@ -50,10 +50,12 @@ class LabelledShard(FileShard):
     source_id: str = ""
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "labels": fingerprint(self.sidecar)}
+        labels = fingerprint(self.sidecar) if os.path.exists(self.sidecar) else None
+        return {**super().fingerprint(), "labels": labels}
 
     def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "labels": content_id(self.sidecar)}
+        labels = content_id(self.sidecar) if os.path.exists(self.sidecar) else None
+        return {**super().identity(), "labels": labels}
 
     def read(self, options: ReadOptions, stats: ShardStats | None = None) -> Iterator[pl.DataFrame]:
         stats = stats if stats is not None else ShardStats(self.name)
