@@ -12,6 +12,7 @@ from conftest import read_all, write_jsonl
 
 from assay.io.corpus import Corpus
 from assay.io.view import VIEW_FILE, sidecar_file, write_view
+from assay.recipe.steps._common import shard_paths
 from assay.util.guard import UnsafeOutputError
 
 
@@ -43,6 +44,9 @@ def test_a_view_reads_the_sources_with_the_sidecar_column(demo_dir: Path, tmp_pa
             assert read.get_column("domain").equals(labels.get_column("domain"))
     view_corpus = Corpus(view)
     assert [s.name for s in view_corpus.shards] == [s.name for s in corpus.shards]
+    # proxy workers reopen a held-out corpus from paths: a view's shards by their view
+    assert shard_paths(view_corpus) == [str(view.resolve())]
+    assert read_all(Corpus(shard_paths(view_corpus))).equals(read_all(view_corpus))
     # nothing copied: the view is a small manifest
     assert sum(f.stat().st_size for f in view.rglob("*") if f.is_file()) < 20_000
     # what depends on the corpus sees the labels change

@@ -42,16 +42,20 @@ class LabelledShard(FileShard):
     """A file shard read as it was when labelled, with `column` from its side-car file."""
 
     sidecar: str = ""
+    #: the view folder this shard is part of: what reopens it in another process
+    view: str = ""
     column: str = "domain"
     labelled_with: ReadOptions = field(default_factory=ReadOptions)
     #: the source's content identity when it was labelled (JSON), checked before reading
     source_id: str = ""
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "labels": fingerprint(self.sidecar)}
+        labels = fingerprint(self.sidecar) if os.path.exists(self.sidecar) else None
+        return {**super().fingerprint(), "labels": labels}
 
     def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "labels": content_id(self.sidecar)}
+        labels = content_id(self.sidecar) if os.path.exists(self.sidecar) else None
+        return {**super().identity(), "labels": labels}
 
     def read(self, options: ReadOptions, stats: ShardStats | None = None) -> Iterator[pl.DataFrame]:
         stats = stats if stats is not None else ShardStats(self.name)
@@ -186,6 +190,7 @@ def read_view(folder: str | os.PathLike) -> tuple[list[LabelledShard], list[str]
                 name=s["name"],
                 path=s["path"],
                 sidecar=str(sidecar_file(sidecars, Shard(s["name"]))),
+                view=str(root.resolve()),
                 column=column,
                 labelled_with=options,
                 source_id=json.dumps(s["source"], sort_keys=True),

@@ -327,7 +327,8 @@ def fit_binary(
     balance: bool = True,
 ) -> Scorer:
     """Fit a scorer that learns positive against negative examples (fastText) on samples of two
-    corpora (or sequences of texts): `n` each, the negatives drawn with seed + 1."""
+    corpora (or sequences of texts): `n` each, the negatives drawn with seed + 1. The scorer's
+    `fit` gets iterables of texts (see `sample_texts`), read once."""
     pos = sample_texts(positive, n, seed)
     neg = sample_texts(negative, n, seed + 1)
     try:

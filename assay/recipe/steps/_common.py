@@ -74,10 +74,12 @@ def score_all(
 
 
 def shard_paths(corpus: Corpus | None) -> list[str] | None:
-    """The files of a corpus, for proxy workers that reopen it in another process."""
+    """The files of a corpus, for proxy workers that reopen it in another process (the shards
+    of a view by their view, which gives them their labels)."""
     if corpus is None:
         return None
-    return list(dict.fromkeys(str(getattr(s, "path", s.name)) for s in corpus.shards))
+    paths = [str(getattr(s, "view", "") or getattr(s, "path", s.name)) for s in corpus.shards]
+    return list(dict.fromkeys(paths))
 
 
 class ProxyInputs(Step):
