@@ -17,13 +17,17 @@ def evaluate_model(
     seq_len: int = 256,
     group_by: str | None = "domain",
     batch_tokens: int = 8192,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
 ) -> dict[str, Any]:
-    """Load a local model and report held-out bits per byte per group and lm-eval task metrics."""
+    """Load a local model (on `device` in `dtype`: by default a GPU in bfloat16 when there is
+    one, else the CPU in float32) and report held-out bits per byte per group and lm-eval task
+    metrics."""
     from assay.common.lm import count_parameters, load_causal_lm
     from assay.common.losses import build_eval_set, evaluate_bpb, mean_bpb
     from assay.common.tokenizer import load_tokenizer
 
-    lm = load_causal_lm(model, gguf_file)
+    lm = load_causal_lm(model, gguf_file, dtype=dtype, device=device)
     tok = load_tokenizer(model, gguf_file)
     limit_len = int(
         getattr(lm.config, "max_position_embeddings", None)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from assay.errors import ConfigError, DependencyError
+from assay.exec.devices import gpus_for, pin_worker, pool_gpus, task_device
 from assay.io.shards import FileShard, Shard, ShardStats
 from assay.io.split import parse_part_name, shard_named
 from assay.util.files import (
@@ -160,12 +161,23 @@ def _thread_env(threads: int) -> dict[str, str]:
     }
 
 
-def _init_worker(q: Any, env: dict[str, str]) -> None:
+def _init_worker(q: Any, env: dict[str, str], slot: Any = None, gpus: Sequence[str] = ()) -> None:
     global _progress_hook
     os.environ.update(env)
+    _pin_pool_worker(slot, gpus)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
     _progress_hook = _queue_hook(q)
+
+
+def _pin_pool_worker(slot: Any, gpus: Sequence[str]) -> None:
+    """Worker i of a pool (numbered by `slot`, a shared counter, as they start) uses GPU i mod n."""
+    if slot is None or not gpus:
+        return
+    with slot.get_lock():
+        index = slot.value
+        slot.value += 1
+    pin_worker(index, gpus)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,19 +354,28 @@ class Runner:
     ) -> Iterator[tuple[_Job, ShardStats]]:
         raise NotImplementedError
 
-    def map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+    def map(self, fn: Any, items: Sequence[Any], *, runs_on: str = "cpu") -> list[Any]:
         """`[fn(x) for x in items]`, the calls run in parallel (independent jobs that are not
         shards, such as the proxy runs of one mixture-search iteration). `fn` must be a
-        module-level function and the items picklable."""
+        module-level function and the items picklable; `runs_on` says where their models run
+        (cpu, auto, cuda: see `assay.exec.devices`)."""
         raise NotImplementedError
 
 
 class LocalRunner(Runner):
-    """One machine. `workers=1` runs in this process; more uses a spawn-based process pool."""
+    """One machine. `workers=1` runs in this process; more uses a spawn-based process pool,
+    whose worker i sees only GPU i mod n of the machine's `gpus` (None: those visible; a count,
+    or `CUDA_VISIBLE_DEVICES` entries)."""
 
-    def __init__(self, workers: int | None = 1, progress: bool = True):
+    def __init__(
+        self,
+        workers: int | None = 1,
+        progress: bool = True,
+        gpus: int | Sequence[str] | None = None,
+    ):
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.progress = progress
+        self.gpus = gpus
 
     def _execute(
         self, task: ShardTask, jobs: list[_Job], bar: _ProgressBar
@@ -380,7 +401,7 @@ class LocalRunner(Runner):
             max_workers=min(self.workers, len(jobs)),
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(q, env),
+            initargs=(q, env, ctx.Value("i", 0), pool_gpus(self.gpus)),
         )
         try:
             futures = {
@@ -410,7 +431,7 @@ class LocalRunner(Runner):
         finally:
             q.close()
 
-    def map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+    def map(self, fn: Any, items: Sequence[Any], *, runs_on: str = "cpu") -> list[Any]:
         if self.workers == 1 or len(items) <= 1:
             return [fn(x) for x in items]
         import multiprocessing as mp
@@ -422,13 +443,14 @@ class LocalRunner(Runner):
             max_workers=min(self.workers, len(items)),
             mp_context=ctx,
             initializer=_init_map_worker,
-            initargs=(env,),
+            initargs=(env, ctx.Value("i", 0), pool_gpus(self.gpus)),
         ) as pool:
             return list(pool.map(fn, items))
 
 
-def _init_map_worker(env: dict[str, str]) -> None:
+def _init_map_worker(env: dict[str, str], slot: Any = None, gpus: Sequence[str] = ()) -> None:
     os.environ.update(env)
+    _pin_pool_worker(slot, gpus)
 
 
 def _drain(q: Any, bar: _ProgressBar) -> None:
@@ -442,7 +464,8 @@ def _drain(q: Any, bar: _ProgressBar) -> None:
 
 
 class RayRunner(Runner):
-    """The same tasks as Ray tasks, one CPU each.
+    """The same tasks as Ray tasks, one CPU each, and one GPU each when the task's model runs on
+    one (`runs_on`: "cuda", or "auto" on a cluster with GPUs; see `assay.exec.devices`).
 
     With no `address` a local Ray instance is started (with `workers` CPUs); with one, tasks go
     to that cluster, whose workers must see the same paths (shared or network storage).
@@ -509,7 +532,8 @@ class RayRunner(Runner):
         self, task: ShardTask, jobs: list[_Job], bar: _ProgressBar
     ) -> Iterator[tuple[_Job, ShardStats]]:
         ray = self._ensure_ray()
-        remote = ray.remote(num_cpus=1, max_retries=0)(_execute_in_ray_worker)
+        gpus = gpus_for(task_device(task), ray.cluster_resources().get("GPU", 0))
+        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_execute_in_ray_worker)
         task_ref = ray.put(task)
         pending = {
             remote.remote(task_ref, j.shard, j.final, j.stats_path, j.source): j for j in jobs
@@ -531,9 +555,10 @@ class RayRunner(Runner):
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)
 
-    def map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+    def map(self, fn: Any, items: Sequence[Any], *, runs_on: str = "cpu") -> list[Any]:
         ray = self._ensure_ray()
-        remote = ray.remote(num_cpus=1, max_retries=0)(fn)
+        gpus = gpus_for(runs_on, ray.cluster_resources().get("GPU", 0))
+        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(fn)
         refs = [remote.remote(x) for x in items]
         try:
             return list(ray.get(refs))

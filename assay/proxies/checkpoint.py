@@ -3,7 +3,8 @@ optimizer state that a later stage continues from.
 
 - `out/checkpoint/` (while training, with `checkpoint_every` or `stop_after`): the model
   (safetensors), the optimizer state and the step with the curve so far; written to a temporary
-  folder and renamed, and removed when the run finishes.
+  folder and renamed, and removed when the run finishes. Only the main process of a
+  data-parallel run writes it; every process resumes from it.
 - `out/state/` (a finished run trained with `keep_optimizer=True`): `optimizer.pt` and
   `state.json` (run_id, steps, global_step, schedule_total, init_from), what `init_from` and
   MATES' probes load.
@@ -114,16 +115,24 @@ def save_checkpoint(
 def restore_checkpoint(
     out: Path, run_id: str, accelerator: Any, model: Any, optimizer: Any
 ) -> tuple[int, list]:
-    """Resume from `out/checkpoint` when it belongs to this run; otherwise start at step 0."""
+    """Resume from `out/checkpoint` when it belongs to this run; otherwise start at step 0.
+
+    With several data-parallel processes the main one removes another run's checkpoint first,
+    then every process loads this run's."""
     import torch
 
     ck = out / "checkpoint"
+    main = accelerator.is_main_process
+    if (
+        main
+        and (ck / "state.json").exists()
+        and read_json(ck / "state.json").get("run_id") != run_id
+    ):
+        shutil.rmtree(ck)
+    accelerator.wait_for_everyone()
     if not (ck / "state.json").exists():
         return 0, []
     state = read_json(ck / "state.json")
-    if state.get("run_id") != run_id:
-        shutil.rmtree(ck)
-        return 0, []
     load_weights(accelerator.unwrap_model(model), ck / "model" / "model.safetensors")
     # weights_only: never unpickle arbitrary objects, even from our own folder.
     optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))

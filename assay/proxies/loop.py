@@ -6,11 +6,20 @@ on this CPU or on a GPU with bf16 autocast:
 
     for step in range(steps):
         for micro in range(grad_accum):          # sequences are packed once, in training order
+            x = this process's slice of the micro-batch
             loss = model(x, labels=x).loss / grad_accum
             accelerator.backward(loss)
         clip; optimizer.step(); lr schedule; zero_grad
         every eval_every steps: per-domain held-out bits per byte (the curve BiMix fits)
         every checkpoint_every steps: save model (safetensors), optimizer and step, atomically
+
+Under `accelerate launch` (or torchrun) with N processes the loop is data parallel: a
+micro-batch holds N x `batch_size` sequences, process r trains on the r-th slice of
+`batch_size` of them, and accelerate all-reduces the gradients (averaged: every sequence has
+the same number of tokens, so the step is the one a single process takes on the whole
+micro-batch). N processes at `batch_size` b therefore see the same tokens, and follow the same
+loss curve, as one process at N x b. The logged loss is the mean over the processes; only the
+main process writes checkpoints and the run's files, the others wait for it.
 """
 
 from __future__ import annotations
@@ -82,6 +91,15 @@ class TrainConfig(Strict):
         return data
 
 
+def process_state() -> Any:
+    """accelerate's view of this process: alone, or one of the data-parallel processes of
+    `accelerate launch` / torchrun (whose process group it joins on the first call)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
     """Learning-rate multiplier: linear warmup, then cosine / warmup-stable-decay / constant."""
     warm = int(cfg.warmup) if cfg.warmup >= 1 else round(cfg.warmup * steps)
@@ -129,6 +147,7 @@ class TrainingJob:
     steps: int
     total_steps: int  # of the learning-rate schedule, which this run starts at schedule_offset
     schedule_offset: int
+    processes: int = 1  # data-parallel processes (accelerate launch): each trains on a slice
     accelerator: Any = None
     model: Any = None
     optimizer: Any = None
@@ -136,8 +155,13 @@ class TrainingJob:
 
     @property
     def per_step(self) -> int:
-        """Sequences per optimizer step."""
-        return self.cfg.batch_size * self.cfg.grad_accum
+        """Sequences per optimizer step, over all processes."""
+        return self.cfg.batch_size * self.cfg.grad_accum * self.processes
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is the process that writes (the only one, unless data parallel)."""
+        return self.accelerator is None or bool(self.accelerator.is_main_process)
 
     def prepare(
         self, vocab_size: int, heldout: Corpus | None, tokenizer: Any, eval_docs: int | None
@@ -151,6 +175,7 @@ class TrainingJob:
             cpu=not torch.cuda.is_available(),
             mixed_precision="bf16" if torch.cuda.is_available() else "no",
         )
+        assert self.accelerator.num_processes == self.processes, "one process group per run"
         model = build_model(self.preset, vocab_size, cfg.seq_len, arch=cfg.arch, seed=self.seed)
         optimizer = make_optimizer(model, cfg)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -192,11 +217,11 @@ def train_loop(
     cfg = job.cfg
     start, curve = restore_checkpoint(
         job.out, job.run_id, job.accelerator, job.model, job.optimizer
-    )
+    )  # the main process drops another run's checkpoint; every process loads this run's
     if start == 0 and init_from is not None:  # a checkpoint of this run itself wins
         load_training_state(init_from, job.accelerator.unwrap_model(job.model), job.optimizer)
     data_t = torch.from_numpy(packed.input_ids.astype(np.int64))
-    bar = _train_bar(job.steps, start, progress, label=f"proxy {job.preset}")
+    bar = _train_bar(job.steps, start, progress and job.is_main, label=f"proxy {job.preset}")
     losses: list[float] = [c["train_loss"] for c in curve if "train_loss" in c]
     job.model.train()
     t_loop, tokens_done, side_seconds = time.perf_counter(), 0, 0.0  # side: evals, checkpoints
@@ -218,18 +243,35 @@ def train_loop(
     return LoopResult(start, curve, losses, time.perf_counter() - t_loop - side_seconds)
 
 
+def micro_batch_rows(step: int, micro: int, cfg: TrainConfig, rank: int, processes: int) -> int:
+    """The first packed sequence of process `rank`'s slice of a micro-batch: micro-batch
+    `step * grad_accum + micro` holds `processes * batch_size` sequences, one slice each."""
+    return ((step * cfg.grad_accum + micro) * processes + rank) * cfg.batch_size
+
+
 def _train_step(job: TrainingJob, data_t: Any, step: int, lr: float) -> float:
-    """One optimizer step (over `grad_accum` micro-batches) at `lr`; returns its loss."""
+    """One optimizer step (over `grad_accum` micro-batches) at `lr`, on this process's slice
+    of each; returns the step's loss (the mean over the processes)."""
+    import contextlib
+
+    import torch
+
     cfg, model, optimizer, accelerator = job.cfg, job.model, job.optimizer, job.accelerator
+    rank, n = accelerator.process_index, job.processes
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = 0.0
     for micro in range(cfg.grad_accum):
-        a = (step * cfg.grad_accum + micro) * cfg.batch_size
+        a = micro_batch_rows(step, micro, cfg, rank, n)
         x = data_t[a : a + cfg.batch_size].to(accelerator.device)
-        loss = model(input_ids=x, labels=x).loss / cfg.grad_accum
-        accelerator.backward(loss)
+        last = micro == cfg.grad_accum - 1  # gradients are all-reduced once, after the last
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            loss = model(input_ids=x, labels=x).loss / cfg.grad_accum
+            accelerator.backward(loss)
         total += float(loss.detach())
+    if n > 1:
+        mine = torch.tensor([total], dtype=torch.float64, device=accelerator.device)
+        total = float(accelerator.reduce(mine, reduction="mean")[0])
     if cfg.grad_clip:
         accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
@@ -257,7 +299,11 @@ def _after_step(
     stop = stop_after is not None and done >= stop_after
     if not last and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or stop):
         t_side = time.perf_counter()
-        save_checkpoint(job.out, job.run_id, done, job.accelerator, job.model, job.optimizer, curve)
+        if job.is_main:
+            save_checkpoint(
+                job.out, job.run_id, done, job.accelerator, job.model, job.optimizer, curve
+            )
+        job.accelerator.wait_for_everyone()
         side_seconds += time.perf_counter() - t_side
         if stop:
             raise TrainingStopped(done)

@@ -11,6 +11,12 @@ the model, and a later call with `init_from=<that folder>` starts from its weigh
 moments and step counts. `schedule_offset` / `schedule_total` evaluate the learning-rate schedule
 on the global step, so that one warmup / cosine / WSD schedule spans all stages.
 
+Under `accelerate launch` with N processes a run is data parallel (`assay.proxies.loop`): each
+process trains on its slice of every batch, so N processes at `batch_size` b train as one at
+N x b. The main process locks the folder, makes the tokenizer and token cache when they are
+missing (the others then read them), and alone writes checkpoints, the model and `run.json`;
+the run id records N when it is more than one.
+
 Runs are deterministic on CPU for a seed: the data order is a function of the seed, the model
 initialisation too, and resuming from a checkpoint restores the optimizer state and continues
 with the very next batch, so a resumed run ends with the same loss as an uninterrupted one.
@@ -19,6 +25,7 @@ A finished run directory is recognised and returned without training again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -35,7 +42,7 @@ from assay.errors import ConfigError, StateError
 from assay.io.corpus import Corpus
 from assay.proxies.checkpoint import RUN_FILE, STATE_DIR, has_training_state, save_state
 from assay.proxies.data import PackedData, pack_mixture
-from assay.proxies.loop import LoopResult, TrainConfig, TrainingJob, train_loop
+from assay.proxies.loop import LoopResult, TrainConfig, TrainingJob, process_state, train_loop
 
 # Re-exported: train_proxy's interface, as it was when they lived here.
 from assay.proxies.loop import TrainingStopped as TrainingStopped
@@ -142,33 +149,43 @@ def train_proxy(
     get_preset(preset)
     out = Path(out_dir)
     _check_run_folder(out, data, heldout)
-    with folder_lock(out):
+    state = process_state()  # one of several under accelerate launch: data parallel
+    main = state.is_main_process
+    with folder_lock(out) if main else contextlib.nullcontext():
         t_start = time.perf_counter()
-        corpus = data if isinstance(data, Corpus) else None
-        tok = _resolve_tokenizer(tokenizer, corpus, preset, out, seed)
-        cache = (
-            data if isinstance(data, TokenCache) else TokenCache.build(data, tok, out / "tokens")
-        )
+        with state.main_process_first():  # the others read what the main process makes
+            corpus = data if isinstance(data, Corpus) else None
+            tok = _resolve_tokenizer(tokenizer, corpus, preset, out, seed)
+            cache = (
+                data
+                if isinstance(data, TokenCache)
+                else TokenCache.build(data, tok, out / "tokens")
+            )
         mix = resolve_mixture(mixture, {d: t.n_tokens for d, t in cache.domains.items()})
         identity = _run_identity(preset, seed, tokens, mix, cfg, tok, cache, tasks, eval_docs)
+        if state.num_processes > 1:  # only then: single-process runs keep their ids
+            identity["processes"] = state.num_processes
         init_state = _staged_identity(identity, init_from, schedule_offset, schedule_total)
         run_id = config_hash(identity)
         finished = _finished_run(out, run_id, keep_optimizer)
         if finished is not None:
-            _append_to_table(runs_table, finished)
+            if main:
+                _append_to_table(runs_table, finished)
             return finished
 
         packed = pack_mixture(
             cache, mix, tokens, cfg.seq_len, seed=seed, max_epochs=cfg.max_epochs, on_cap=cfg.on_cap
         )
-        steps, total_steps = _count_steps(packed, tokens, cfg, schedule_offset, schedule_total)
-        job = TrainingJob(out, run_id, cfg, preset, seed, steps, total_steps, schedule_offset)
+        n = state.num_processes
+        steps, total_steps = _count_steps(packed, tokens, cfg, schedule_offset, schedule_total, n)
+        job = TrainingJob(out, run_id, cfg, preset, seed, steps, total_steps, schedule_offset, n)
         job.prepare(cache.vocab_size, heldout, tok, eval_docs)
         trained = train_loop(job, packed, init_from, stop_after, progress)
         run = _finish_run(
             job, packed, mix, tok, tasks, trained, t_start, keep_optimizer, init_state
         )
-        _append_to_table(runs_table, run)
+        if main:
+            _append_to_table(runs_table, run)
         return run
 
 
@@ -259,14 +276,21 @@ def _count_steps(
     cfg: TrainConfig,
     schedule_offset: int,
     schedule_total: int | None,
+    processes: int = 1,
 ) -> tuple[int, int]:
-    """Optimizer steps of the run, and of the learning-rate schedule it is part of."""
-    per_step = cfg.batch_size * cfg.grad_accum
+    """Optimizer steps of the run (each of `processes` x batch_size x grad_accum sequences),
+    and of the learning-rate schedule it is part of."""
+    per_step = cfg.batch_size * cfg.grad_accum * processes
     steps = len(packed.input_ids) // per_step
     if steps < 1:
         raise ConfigError(
             f"{tokens:,} tokens make fewer than one step of {per_step} sequences x "
             f"{cfg.seq_len} tokens"
+            + (
+                f" ({processes} processes x {cfg.batch_size * cfg.grad_accum})"
+                if processes > 1
+                else ""
+            )
         )
     total_steps = steps if schedule_total is None else schedule_total
     if schedule_offset + steps > total_steps:
@@ -288,7 +312,30 @@ def _finish_run(
     keep_optimizer: bool,
     init_state: dict[str, Any] | None,
 ) -> ProxyRun:
-    """Final evaluation and tasks, the model (and optimizer state) saved, `run.json` written."""
+    """Final evaluation and tasks, the model (and optimizer state) saved, `run.json` written,
+    by the main process; the other processes of a data-parallel run read its `run.json`."""
+    if not job.is_main:
+        job.accelerator.wait_for_everyone()
+        return ProxyRun.load(job.out)
+    try:
+        return _write_run(
+            job, packed, mix, tok, tasks, trained, t_start, keep_optimizer, init_state
+        )
+    finally:
+        job.accelerator.wait_for_everyone()
+
+
+def _write_run(
+    job: TrainingJob,
+    packed: PackedData,
+    mix: Mixture,
+    tok: Any,
+    tasks: list[str] | None,
+    trained: LoopResult,
+    t_start: float,
+    keep_optimizer: bool,
+    init_state: dict[str, Any] | None,
+) -> ProxyRun:
     cfg, out, curve = job.cfg, job.out, trained.curve
     unwrapped = job.accelerator.unwrap_model(job.model)
     final = (

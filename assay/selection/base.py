@@ -117,6 +117,13 @@ class Scorer:
         """Whether this object can be pickled to another process as it is."""
         return True
 
+    @property
+    def runs_on(self) -> str:
+        """Where the scorer's model runs: "cpu" (the default: no model, or one for CPUs only),
+        "auto" (a GPU when its worker has one), "cuda" or "cuda:N". A Ray task of the scorer
+        asks for a GPU accordingly (`assay.exec.devices.gpus_for`)."""
+        return "cpu"
+
     def save(self, path: str | os.PathLike) -> Scorer:
         if not self.is_fitted:
             raise NotFittedError(f"{type(self).__name__} must be fitted before it is saved")
@@ -297,6 +304,18 @@ def embedder_settings(embedder: dict[str, Any] | str | None) -> dict[str, Any]:
     if isinstance(embedder, str) or embedder is None:
         return {"model": embedder}
     return dict(embedder)
+
+
+def embedder_runs_on(settings: dict[str, Any]) -> str:
+    """Where an `Embedder` with these settings runs (a scorer's `runs_on`): the CPU for a static
+    model (numpy), else its device ("auto": a GPU when there is one)."""
+    from assay.common.embed import is_static_model
+    from assay.common.lm import check_device
+
+    model = settings.get("model")
+    if model == "static" or (model not in (None, "minilm") and is_static_model(model)):
+        return "cpu"
+    return check_device(settings.get("device"))
 
 
 def sample_texts(source: Any, n: int | None, seed: int) -> Iterable[str]:

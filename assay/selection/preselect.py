@@ -39,6 +39,7 @@ from typing import Any, Union
 import numpy as np
 from pydantic import Field
 
+from assay.common.lm import DeviceSettings
 from assay.common.losses import LN2
 from assay.errors import ConfigError, InputError
 from assay.selection.base import NotFittedError, Scorer, register_scorer
@@ -48,7 +49,6 @@ from assay.selection.fasttext import (
     FastTextScorer,
     adapt_to_sample,
 )
-from assay.util.config import Strict
 from assay.util.files import atomic_path, read_json, write_json
 
 #: The official classifier call: `fasttext.train_supervised(epoch=3, lr=0.1, wordNgrams=2)`. It
@@ -73,9 +73,10 @@ CLASSIFIER_DIR = "classifier"
 ModelSpec = Union[str, "os.PathLike[str]", Mapping[str, Any], Any]
 
 
-class PreSelectSettings(Strict):
+class PreSelectSettings(DeviceSettings):
     """PreSelect's options: what `fit_preselect` (assay.workflows.preselect) takes, and (with the
-    model family, its targets and corpus) the `preselect` step."""
+    model family, its targets and corpus) the `preselect` step. `device` and `dtype` are where
+    the family's models compute their losses (a GPU in bfloat16 when there is one)."""
 
     calibration: int = Field(
         2_000, ge=1, description="Pool documents every model scores (a uniform sample)."
@@ -128,8 +129,11 @@ def bits_per_char(
     gguf_file: str | None = None,
     batch_tokens: int = 8192,
     seq_len: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> np.ndarray:
-    """Each document's total NLL under a local causal LM, in bits per character (float64).
+    """Each document's total NLL under a local causal LM (on `device` in `dtype`: by default a
+    GPU in bfloat16 when there is one, else the CPU in float32), in bits per character (float64).
 
     Why characters: the models of a family need not share a tokenizer, and loss per token is not
     comparable across tokenizers. Dividing the summed NLL by the document's length in characters
@@ -144,7 +148,12 @@ def bits_per_char(
     from assay.selection.perplexity import PerplexityScorer
 
     scorer = PerplexityScorer(
-        str(model), gguf_file=gguf_file, batch_tokens=batch_tokens, seq_len=seq_len
+        str(model),
+        gguf_file=gguf_file,
+        batch_tokens=batch_tokens,
+        seq_len=seq_len,
+        device=device,
+        dtype=dtype,
     )
     texts = list(texts)
     chars = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
@@ -163,12 +172,14 @@ def family_losses(
     *,
     batch_tokens: int = 8192,
     seq_len: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> np.ndarray:
     """Bits per character of every model on every document: shape (n_models, n_docs), float64.
 
     A model is a local causal LM folder (a trained proxy's `model_dir`, or the `ProxyRun`
     itself) or a mapping `{"path": ..., "gguf_file": ...}` for a GGUF file. The models are
-    loaded one at a time.
+    loaded one at a time, on `device` in `dtype` (see `bits_per_char`).
     """
     texts = list(texts)
     rows = []
@@ -181,6 +192,8 @@ def family_losses(
                 gguf_file=s["gguf_file"],
                 batch_tokens=batch_tokens,
                 seq_len=seq_len,
+                device=device,
+                dtype=dtype,
             )
         )
     return np.stack(rows) if rows else np.zeros((0, len(texts)), dtype=np.float64)
@@ -314,8 +327,7 @@ def _losses_of(
     benchmark_scores: Any,
     model_names: Sequence[str] | None,
     losses: np.ndarray | None,
-    batch_tokens: int,
-    seq_len: int | None,
+    where: dict[str, Any],
 ) -> np.ndarray:
     """The family's losses (n_models x n_docs, float64): given, or computed with the models
     (the family is checked first, before minutes of scoring with it)."""
@@ -326,7 +338,7 @@ def _losses_of(
         if len(benchmark_scores) != len(specs):
             raise ConfigError(f"{len(benchmark_scores)} benchmark scores for {len(specs)} models")
         _check_scores(benchmark_scores, model_names or _default_names(specs, len(specs)))
-        losses = family_losses(specs, texts, batch_tokens=batch_tokens, seq_len=seq_len)
+        losses = family_losses(specs, texts, **where)
     losses = np.asarray(losses, dtype=np.float64)
     if losses.ndim != 2 or losses.shape[1] != n_docs:
         raise InputError(
@@ -506,6 +518,8 @@ class PreSelectScorer(Scorer):
         seed: int = 0,
         batch_tokens: int = 8192,
         seq_len: int | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
     ) -> PreSelectScorer:
         """Label a calibration sample by predictive strength, then train the classifier.
 
@@ -515,7 +529,8 @@ class PreSelectScorer(Scorer):
         model, higher meaning better (`family_benchmark_scores` makes them from target text).
         Give `losses` (n_models x n_docs, e.g. from `family_losses`) to skip scoring with the
         models; `models` are then only recorded. `ids` name the documents in
-        `calibration.parquet`, `model_names` its `bpc.<name>` columns.
+        `calibration.parquet`, `model_names` its `bpc.<name>` columns. The models run on
+        `device` in `dtype` (default: a GPU in bfloat16 when there is one, else the CPU).
 
         Empty documents and documents with a non-finite loss are left out (label -1).
         """
@@ -524,9 +539,8 @@ class PreSelectScorer(Scorer):
         if benchmark_scores is None:
             raise ConfigError("PreSelect needs benchmark_scores: one number per model")
         specs = [model_spec(m) for m in models] if models is not None else None
-        losses = _losses_of(
-            texts, specs, benchmark_scores, model_names, losses, batch_tokens, seq_len
-        )
+        where = {"batch_tokens": batch_tokens, "seq_len": seq_len, "device": device, "dtype": dtype}
+        losses = _losses_of(texts, specs, benchmark_scores, model_names, losses, where)
         n_models = losses.shape[0]
         names = _family_names(specs, n_models, model_names)
         ids = [str(x) for x in ids] if ids is not None else [str(i) for i in range(n_docs)]

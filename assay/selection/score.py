@@ -37,6 +37,11 @@ class ScoreTask:
     def source(self, shard: Shard) -> dict[str, Any]:
         return scorer_identity(self.scorer)
 
+    @property
+    def runs_on(self) -> str:
+        """Where the scorer's model runs: what a Ray task asks a GPU for."""
+        return self.scorer.runs_on
+
     def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
         assert out is not None
         stats = ShardStats(shard.name)

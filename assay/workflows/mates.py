@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from assay.common.embed import EMBEDDER_HELP
+from assay.common.lm import DeviceSettings
 from assay.errors import ConfigError, InputError, StateError
 from assay.proxies.train import TrainConfig
 from assay.selection.mates import DEFAULT_ALPHAS, HEADS, MIN_PROBES
@@ -55,10 +56,12 @@ def _unless(default: Any) -> Callable[[Any], bool]:
     return lambda value: value == default
 
 
-class MatesSettings(ProxyOptions):
+class MatesSettings(ProxyOptions, DeviceSettings):
     """A staged MATES run (or its random twin): stages, selection, probes, the influence model
     and the proxies' training. From Python, `embedder` may also be a dict of `Embedder`
-    settings (`{"model": ..., "cache": False}`)."""
+    settings (`{"model": ..., "cache": False}`). `device` is where the oracle probes, the
+    reference loss and the influence model's embedder run, `dtype` the precision of a probe's
+    training step (the proxies themselves train where accelerate puts them)."""
 
     method: Literal["mates", "random"] = Field(
         "mates", description="'mates', or 'random' (the same staged run, random selection)."
@@ -448,7 +451,9 @@ def _run_stage(
         schedule_offset=s * steps_per_stage,
         schedule_total=run.settings.stages * steps_per_stage,
     )
-    ref_loss = _run_reference_loss(stage_dir / "proxy", ref, run.settings.ref_batch_size)
+    ref_loss = _run_reference_loss(
+        stage_dir / "proxy", ref, run.settings.ref_batch_size, run.settings.device
+    )
     result = StageResult(
         stage=s,
         method=stage_method,
@@ -498,6 +503,8 @@ def _select_stage(
             runner=run.runner,
             ref_batch_size=run.settings.ref_batch_size,
             progress=run.progress,
+            device=run.settings.device,
+            dtype=run.settings.dtype,
         )
         return "group-mates", selected, probing, model_report
     scorer, probing = fit_stage_scorer(
@@ -516,6 +523,8 @@ def _select_stage(
         runner=run.runner,
         ref_batch_size=run.settings.ref_batch_size,
         progress=run.progress,
+        device=run.settings.device,
+        dtype=run.settings.dtype,
     )
     model_report = scorer.report
     selected = select_mates(
@@ -567,9 +576,13 @@ def _compact_model_report(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k in keep}
 
 
-def _run_reference_loss(run_dir: Path, ref: ReferenceSet, batch_size: int | None) -> float:
+def _run_reference_loss(
+    run_dir: Path, ref: ReferenceSet, batch_size: int | None, device: str | None = None
+) -> float:
+    """The mean reference loss of a run's final model on `device`, in float32 (as probes
+    measure it)."""
     from assay.common.lm import load_causal_lm
 
-    model = load_causal_lm(run_dir / "model")
+    model = load_causal_lm(run_dir / "model", dtype="float32", device=device)
     device = next(model.parameters()).device
     return reference_loss(model, ref.batches(batch_size or default_ref_batch_size(device), device))

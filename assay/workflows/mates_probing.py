@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from assay.common.lm import check_device
 from assay.common.tokens import backend_tokenizer
 from assay.errors import ConfigError, InputError, StateError
 from assay.util.files import read_json
@@ -162,6 +163,10 @@ class ProbeResult:
 class Prober:
     """One optimizer step per candidate from a fixed training state, undone in memory.
 
+    The model keeps float32 weights on `device`; the probe's training step runs under autocast
+    in `dtype` ("auto": bfloat16 on a CUDA GPU, float32 on the CPU, as `train_proxy` trains), and
+    the reference loss in float32 (a one-step change is smaller than bfloat16's rounding).
+
     At construction the parameters and every optimizer state tensor (AdamW's exp_avg,
     exp_avg_sq and step) are copied once; after each probe they are copied back with `copy_`
     and the gradients dropped, which leaves model and optimizer bit-identical to the loaded
@@ -181,12 +186,16 @@ class Prober:
         grad_clip: float = 1.0,
         ref_batch_size: int | None = None,
         device: Any = None,
+        dtype: str | None = None,
     ):
         import torch
+
+        from assay.common.lm import resolve_dtype
 
         self.model, self.optimizer, self.reference = model, optimizer, reference
         self.lr, self.grad_clip = float(lr), float(grad_clip)
         self.device = device or next(model.parameters()).device
+        self.precision = resolve_dtype(dtype, str(self.device))
         self.ref_batch_size = ref_batch_size or default_ref_batch_size(self.device)
         if self.ref_batch_size < 1:
             raise ConfigError("ref_batch_size must be >= 1")
@@ -211,12 +220,12 @@ class Prober:
         *,
         ref_batch_size: int | None = None,
         device: str | None = None,
+        dtype: str | None = None,
     ) -> Prober:
-        """Load a finished proxy run trained with `keep_optimizer=True` (model and optimizer);
-        the step takes the learning rate its schedule gives the next global step."""
-        import torch
-
-        from assay.common.lm import load_causal_lm
+        """Load a finished proxy run trained with `keep_optimizer=True` (model and optimizer) on
+        `device` ("auto": a GPU when there is one); the step takes the learning rate its
+        schedule gives the next global step, in `dtype` (see the class)."""
+        from assay.common.lm import load_causal_lm, resolve_device
         from assay.proxies.checkpoint import has_training_state, load_training_state
         from assay.proxies.loop import TrainConfig, lr_at, make_optimizer
 
@@ -227,8 +236,8 @@ class Prober:
                 "train_proxy(..., keep_optimizer=True) to probe it"
             )
         cfg = TrainConfig(**read_json(run_dir / "run.json")["config"])
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_causal_lm(run_dir / "model", device=device)
+        device = resolve_device(device)
+        model = load_causal_lm(run_dir / "model", dtype="float32", device=device)
         model.train()
         optimizer = make_optimizer(model, cfg)
         state = load_training_state(run_dir, model, optimizer)
@@ -243,6 +252,7 @@ class Prober:
             grad_clip=cfg.grad_clip,
             ref_batch_size=ref_batch_size,
             device=device,
+            dtype=dtype,
         )
 
     def base_loss(self) -> float:
@@ -260,8 +270,9 @@ class Prober:
         for g in opt.param_groups:
             g["lr"] = self.lr
         x = torch.as_tensor(np.asarray(input_ids, dtype=np.int64)[None, :], device=self.device)
-        if str(self.device).startswith("cuda"):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        if self.precision != "float32":
+            kind = torch.device(self.device).type
+            with torch.autocast(kind, dtype=getattr(torch, self.precision)):
                 loss = model(input_ids=x, labels=x).loss
         else:
             loss = model(input_ids=x, labels=x).loss
@@ -350,12 +361,18 @@ class _ProbeJob:
     candidates: list[np.ndarray]
     ref_batch_size: int | None
     trajectory_length: int
+    device: str | None = None
+    dtype: str | None = None
 
 
 def _probe_job(job: _ProbeJob) -> dict[str, Any]:
     """One worker's share: load the checkpoint once, probe every candidate of the share."""
     prober = Prober.from_run(
-        job.run_dir, ReferenceSet(job.reference), ref_batch_size=job.ref_batch_size
+        job.run_dir,
+        ReferenceSet(job.reference),
+        ref_batch_size=job.ref_batch_size,
+        device=job.device,
+        dtype=job.dtype,
     )
     r = prober.probe(job.candidates, trajectory_length=job.trajectory_length)
     return {"after": r.loss_after, "base": r.base_loss, "lr": r.lr}
@@ -370,8 +387,11 @@ def probe_run(
     ref_batch_size: int | None = None,
     trajectory_length: int = 1,
     progress: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> ProbeResult:
-    """Oracle influence of `candidates` (token id sequences) at a finished run's final state.
+    """Oracle influence of `candidates` (token id sequences) at a finished run's final state,
+    probed on `device` in `dtype` (see `Prober`).
 
     With a runner of several workers the candidates (whole trajectories when
     `trajectory_length` > 1) are split into contiguous shares, one per worker (`runner.map`);
@@ -387,15 +407,25 @@ def probe_run(
     workers = int(getattr(runner, "workers", 1) or 1) if runner is not None else 1
     workers = max(1, min(workers, n_traj))
     if workers == 1:
-        prober = Prober.from_run(run_dir, reference, ref_batch_size=ref_batch_size)
+        prober = Prober.from_run(
+            run_dir, reference, ref_batch_size=ref_batch_size, device=device, dtype=dtype
+        )
         return prober.probe(candidates, trajectory_length=T, progress=progress)
     bounds = np.linspace(0, n_traj, workers + 1).astype(int) * T
     jobs = [
-        _ProbeJob(str(run_dir), list(reference.sequences), list(candidates[a:b]), ref_batch_size, T)
+        _ProbeJob(
+            str(run_dir),
+            list(reference.sequences),
+            list(candidates[a:b]),
+            ref_batch_size,
+            T,
+            device,
+            dtype,
+        )
         for a, b in itertools.pairwise(bounds)
     ]
     t0 = time.perf_counter()
-    parts = runner.map(_probe_job, jobs)
+    parts = runner.map(_probe_job, jobs, runs_on=check_device(device))
     after = np.concatenate([p["after"] for p in parts])
     base = parts[0]["base"]
     return ProbeResult(

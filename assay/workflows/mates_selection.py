@@ -143,6 +143,20 @@ def select_mates(
     return stage_dir / "selected"
 
 
+def placed_embedder(embedder: Any, device: str | None) -> dict[str, Any]:
+    """`Embedder` settings (a model name, None or a dict) on `device`: an explicit device is
+    added unless the settings name one; "auto" leaves the embedder's own choice (a GPU when
+    there is one)."""
+    from assay.common.lm import check_device
+    from assay.selection.base import embedder_settings
+
+    config = embedder_settings(embedder)
+    name = check_device(device)
+    if name != "auto" and config.get("device") is None:
+        config["device"] = name
+    return config
+
+
 def _probe_sample(pool: Any, n: int, seed: int) -> tuple[list[str], list[str]]:
     frame = pool.sample(n, seed=seed, columns=["id", "text"])
     # a fixed order (by id hash), whatever the order the sample came in
@@ -166,9 +180,12 @@ def _oracle(
     ref_batch_size: int | None,
     progress: bool,
     trajectory_length: int = 1,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> tuple[list[str], list[str], np.ndarray, dict[str, Any]]:
-    """Probe a sample of the pool (or read the probes of an interrupted stage back); with
-    `trajectory_length` > 1, consecutive documents of the sample form the rollouts."""
+    """Probe a sample of the pool (or read the probes of an interrupted stage back) on `device`
+    in `dtype`; with `trajectory_length` > 1, consecutive documents of the sample form the
+    rollouts."""
     import polars as pl
 
     path = stage_dir / "oracle.parquet"
@@ -191,6 +208,8 @@ def _oracle(
         ref_batch_size=ref_batch_size,
         trajectory_length=T,
         progress=progress,
+        device=device,
+        dtype=dtype,
     )
     frame = pl.DataFrame(
         {
@@ -227,8 +246,11 @@ def fit_stage_scorer(
     runner: Any,
     ref_batch_size: int | None,
     progress: bool,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> tuple[MatesScorer, dict[str, Any]]:
-    """MATES' influence model of a stage, fitted on oracle probes (or read back)."""
+    """MATES' influence model of a stage, fitted on oracle probes (or read back); the probes
+    run on `device` in `dtype`, and so does the embedder unless its settings name a device."""
     from assay.selection.base import load_scorer
 
     ids, texts, influence, info = _oracle(
@@ -243,13 +265,17 @@ def fit_stage_scorer(
         runner=runner,
         ref_batch_size=ref_batch_size,
         progress=progress,
+        device=device,
+        dtype=dtype,
     )
     folder = stage_dir / "scorer"
     if (folder / "scorer.json").exists():
         scorer = load_scorer(folder)
         assert isinstance(scorer, MatesScorer)
         return scorer, info
-    scorer = MatesScorer(embedder=embedder, heads=heads, alphas=alphas, holdout=holdout)
+    scorer = MatesScorer(
+        embedder=placed_embedder(embedder, device), heads=heads, alphas=alphas, holdout=holdout
+    )
     scorer.fit(texts, influence, ids=ids, seed=seed, progress=progress)
     tmp = stage_dir / f".scorer.tmp-{host_name()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -277,9 +303,11 @@ def group_stage(
     runner: Any,
     ref_batch_size: int | None,
     progress: bool,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """Rollouts -> relational model -> individual scores and embeddings (one pass over the
-    pool) -> greedy selection."""
+    pool) -> greedy selection; probes and embeddings on `device` (see `fit_stage_scorer`)."""
     from assay.io.scores import SCORES_META
     from assay.selection.base import load_scorer
     from assay.selection.select import select
@@ -299,10 +327,10 @@ def group_stage(
         ref_batch_size=ref_batch_size,
         progress=progress,
         trajectory_length=T,
+        device=device,
+        dtype=dtype,
     )
-    emb_config = (
-        {"model": embedder} if isinstance(embedder, str) or embedder is None else dict(embedder)
-    )
+    emb_config = placed_embedder(embedder, device)
     model = _relational_model(
         stage_dir, texts, influence, emb_config, T, holdout=holdout, seed=seed, progress=progress
     )

@@ -24,6 +24,8 @@ def family_benchmark_scores(
     *,
     batch_tokens: int = 8192,
     seq_len: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> np.ndarray:
     """A "benchmark score" per model for families without real benchmarks: minus mean bits/char.
 
@@ -31,12 +33,15 @@ def family_benchmark_scores(
     far too small for benchmarks, the stand-in is how well each model predicts examples of the
     target (benchmark training items, a domain of held-out text): the mean over target examples of
     their bits per character, negated so that higher is better. Each example weighs the same, as
-    in an accuracy average, whatever its length. Empty examples are ignored.
+    in an accuracy average, whatever its length. Empty examples are ignored. The models run on
+    `device` in `dtype` (see `bits_per_char`).
     """
     target = list(target_texts)
     if not any(t for t in target):
         raise InputError("no target examples: family_benchmark_scores needs non-empty texts")
-    bpc = family_losses(models, target, batch_tokens=batch_tokens, seq_len=seq_len)
+    bpc = family_losses(
+        models, target, batch_tokens=batch_tokens, seq_len=seq_len, device=device, dtype=dtype
+    )
     return -np.nanmean(bpc, axis=1)
 
 
@@ -56,7 +61,8 @@ def fit_preselect(
     (higher is better). Models without a score get one from `targets` (a file, a built-in
     benchmark name or texts): minus their bits per character on the target examples.
     `settings` (or keyword arguments such as calibration=, positive_fraction=, params=; they
-    override `settings`) are `PreSelectSettings`; a seed of None is 0.
+    override `settings`) are `PreSelectSettings`; a seed of None is 0. The family's models run
+    on its `device` in its `dtype` (default: a GPU in bfloat16 when there is one).
     """
     base = settings.model_dump(exclude_unset=True) if settings is not None else {}
     cfg = PreSelectSettings.model_validate({**base, **options})
@@ -80,7 +86,9 @@ def fit_preselect(
 
         examples = load_targets(targets, fields, max_items=max_targets, seed=seed)
         missing = [i for i, g in enumerate(given) if g is None]
-        measured = family_benchmark_scores([specs[i] for i in missing], examples)
+        measured = family_benchmark_scores(
+            [specs[i] for i in missing], examples, device=cfg.device, dtype=cfg.dtype
+        )
         computed = dict(zip(missing, measured, strict=True))
         scores = np.asarray([computed.get(i, g) for i, g in enumerate(given)], dtype=np.float64)
     frame = corpus.sample(cfg.calibration, seed=seed)
@@ -93,4 +101,6 @@ def fit_preselect(
         scores,
         ids=frame.get_column("id").to_list(),
         seed=seed,
+        device=cfg.device,
+        dtype=cfg.dtype,
     )

@@ -161,7 +161,8 @@ def train_mixtures(
         for m, d, s in zip(mixtures, out_dirs, seed_list, strict=True)
     ]
     runner = runner or LocalRunner(workers=1)
-    runs = list(runner.map(_train_one, jobs))
+    # train_proxy trains on a GPU when it has one: on Ray each run asks for one if there are any
+    runs = list(runner.map(_train_one, jobs, runs_on="auto"))
     if runs_table is not None:
         from assay.proxies.runs import RunsTable
 

@@ -82,3 +82,19 @@ def test_evaluate_model_on_heldout_and_tasks(tmp_path: Path, trained_proxy, demo
         assert m["logprob"] < 0
     with pytest.raises(ValueError, match="unknown tasks"):
         evaluate_model(trained_proxy.model_dir, tasks=["hellaswag"])
+
+
+def test_evaluation_runs_in_the_dtype_asked_for(
+    tmp_path: Path, proxy_tokenizer, demo_dir: Path
+) -> None:
+    from assay.proxies.model import build_model, save_model
+
+    folder = save_model(
+        build_model("tiny", proxy_tokenizer.vocab_size, 64), tmp_path / "lm", proxy_tokenizer
+    )
+    heldout = Corpus(demo_dir / "heldout")
+    kw = {"heldout": heldout, "eval_docs": 3, "seq_len": 64}
+    full = evaluate_model(folder, **kw)
+    half = evaluate_model(folder, device="cpu", dtype="bfloat16", **kw)
+    assert full["bpb"].keys() == half["bpb"].keys() and full["bpb"] != half["bpb"]
+    assert half["bpb"] == pytest.approx(full["bpb"], rel=1e-2)

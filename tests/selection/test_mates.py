@@ -124,6 +124,45 @@ def test_influence_sign_on_real_text(
     assert own.mean() < other.mean(), (own, other)
 
 
+def test_probes_run_on_the_device_and_in_the_dtype_given(
+    staged_runs, proxy_tokenizer, real_texts, reference_texts
+) -> None:
+    _, b = staged_runs
+    ref = ReferenceSet.from_texts(reference_texts, proxy_tokenizer, SEQ)
+    seqs = encode_documents(real_texts[:3], proxy_tokenizer, SEQ)
+    full = Prober.from_run(b.out_dir, ref, device="cpu")
+    half = Prober.from_run(b.out_dir, ref, device="cpu", dtype="bfloat16")
+    assert full.precision == "float32" and half.precision == "bfloat16"
+    assert {p.dtype for p in half._params} == {torch.float32}  # weights stay float32
+    a, h = full.probe(seqs), half.probe(seqs)
+    assert h.base_loss == a.base_loss  # the reference loss is measured in float32
+    # the step ran under bfloat16 autocast: a slightly different, close result
+    assert not np.array_equal(h.loss_after, a.loss_after)
+    np.testing.assert_allclose(h.loss_after, a.loss_after, rtol=1e-3)
+    with pytest.raises(ConfigError, match="unknown device"):
+        Prober.from_run(b.out_dir, ref, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees 0 CUDA GPU"):
+            Prober.from_run(b.out_dir, ref, device="cuda")
+
+
+def test_the_influence_model_runs_where_the_settings_say() -> None:
+    from assay.workflows.mates import MatesSettings
+    from assay.workflows.mates_selection import placed_embedder
+
+    assert placed_embedder("static", "cpu") == {"model": "static", "device": "cpu"}
+    assert placed_embedder(None, "auto") == {"model": None}  # the embedder's own choice
+    assert placed_embedder({"model": None, "device": "cuda"}, "cpu")["device"] == "cuda"
+    assert MatesScorer(embedder=placed_embedder(None, "cuda:1")).runs_on == "cuda:1"
+    assert MatesScorer().runs_on == "auto" and MatesScorer(embedder="static").runs_on == "cpu"
+    settings = MatesSettings(stage_tokens=1000)
+    assert (settings.device, settings.dtype) == ("auto", "auto")
+    assert "device" not in settings.model_dump()  # steps made before keep their settings hash
+    assert MatesSettings(stage_tokens=1000, device="cpu", dtype="bfloat16").dtype == "bfloat16"
+    with pytest.raises(ValueError, match="unknown device"):
+        MatesSettings(stage_tokens=1000, device="gpu")
+
+
 # -- Gumbel top-k -------------------------------------------------------------------------------
 
 

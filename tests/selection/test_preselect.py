@@ -306,6 +306,33 @@ def test_fit_preselect_takes_settings_or_keywords(
         fit_preselect(corpus, models, calibraton=200)  # an unknown option, before any work
 
 
+def test_the_family_runs_on_the_device_and_dtype_given(
+    demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import assay.selection.preselect as module
+
+    calls = []
+
+    def fake_bits_per_char(model, texts, **where):
+        calls.append((Path(model).name, where["device"], where["dtype"]))
+        rng = np.random.default_rng(ord(Path(model).name))
+        return rng.random(len(texts))
+
+    monkeypatch.setattr(module, "bits_per_char", fake_bits_per_char)
+    corpus = Corpus(demo_dir / "train")
+    models = [{"path": str(tmp_path / "a"), "score": 0.3}, str(tmp_path / "b"), str(tmp_path / "c")]
+    targets = corpus.sample(20, seed=3).get_column("text").to_list()
+    fit_preselect(corpus, models, calibration=200, params=SMALL_DATA, targets=targets,
+                  device="cpu", dtype="bfloat16")  # fmt: skip
+    # benchmark scores of b and c from the targets, then every model's calibration losses
+    assert calls == [("b", "cpu", "bfloat16"), ("c", "cpu", "bfloat16")] + [
+        (m, "cpu", "bfloat16") for m in "abc"
+    ]
+    assert PreSelectSettings(device="cuda:1").device == "cuda:1"
+    with pytest.raises(ValueError, match="unknown device"):
+        PreSelectSettings(device="gpu")
+
+
 # -- real models -----------------------------------------------------------------------------------
 
 

@@ -7,13 +7,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from rich.table import Table
 
+from assay.common.lm import DeviceSettings
 from assay.recipe.spec import CorpusSpec
 from assay.recipe.step import Step, register_step
 from assay.util.files import write_json
 
 
 @register_step
-class EvalStep(Step):
+class EvalStep(Step, DeviceSettings):
     """Evaluate a model (a train_proxy or mates step, or a local model folder): held-out bits
     per byte per domain and lm-eval task metrics."""
 
@@ -50,6 +51,8 @@ class EvalStep(Step):
                 eval_docs=self.eval_docs,
                 limit=self.limit,
                 seq_len=self.seq_len,
+                device=self.device,
+                dtype=self.dtype,
             )
             write_json(ctx.step_dir / "eval.json", result)
             return {"eval": str(ctx.step_dir / "eval.json")}, result

@@ -14,7 +14,13 @@ from pydantic import Field
 
 from assay.common.embed import EMBEDDER_HELP, Embedder, describe, model_fingerprint
 from assay.errors import ConfigError, InputError, StateError
-from assay.selection.base import NotFittedError, Scorer, embedder_settings, register_scorer
+from assay.selection.base import (
+    NotFittedError,
+    Scorer,
+    embedder_runs_on,
+    embedder_settings,
+    register_scorer,
+)
 from assay.selection.mass.graph import SkillGraph, build_skill_graph, skill_rows, top_edges
 from assay.selection.mass.reference import load_reference
 from assay.selection.mass.scoring import (
@@ -140,6 +146,11 @@ class MassScorer(Scorer):
     @property
     def portable(self) -> bool:
         return True  # numpy/scipy state and embedder settings; the model loads lazily
+
+    @property
+    def runs_on(self) -> str:
+        """Where its embedder runs (what a Ray task asks a GPU for)."""
+        return embedder_runs_on(self.embedder)
 
     def make_embedder(self) -> Embedder:
         return Embedder(**self.embedder)
