@@ -72,13 +72,14 @@ class PerplexityScorer(Scorer):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_model": None, "_tokenizer": None}
 
-    def get_config(self) -> dict[str, Any]:
+    def get_params(self) -> dict[str, Any]:
         """The settings, with an automatic dtype written as the one it stands for here
-        (float32 without a GPU: what scores made before `dtype` had an "auto" recorded)."""
-        cfg = self.get_params()
+        (float32 without a GPU: what scores made before `dtype` had an "auto" recorded), so
+        that `scorer.json` and score folders say what the scores were computed in."""
+        params = super().get_params()
         if check_dtype(self.dtype) == "auto":
-            cfg["dtype"] = planned_dtype(self.dtype, self.device)
-        return cfg
+            params["dtype"] = planned_dtype(self.dtype, self.device)
+        return params
 
     @property
     def runs_on(self) -> str:

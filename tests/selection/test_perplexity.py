@@ -55,7 +55,7 @@ def test_bfloat16_on_the_cpu_is_close_to_float32(trained_proxy, demo_records: li
     np.testing.assert_allclose(b, a, rtol=5e-3)  # measured: 1.1e-4 at most
     # "auto" is recorded as the precision it stands for here (float32 without a GPU): scores
     # made before the setting existed keep their key, so a rerun resumes them
-    assert full.get_params()["dtype"] is None and full.get_config()["dtype"] == "float32"
+    assert full.get_params()["dtype"] == full.get_config()["dtype"] == "float32"  # auto, here
     assert half.get_config()["dtype"] == "bfloat16"
     assert full.runs_on == "auto" and half.runs_on == "cpu"
     with pytest.raises(ConfigError, match="unknown device"):
