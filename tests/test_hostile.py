@@ -278,6 +278,20 @@ def test_select_and_score_work_on_a_bracketed_shard_alone(
     assert set(out.get_column("id")) == {r["id"] for r in longest}
 
 
+def test_a_bracketed_target_file_is_read_literally(
+    tmp_path: Path, demo_records: list[dict]
+) -> None:
+    from assay.common.targets import load_targets
+
+    mine = [{"text": r["text"]} for r in demo_records[:5]]
+    other = [{"text": r["text"]} for r in demo_records[5:8]]
+    write_parquet(tmp_path / "t[1].parquet", mine)
+    write_parquet(tmp_path / "t1.parquet", other)  # what '[1]' matches as a glob
+    write_parquet(tmp_path / "plain" / "mine.parquet", mine)
+    got = load_targets(tmp_path / "t[1].parquet")
+    assert len(got) == 5 and got == load_targets(tmp_path / "plain" / "mine.parquet")
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. A field that first appears deep in a shard
 

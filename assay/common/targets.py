@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from assay.errors import InputError, MissingError
+from assay.util.files import read_parquet
 
 BUILTIN = ("assay_champ", "assay_mmlu_dev")
 
@@ -37,9 +38,7 @@ def file_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.exists():
         raise MissingError(f"target file {path} does not exist")
     if path.suffix == ".parquet":
-        import polars as pl
-
-        return [(i + 1, r) for i, r in enumerate(pl.read_parquet(path).to_dicts())]
+        return [(i + 1, r) for i, r in enumerate(read_parquet(path).to_dicts())]
     from assay.util.files import open_read
 
     with open_read(path) as f:

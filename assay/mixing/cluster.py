@@ -45,7 +45,7 @@ from assay.io.shards import ReadOptions, Shard, ShardStats
 from assay.io.view import sidecar_file, write_view
 from assay.io.write import ShardWriter
 from assay.util.config import Strict
-from assay.util.files import atomic_path, read_json, write_json
+from assay.util.files import atomic_path, read_json, read_parquet, write_json
 from assay.util.guard import check_output, folder_lock, mark_output
 
 PRUNED = "pruned"
@@ -327,7 +327,7 @@ def _report(
     seed: int,
 ) -> dict[str, Any]:
     # the side-cars carry each document's size, so the report never reads the texts again
-    table = pl.concat([pl.read_parquet(p, columns=["domain", "chars", "tokens"]) for p in sidecars])
+    table = pl.concat([read_parquet(p, columns=["domain", "chars", "tokens"]) for p in sidecars])
     names = np.asarray(domain_of, dtype=object)
     sample_domains = names[labels]
     codes, inverse = np.unique(sample_domains, return_inverse=True)

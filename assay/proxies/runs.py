@@ -24,7 +24,7 @@ from typing import Any
 import polars as pl
 
 from assay.errors import ConfigError
-from assay.util.files import atomic_path
+from assay.util.files import atomic_path, read_parquet
 
 
 def run_row(run: Any) -> dict[str, Any]:
@@ -83,7 +83,7 @@ class RunsTable:
     def read(self) -> pl.DataFrame:
         if not self.path.exists():
             return pl.DataFrame()
-        return pl.read_parquet(self.path)
+        return read_parquet(self.path)
 
     def run_ids(self) -> set[str]:
         df = self.read()

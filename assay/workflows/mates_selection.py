@@ -32,7 +32,7 @@ import numpy as np
 from assay.common.tokens import backend_tokenizer
 from assay.selection.group_mates import RelationalInfluenceModel, group_select
 from assay.selection.mates import MatesScorer
-from assay.util.files import atomic_path, host_name, read_json, write_json
+from assay.util.files import atomic_path, host_name, read_json, read_parquet, write_json
 from assay.util.hashing import stable_hash64
 from assay.workflows.mates_probing import ReferenceSet, encode_documents, probe_run
 
@@ -190,7 +190,7 @@ def _oracle(
 
     path = stage_dir / "oracle.parquet"
     if path.exists():
-        frame = pl.read_parquet(path)
+        frame = read_parquet(path)
         return (
             frame.get_column("id").to_list(),
             frame.get_column("text").to_list(),
@@ -488,7 +488,7 @@ def _group_scores(
     )
     del vecs
     for shard, a, b in zip(pool.shards, [0, *ends][:-1], ends, strict=True):
-        ids = pl.read_parquet(score_file(scores, shard), columns=["id"]).get_column("id")
+        ids = read_parquet(score_file(scores, shard), columns=["id"]).get_column("id")
         part = pl.DataFrame({"id": ids, "group_mates": mask[a:b].astype(np.float32)})
         with atomic_path(score_file(group_dir, shard)) as tmp:
             part.write_parquet(tmp)
@@ -505,13 +505,12 @@ def _read_scored_pool(
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """(u = -score per document, embeddings (documents x dim) read into one array, the end
     row of each shard), in the pool's shard order."""
-    import polars as pl
 
     from assay.errors import StateError
     from assay.io.scores import score_file
 
     parts = [
-        pl.read_parquet(score_file(scores, s), columns=[column]).get_column(column).to_numpy()
+        read_parquet(score_file(scores, s), columns=[column]).get_column(column).to_numpy()
         for s in pool.shards
     ]
     ends = np.cumsum([len(p) for p in parts]).tolist()
