@@ -159,3 +159,43 @@ def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
         Embedder(str(tmp_path / "nope")).embed(["x"])
     with pytest.raises(ValueError, match="long_docs"):
         Embedder(long_docs="split")
+
+
+def test_device_and_dtype_reach_the_model_and_key_the_cache(
+    real_texts: list[str], static_model: Path, tmp_path: Path
+) -> None:
+    import pickle
+
+    import torch
+
+    from assay.errors import ConfigError
+
+    texts = [t for t in real_texts if len(t) > 200][:6]
+    full = Embedder(None, cache=str(tmp_path), device="cpu")
+    half = Embedder(None, cache=str(tmp_path), device="cpu", dtype="bfloat16")
+    assert Embedder(None).placement() == (
+        ("cuda", "bfloat16") if torch.cuda.is_available() else ("cpu", "float32")
+    )
+    assert full.placement() == ("cpu", "float32") and half.placement() == ("cpu", "bfloat16")
+    a, b = full.embed(texts), half.embed(texts)
+    assert next(half._load().model.parameters()).dtype == torch.bfloat16
+    assert next(full._load().model.parameters()).dtype == torch.float32
+    assert b.dtype == np.float32 and not np.array_equal(a, b)
+    assert float(np.min(np.sum(a * b, axis=1))) > 0.99  # the same directions, coarser
+    # each precision has its own cache: a bfloat16 vector is never served for float32
+    assert half._cache_for().folder != full._cache_for().folder
+    np.testing.assert_array_equal(Embedder(None, cache=str(tmp_path), device="cpu").embed(texts), a)
+
+    # the settings travel: config and pickle (what a pool or Ray worker gets)
+    assert Embedder(**half.get_config()).get_config() == half.get_config()
+    assert pickle.loads(pickle.dumps(half)).placement() == ("cpu", "bfloat16")
+    assert "dtype" not in full.get_config() and full.get_config()["device"] == "cpu"
+    # a static model is numpy on the CPU whatever is asked
+    assert Embedder(str(static_model), dtype="bfloat16").placement() == ("cpu", "float32")
+    with pytest.raises(ConfigError, match="unknown device"):
+        Embedder(None, device="gpu")
+    with pytest.raises(ConfigError, match="unknown dtype"):
+        Embedder(None, dtype="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA GPU"):
+            Embedder(None, device="cuda:0", cache=False).embed(texts)

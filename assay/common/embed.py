@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from assay.common.embed_cache import EmbeddingCache
+from assay.common.lm import check_device, check_dtype, resolve_device, resolve_dtype
 from assay.errors import ConfigError, DependencyError, MissingError
 from assay.util.files import atomic_path, read_json, write_json
 from assay.util.hashing import stable_hash64
@@ -102,13 +103,16 @@ class Embedder:
         max_chunks: int = 8,
         batch_size: int = 32,
         cache: bool | str = True,
-        device: str | None = None,
+        device: str | None = "auto",
+        dtype: str | None = "auto",
     ):
         if long_docs not in ("truncate", "mean"):
             raise ConfigError(f"long_docs must be 'truncate' or 'mean', not {long_docs!r}")
         self.model = model
         self.max_tokens, self.long_docs, self.max_chunks = max_tokens, long_docs, max_chunks
-        self.batch_size, self.cache, self.device = batch_size, cache, device
+        self.batch_size, self.cache = batch_size, cache
+        # checked now, resolved where the model loads (a pool or Ray worker's own GPU)
+        self.device, self.dtype = check_device(device), check_dtype(dtype)
         self._encoder: Any = None
         self._path: str | None = None
         self._cache: EmbeddingCache | None = None
@@ -121,11 +125,26 @@ class Embedder:
             "max_chunks": self.max_chunks,
             "batch_size": self.batch_size,
             "cache": self.cache,
-            "device": self.device,
+            # "auto" is written as before these settings were resolved here, so that scores and
+            # caches made by earlier versions keep their identity
+            "device": None if self.device == "auto" else self.device,
+            **({} if self.dtype == "auto" else {"dtype": self.dtype}),
         }
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_encoder": None, "_cache": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"dtype": "auto", **state})  # pickles from before dtype existed
+
+    def placement(self) -> tuple[str, str]:
+        """The torch device and dtype a sentence-transformers model runs on here: "auto" is a
+        CUDA GPU in bfloat16 when one is visible, else the CPU in float32. A static model is
+        numpy on the CPU."""
+        if self.kind == "static":
+            return "cpu", "float32"
+        device = resolve_device(self.device)
+        return device, resolve_dtype(self.dtype, device)
 
     @property
     def model_path(self) -> str:
@@ -157,8 +176,9 @@ class Embedder:
             if self.kind == "static":
                 self._encoder = StaticEncoder(self.model_path, self.max_tokens)
             else:
+                device, dtype = self.placement()
                 self._encoder = _SentenceTransformerEncoder(
-                    self.model_path, self.max_tokens, self.long_docs, self.max_chunks, self.device
+                    self.model_path, self.max_tokens, self.long_docs, self.max_chunks, device, dtype
                 )
         return self._encoder
 
@@ -168,7 +188,10 @@ class Embedder:
         if self._cache is None:
             root = Path(self.cache) if isinstance(self.cache, str) else cache_root() / "embeddings"
             settings = f"{self.max_tokens}-{self.long_docs}-{self.max_chunks}"
-            name = f"{model_fingerprint(self.model_path)}-{settings}"
+            # bfloat16 vectors differ from float32 ones: each precision has its own cache
+            precision = self.placement()[1]
+            suffix = "" if precision == "float32" else f"-{precision}"
+            name = f"{model_fingerprint(self.model_path)}-{settings}{suffix}"
             self._cache = EmbeddingCache(root / name)
         return self._cache
 
@@ -207,12 +230,17 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 class _SentenceTransformerEncoder:
-    def __init__(self, path: str, max_tokens: int, long_docs: str, max_chunks: int, device: Any):
+    def __init__(
+        self, path: str, max_tokens: int, long_docs: str, max_chunks: int, device: str, dtype: str
+    ):
+        import torch
         from sentence_transformers import SentenceTransformer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         quiet_transformers()
-        self.model = SentenceTransformer(path, device=device or best_device())
+        self.model = SentenceTransformer(path, device=device)
+        if dtype != "float32":
+            self.model.to(dtype=getattr(torch, dtype))
         self.model.max_seq_length = min(max_tokens, self.model.max_seq_length or max_tokens)
         self.long_docs, self.max_chunks = long_docs, max_chunks
         dim = getattr(self.model, "get_embedding_dimension", None) or (
@@ -260,15 +288,6 @@ def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-def best_device() -> str:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover
-        return "cpu"
 
 
 # -- static embeddings (model2vec format) -----------------------------------------------------

@@ -533,11 +533,12 @@ class MatesScorer(Scorer):
         if self.head.get("finetuned"):
             from sentence_transformers import SentenceTransformer
 
-            from assay.common.embed import best_device, quiet_transformers
+            from assay.common.embed import quiet_transformers
+            from assay.common.lm import resolve_device
 
             quiet_transformers()
             self._encoder = SentenceTransformer(
-                str(folder / "encoder"), device=self.finetune_device or best_device()
+                str(folder / "encoder"), device=resolve_device(self.finetune_device)
             )
             self._encoder.max_seq_length = min(
                 self.make_embedder().max_tokens, self._encoder.max_seq_length or 1 << 30
