@@ -10,7 +10,7 @@ Two layers:
        characters or its tokens), a stable hash of its id and its row in the shard; write them
        to `_select/keys/`.
     2. *decide* (global, in memory: three float64 or uint64 numbers per document, no ids;
-       about 36 bytes per document at the peak of the sort): apply the policy to all keys, then
+       41 bytes per document at the peak, measured): apply the policy to all keys, then
        stream each shard's keys again to write its kept ids and rows to `_select/keep/` and to
        sum the summary, `_selection.json`.
     3. *filter* (per shard, through the runner): re-read each shard and write the rows kept
@@ -340,8 +340,9 @@ def _decide(files: list[Path], cfg: SelectConfig) -> np.ndarray:
 
     Holds three arrays of 8 bytes per document (score, then the policy's key; weight; id hash,
     then the tie-break as float64) and hands them over to the sort, which frees each when done
-    with it: about 36 bytes per document at the peak (48 for mode 'middle'). The decisions are
-    those of the array functions, bit for bit."""
+    with it: 41 bytes per document at the peak for top-k by characters (the mask and the
+    sort's index included; benchmarks/scale.py measures it). The decisions are those of the
+    array functions, bit for bit."""
     key = _key_column(files, "score", np.float64)
     if cfg.policy == "threshold":
         assert cfg.threshold is not None
