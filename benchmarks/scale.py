@@ -104,7 +104,8 @@ def build_corpus(n_docs: int) -> Path:
     dom_arr = np.array(domains, dtype=object)
     for k, start in enumerate(range(0, n_docs, SHARD_DOCS)):
         n = min(SHARD_DOCS, n_docs - start)
-        rng = np.random.default_rng([7, k])  # per shard: a larger N extends a smaller one
+        # seeded per shard: in whole shards, a larger N extends a smaller one
+        rng = np.random.default_rng([7, k])
         lengths = rng.integers(2, 10, size=n)
         picks = rng.integers(0, len(sents), size=int(lengths.sum()))
         bounds = np.concatenate([[0], np.cumsum(lengths)])
