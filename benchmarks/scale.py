@@ -64,6 +64,11 @@ STAGES = (
     "select",
     "token_cache",
 )
+#: stages that work on a fixed sample in one process, whatever the corpus' size
+FIXED = {"betr_fit"}
+#: the seconds of a stage spent in one process after its parallel part (select's decision, the
+#: token cache's per-domain files), reported with the stage
+SERIAL: dict[str, float] = {}
 #: stages whose memory must not grow with the corpus (the others hold a bounded sample)
 STREAMING = {"read", "doc_stats", "fasttext", "betr_score", "mass_score", "mates_score"}
 
@@ -258,6 +263,17 @@ def run_stage(stage: str, n_docs: int, workers: int) -> int:
         from assay.exec.runner import LocalRunner
 
         runner = LocalRunner(workers=workers, progress=False)
+        from assay.common import tokens
+
+        write_domains = tokens._write_domains
+
+        def timed(*args: Any) -> Any:  # the per-domain files are written by this process alone
+            t0 = time.perf_counter()
+            result = write_domains(*args)
+            SERIAL["serial_seconds"] = round(time.perf_counter() - t0, 2)
+            return result
+
+        tokens._write_domains = timed
         TokenCache.build(corpus, load_tokenizer(setup / "tokenizer"), out, runner=runner)
         return n_docs
     raise SystemExit(f"unknown stage {stage!r}")
@@ -352,15 +368,25 @@ def project(
     """Each stage's time for `n` documents on one machine of `cores` cores and on `nodes` such
     machines, from a line through its two measured sizes: a fixed part (loading models, a
     sample's fit) plus a per-document part that the measured `workers` shared, spread over every
-    core. select's decision is one process, so its share stays serial. The memory of one machine
-    is `cores` workers each as large as the largest measured process, plus select's decision
-    state. Assumes every core as fast as one here, storage that keeps up, and shards enough to
+    core. What one process does after the parallel part (select's decision, the token cache's
+    per-domain files: `serial_seconds`) stays serial, and a fit on a fixed sample (`FIXED`)
+    takes what it took. The memory of one machine is `cores` workers each as large as the
+    largest measured process, plus select's decision state. Assumes every core as fast as one here, storage that keeps up, and shards enough to
     keep every core busy (25,000-document shards: 4,000 tasks)."""
     lo_n, hi_n = sizes[0], sizes[-1]
     out: dict[str, Any] = {"documents": n, "cores": cores, "nodes": nodes, "stages": {}}
     for stage, r in rows.items():
         lo, hi = r[str(lo_n)], r[str(hi_n)]
-        serial_per_doc = hi.get("decision_seconds", 0.0) / hi_n
+        if stage in FIXED:  # the same work at any size, in one process
+            minutes = round(hi["seconds"] / 60, 1)
+            memory = hi["largest_process_mib"] / 1024
+            out["stages"][stage] = {
+                "one_machine_minutes": minutes,
+                "cluster_minutes": minutes,
+                "one_machine_memory_gib": round(memory, 1),
+            }
+            continue
+        serial_per_doc = hi.get("serial_seconds", 0.0) / hi_n
         per_doc = (hi["seconds"] - lo["seconds"]) / (hi_n - lo_n) - serial_per_doc
         fixed = max(hi["seconds"] - (per_doc + serial_per_doc) * hi_n, 0.0)
         work = max(per_doc, 0.0) * n * workers  # core-seconds
@@ -389,7 +415,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.stage:
         docs = run_stage(args.stage, sizes[0], args.workers)
-        report = {"docs": docs, "own_peak": _own_peak()}
+        report = {"docs": docs, "own_peak": _own_peak(), **SERIAL}
         if args.stage == "select":
             report.update(decision_memory(sizes[0]))
         print(json.dumps(report))

@@ -59,14 +59,15 @@ def test_the_projection_spreads_the_per_document_work_and_keeps_the_decision_ser
 
     rows = {
         "score": row(12.0, 102.0),  # 2 s fixed, 100 us a document on 2 workers
-        "fit": row(40.0, 40.0),  # a fixed sample: no per-document part
-        "select": row(12.0, 102.0, decision_seconds=10.0, decision_bytes_per_doc=40.0),
+        "betr_fit": row(40.0, 43.0),  # a fixed sample: what it took, in one process
+        "select": row(12.0, 102.0, serial_seconds=10.0, decision_bytes_per_doc=40.0),
     }
     out = scale.project(rows, [100_000, 1_000_000], 2, 100_000_000, 64, 4)["stages"]
     # 1e-4 s x 1e8 documents x 2 workers = 20,000 core-seconds: 312.5 s on 64 cores, + 2 s fixed
     assert out["score"]["one_machine_minutes"] == pytest.approx((2 + 20_000 / 64) / 60, abs=0.05)
     assert out["score"]["cluster_minutes"] == pytest.approx((2 + 20_000 / 256) / 60, abs=0.05)
-    assert out["fit"]["one_machine_minutes"] == pytest.approx(40 / 60, abs=0.05)
+    assert out["betr_fit"]["one_machine_minutes"] == out["betr_fit"]["cluster_minutes"] == 0.7
+    assert out["betr_fit"]["one_machine_memory_gib"] == 0.5
     # the decision: 1e-5 s a document in one process, 1,000 s at 1e8 whatever the cores
     sel = out["select"]
     assert sel["one_machine_minutes"] > sel["cluster_minutes"] > 1000 / 60
