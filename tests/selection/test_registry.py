@@ -86,6 +86,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
             "finetune_device": "cpu",
         },
     ],
+    "dsir": [{}, {"column": "d", "num_buckets": 500, "ngrams": 1, "target_laplace_smoothing": 1}],
 }
 
 
