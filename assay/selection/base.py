@@ -54,6 +54,7 @@ _BUILTIN_MODULES = {
     "preselect": "assay.selection.preselect",
     "mass": "assay.selection.mass",
     "mates": "assay.selection.mates",
+    "decontam": "assay.selection.decontam",
 }
 
 
