@@ -26,9 +26,10 @@ paper's smallest n); `min_words=n` gives datatrove's behaviour.
 
 The fitted index is a sorted array of unique uint64 n-gram hashes and, for each hash, the
 target examples it came from (`item_ptr`/`item_ids`, CSR). Scoring is vectorised per batch:
-words get ids (one dict pass), the ids' 64-bit word hashes are combined into rolling n-gram
-hashes with numpy over the whole batch, windows that cross documents are dropped, and
-membership is one `np.searchsorted` on the index.
+the batch' normalised text is one byte array, each word's 64-bit hash is read off its prefix
+sums, the word hashes are combined into rolling n-gram hashes with numpy, windows that cross documents are dropped, and
+membership is a bit table of the hashes' top 24 bits, then `np.searchsorted` on the index
+for the few windows that pass it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from assay.errors import ConfigError, InputError, MissingError
 from assay.selection.base import NotFittedError, Scorer, register_scorer
 from assay.util.config import Strict
 from assay.util.files import atomic_path, read_json, write_json
-from assay.util.hashing import mix64, stable_hash64
+from assay.util.hashing import mix64
 
 NGRAMS_COLUMN = "contam_ngrams"
 ITEM_COLUMN = "contam_item"
@@ -60,7 +61,7 @@ PUNCTUATION = (
     "!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';’{|∶´[=-`*．（–？！：$～«〉,><》)?）。…@_.\"}►»"
     + "".join(chr(c) for lo, hi in ((0, 9), (11, 13), (13, 32), (127, 160)) for c in range(lo, hi))
 )
-_DELETE_PUNCT = str.maketrans("", "", PUNCTUATION)
+_DELETE_PUNCT = str.maketrans({c: " " if c.isspace() else None for c in PUNCTUATION})
 _NUMBERS = re.compile(r"\d+")
 #: the rolling hash' multiplier (odd, so multiplication is a bijection of uint64)
 _P = np.uint64(0x100000001B3)
@@ -102,6 +103,7 @@ class DecontamScorer(Scorer):
         self.lengths = np.zeros(0, dtype=np.int64)  # window lengths in the index (n and shorter)
         self.targets: list[str] = []
         self.report: dict[str, Any] = {}
+        self._filter: np.ndarray | None = None  # derived from hashes, never saved
 
     @property
     def is_fitted(self) -> bool:
@@ -117,8 +119,7 @@ class DecontamScorer(Scorer):
         targets = [str(t) for t in targets]
         if not targets:
             raise InputError("decontamination needs target examples: the target set is empty")
-        words = [normalize(t).split() for t in targets]
-        wh, lens = position_hashes(words)
+        wh, lens = position_hashes(targets)
         short = lens[(lens >= self.min_words) & (lens < self.n)]
         self.lengths = np.unique(np.append(short, self.n)).astype(np.int64)
         hashes, items = [], []
@@ -132,7 +133,7 @@ class DecontamScorer(Scorer):
         h, it = np.concatenate(hashes), np.concatenate(items)
         pairs = np.unique(np.stack([h, it.astype(np.uint64)]), axis=1)  # by hash, then item
         uniq, first = np.unique(pairs[0], return_index=True)
-        self.hashes = uniq
+        self.hashes, self._filter = uniq, None
         self.item_ptr = np.append(first, pairs.shape[1]).astype(np.int64)
         self.item_ids = pairs[1].astype(np.int64)
         self.targets = targets
@@ -152,22 +153,35 @@ class DecontamScorer(Scorer):
     def score_table(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         if self.hashes is None:
             raise NotFittedError("DecontamScorer is not fitted: call fit() or load a saved one")
-        wh, lens = position_hashes([normalize(t).split() for t in texts])
+        counts, items = [], []
+        for a, b in _chunks(texts):
+            count, item = self._score_chunk(texts[a:b])
+            counts.append(count)
+            items.append(item)
+        return {
+            NGRAMS_COLUMN: np.concatenate(counts).astype(np.float32),
+            ITEM_COLUMN: np.concatenate(items).astype(np.float32),
+        }
+
+    def _score_chunk(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        assert self.hashes is not None
+        if self._filter is None:  # one bit per 2^40 hashes: most windows stop here
+            self._filter = np.zeros(1 << 24, dtype=bool)
+            self._filter[self.hashes >> np.uint64(40)] = True
+        wh, lens = position_hashes(texts)
         count = np.zeros(len(texts), dtype=np.int64)
         hit_docs, hit_pos = [], []
         for length in self.lengths.tolist():
             h, doc = window_hashes(wh, lens, length)
-            pos = np.searchsorted(self.hashes, h)
-            pos[pos == len(self.hashes)] = 0
-            hit = self.hashes[pos] == h if len(self.hashes) else np.zeros(len(h), dtype=bool)
+            maybe = np.flatnonzero(self._filter[h >> np.uint64(40)])
+            h, doc = h[maybe], doc[maybe]
+            pos = np.minimum(np.searchsorted(self.hashes, h), len(self.hashes) - 1)
+            hit = self.hashes[pos] == h
             count += np.bincount(doc[hit], minlength=len(texts))
             hit_docs.append(doc[hit])
             hit_pos.append(pos[hit])
         best = self._best_items(np.concatenate(hit_docs), np.concatenate(hit_pos), len(texts))
-        return {
-            NGRAMS_COLUMN: count.astype(np.float32),
-            ITEM_COLUMN: best.astype(np.float32),
-        }
+        return count, best
 
     def _best_items(self, docs: np.ndarray, pos: np.ndarray, n_docs: int) -> np.ndarray:
         """Per document, the target example with most of its matched n-grams (lowest index on
@@ -203,6 +217,7 @@ class DecontamScorer(Scorer):
             raise MissingError(f"{folder} holds no decontamination index (no hashes.npy)")
         for name in ("hashes", "item_ptr", "item_ids", "lengths"):
             setattr(self, name, np.load(folder / f"{name}.npy", allow_pickle=False))
+        self._filter = None
         with open(folder / "targets.jsonl", encoding="utf-8") as f:
             self.targets = [json.loads(line) for line in f]
         if (folder / "fit_report.json").exists():
@@ -211,6 +226,23 @@ class DecontamScorer(Scorer):
 
 # ---------------------------------------------------------------------------------------------
 # Normalisation and hashing
+
+#: characters hashed at once: a batch is cut into chunks of about this many (memory: ~40 bytes
+#: a character)
+CHUNK_CHARS = 1 << 22
+
+
+def _chunks(texts: Sequence[str]) -> list[tuple[int, int]]:
+    """Ranges of `texts` of about CHUNK_CHARS characters each (at least one text)."""
+    out, start, size = [], 0, 0
+    for i, t in enumerate(texts):
+        size += len(t)
+        if size >= CHUNK_CHARS:
+            out.append((start, i + 1))
+            start, size = i + 1, 0
+    if start < len(texts) or not out:
+        out.append((start, len(texts)))
+    return out
 
 
 def _combining_marks() -> dict[int, None]:
@@ -221,8 +253,9 @@ _STRIP_MARKS: dict[int, None] | None = None
 
 
 def normalize(text: str) -> str:
-    """datatrove's `simplify_text` with its defaults: lower-case, punctuation deleted,
-    diacritics stripped, digit runs to "0" (whitespace is left to `split()`)."""
+    """datatrove's `simplify_text` with its defaults: lower-case, whitespace to spaces,
+    punctuation deleted, diacritics stripped, digit runs to "0" (runs of spaces are left to
+    `split()`)."""
     global _STRIP_MARKS
     text = text.lower().translate(_DELETE_PUNCT)
     if not text.isascii():
@@ -232,23 +265,66 @@ def normalize(text: str) -> str:
     return _NUMBERS.sub("0", text)
 
 
-def word_ids(words: list[list[str]]) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The batch' words as ids into its unique words: (ids in order, the unique words, each
-    document's word count)."""
-    flat = [w for ws in words for w in ws]
-    uniq = list(dict.fromkeys(flat))
-    index = {w: i for i, w in enumerate(uniq)}
-    ids = np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=len(flat))
-    lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    return ids, uniq, lens
+# ASCII text is normalised as bytes in one pass: upper to lower case, whitespace to a space,
+# digits to "0" (their runs are collapsed on the batch' array), punctuation deleted
+_ASCII_FROM = bytes(range(65, 91)) + b"123456789"
+_ASCII_TO = bytes(range(97, 123)) + b"000000000"
+_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())
+_ASCII_TABLE = bytes.maketrans(_ASCII_FROM + _ASCII_SPACE, _ASCII_TO + b" " * len(_ASCII_SPACE))
+_ASCII_DELETE = bytes(c for c in range(128) if chr(c) in PUNCTUATION and not chr(c).isspace())
 
 
-def position_hashes(words: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Stable 64-bit hashes (the same in every process) of every word of a batch, in order, and
-    each document's word count: each distinct word is hashed once."""
-    ids, uniq, lens = word_ids(words)
-    wh = stable_hash64(uniq) if uniq else np.zeros(0, dtype=np.uint64)
-    return wh[ids], lens
+def normalized_bytes(text: str) -> bytes:
+    """`normalize(text)` as UTF-8, words separated by spaces (runs of "0" not yet collapsed in
+    ASCII text)."""
+    if text.isascii():
+        return text.encode("ascii").translate(_ASCII_TABLE, _ASCII_DELETE)
+    return " ".join(normalize(text).split()).encode("utf-8")
+
+
+_POWERS = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
+_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^i and P^-i (mod 2^64) for i < n, kept and grown by doubling."""
+    global _POWERS
+    if len(_POWERS[0]) < n:
+        size = max(n, 2 * len(_POWERS[0]))
+        with np.errstate(over="ignore"):
+            up = np.cumprod(np.full(size, _P, dtype=np.uint64)) * _P_INV
+            down = np.cumprod(np.full(size, _P_INV, dtype=np.uint64)) * _P
+        _POWERS = (up, down)
+    return _POWERS[0][:n], _POWERS[1][:n]
+
+
+def position_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Stable 64-bit hashes of every word of a batch, in order, and each document's word count.
+
+    The batch' normalised bytes are one array; a word's hash is a polynomial hash of its bytes
+    mod 2^64, read off prefix sums (h(s..e) = P^(e-1) * (A[e-1] - A[s-1]) with A the running sum
+    of byte_j * P^-j), then mixed: no Python work per word."""
+    parts = [normalized_bytes(t) for t in texts]
+    buf = np.frombuffer(b" ".join(parts) + b" ", dtype=np.uint8)
+    doc = np.repeat(np.arange(len(parts), dtype=np.int64), [len(p) + 1 for p in parts])
+    zero = buf == 48
+    keep = np.ones(len(buf), dtype=bool)
+    keep[1:] = ~(zero[1:] & zero[:-1])  # a run of "0" (digits) is one "0"
+    buf, doc = buf[keep], doc[keep]
+    space = buf == 32
+    word = ~space
+    first = word.copy()
+    first[1:] &= space[:-1]
+    last = word.copy()
+    last[:-1] &= space[1:]
+    starts, ends = np.flatnonzero(first), np.flatnonzero(last)
+    up, down = _powers(len(buf))
+    with np.errstate(over="ignore"):
+        acc = np.cumsum((buf.astype(np.uint64) + np.uint64(1)) * down)
+        before = np.where(starts > 0, acc[np.maximum(starts - 1, 0)], np.uint64(0))
+        wh = up[ends] * (acc[ends] - before)
+    lens = np.bincount(doc[starts], minlength=len(parts)).astype(np.int64)
+    return mix64(wh, 0), lens
 
 
 def window_hashes(wh: np.ndarray, lens: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

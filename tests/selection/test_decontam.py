@@ -165,7 +165,33 @@ def test_cli_decontaminate_then_select_drops_exactly_the_planted(planted, tmp_pa
 
 
 def test_ngrams_never_span_two_documents() -> None:
-    words = "the quick brown fox jumps over the lazy dog near a quiet river bank".split()
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "the",
+        "lazy",
+        "dog",
+        "near",
+        "a",
+        "quiet",
+        "river",
+        "bank",
+    ]
     scorer = DecontamScorer().fit([" ".join(words)])
     split = [" ".join(words[:6]), " ".join(words[6:]), " ".join(words)]
     assert scorer.score_table(split)["contam_ngrams"].tolist() == [0.0, 0.0, 2.0]
+
+
+def test_ascii_fast_path_equals_the_text_normalisation(real_texts: list[str]) -> None:
+    from assay.selection.decontam import normalized_bytes, position_hashes
+
+    for text in [*real_texts[::3], "A\r\nb\x0bc\x1fd 1,000,000 x_99 it's"]:
+        fast = re.sub(rb"0+", b"0", normalized_bytes(text)).split()
+        assert fast == [w.encode() for w in normalize(text).split()]
+    # accents and case do not change a word's hash: an ASCII target matches an accented text
+    plain, accented = position_hashes(["creme brulee 1999"]), position_hashes(["Crème Brûlée 42"])
+    assert np.array_equal(plain[0], accented[0]) and plain[1].tolist() == [3]
