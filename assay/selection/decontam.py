@@ -227,9 +227,9 @@ class DecontamScorer(Scorer):
 # ---------------------------------------------------------------------------------------------
 # Normalisation and hashing
 
-#: characters hashed at once: a batch is cut into chunks of about this many (memory: ~40 bytes
+#: characters hashed at once: a batch is cut into chunks of about this many (memory: ~60 bytes
 #: a character)
-CHUNK_CHARS = 1 << 22
+CHUNK_CHARS = 1 << 21
 
 
 def _chunks(texts: Sequence[str]) -> list[tuple[int, int]]:

@@ -195,3 +195,21 @@ def test_ascii_fast_path_equals_the_text_normalisation(real_texts: list[str]) ->
     # accents and case do not change a word's hash: an ASCII target matches an accented text
     plain, accented = position_hashes(["creme brulee 1999"]), position_hashes(["Crème Brûlée 42"])
     assert np.array_equal(plain[0], accented[0]) and plain[1].tolist() == [3]
+
+
+def test_recipe_decontaminate_then_select(planted, tmp_path: Path) -> None:
+    from assay.recipe.pipeline import run_recipe
+
+    folder, plants, _ = planted
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: decon\nseed: 0\ncorpus: {{paths: [{folder}]}}\nsteps:\n"
+        f"  - decontaminate: {{targets: {{source: {TARGETS}}}}}\n"
+        "  - select: {scores: [decontaminate], column: contam_ngrams, policy: threshold,"
+        " threshold: 0, mode: bottom}\n"
+    )
+    run_recipe(recipe, run_dir=tmp_path / "run")
+    kept = Corpus(tmp_path / "run" / "select" / "selected")
+    ids = {i for b in kept.iter_batches() for i in b.get_column("id")}
+    assert len(ids) == 360 - len(plants) and ids.isdisjoint(plants)
+    assert (tmp_path / "run" / "decontaminate" / "scores" / REPORT_FILE).exists()

@@ -86,6 +86,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
             "finetune_device": "cpu",
         },
     ],
+    "decontam": [{}, {"n": 8, "min_words": 5}],
 }
 
 

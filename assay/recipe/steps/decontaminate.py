@@ -51,6 +51,7 @@ class DecontaminateStep(Step, DecontamSettings):
             outputs, summary = score_all(scorer, corpus, ctx.step_dir, ctx, {"fit": scorer.report})
             report = write_contamination_report(outputs["scores"], scorer)
             summary["contaminated"] = report["contaminated"]
+            summary["overlapped_targets"] = len(report["items"])
             summary["items"] = [
                 {k: v for k, v in row.items() if k != "text"} for row in report["items"][:20]
             ]
@@ -65,7 +66,7 @@ class DecontaminateStep(Step, DecontamSettings):
         console.print(
             f"{fit['targets']:,} target examples, {fit['ngrams']:,} {fit['n']}-grams indexed; "
             f"{summary['contaminated']:,} of {summary['docs']:,} documents overlap "
-            f"{len(summary['items'])} or more target examples"
+            f"{summary['overlapped_targets']:,} of the target examples"
             f" -> {outcome.outputs['scores']}",
             highlight=False,
             soft_wrap=True,
