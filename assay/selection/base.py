@@ -55,6 +55,7 @@ _BUILTIN_MODULES = {
     "mass": "assay.selection.mass",
     "mates": "assay.selection.mates",
     "dsir": "assay.selection.dsir",
+    "decontam": "assay.selection.decontam",
 }
 
 

@@ -87,6 +87,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
         },
     ],
     "dsir": [{}, {"column": "d", "num_buckets": 500, "ngrams": 1, "target_laplace_smoothing": 1}],
+    "decontam": [{}, {"n": 8, "min_words": 5}],
 }
 
 
