@@ -26,6 +26,8 @@ Methods, each keeping the same 10% of the pool's characters (`select(..., by="ch
   Both train the same total tokens and preset as the other methods.
 - mass: a skill graph of the benchmark's CHAMP concept tags (merged at cosine > 0.9); a
   document scores s^T (diag(w) + E) s over its similarities to its 10 closest skills
+- dsir: importance weights of hashed unigram and bigram models (benchmark examples vs a pool
+  sample; the official defaults), resampled as DSIR does: Gumbel top-k at tau 1
 
 For every method and seed a tiny proxy (1M parameters) trains on the same number of tokens of
 its selection; the table reports its bits per byte on the target, on the general held-out
@@ -61,8 +63,10 @@ from assay.selection.select import SelectConfig, select
 
 METHODS = (
     "random", "fasttext", "perplexity", "betr", "preselect", "preselect_top", "mass", "mates",
-    "mates_random",
+    "mates_random", "dsir",
 )  # fmt: skip
+#: selection policy of each method (top-k unless named); DSIR resamples by Gumbel top-k
+POLICY = {"dsir": {"policy": "gumbel", "tau": 1.0}}
 STAGED = ("mates", "mates_random")
 TARGET = "competition_math"
 
@@ -122,6 +126,10 @@ def fit_scorer(method: str, pool: Corpus, work: Path, tok: str, args: Any) -> tu
             "assay_champ", skills="tags", seed=0, column=method,
             embedder={"model": args.mass_embedder},
         )  # fmt: skip
+    elif method == "dsir":
+        from assay.selection.dsir import fit_dsir
+
+        scorer = fit_dsir(pool, targets, seed=0, column=method)
     else:
         raise ValueError(method)
     return scorer.save(folder), mode
@@ -292,7 +300,7 @@ def main() -> None:
             selected = work / "selected" / f"{method}-{sel_seed}"
             select(
                 pool, scores, selected,
-                SelectConfig(column=method, keep=args.keep, by="chars", mode=mode, seed=sel_seed, group_by=None),
+                SelectConfig(column=method, keep=args.keep, by="chars", mode=mode, seed=sel_seed, group_by=None, **POLICY.get(method, {})),
                 runner=runner,
             )  # fmt: skip
             run = train_proxy(
