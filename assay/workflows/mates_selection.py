@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from assay.selection.mates import MatesScorer
 from assay.util.files import atomic_path, host_name, read_json, read_parquet, write_json
 from assay.util.hashing import stable_hash64
 from assay.workflows.mates_probing import ReferenceSet, encode_documents, probe_run
+from assay.workflows.mates_settings import MatesSettings
 
 
 @dataclass
@@ -173,19 +173,17 @@ def _oracle(
     ref: ReferenceSet,
     tok: Any,
     cfg: Any,
+    settings: MatesSettings,
     *,
     probes: int,
     seed: int,
     runner: Any,
-    ref_batch_size: int | None,
     progress: bool,
     trajectory_length: int = 1,
-    device: str | None = None,
-    dtype: str | None = None,
 ) -> tuple[list[str], list[str], np.ndarray, dict[str, Any]]:
-    """Probe a sample of the pool (or read the probes of an interrupted stage back) on `device`
-    in `dtype`; with `trajectory_length` > 1, consecutive documents of the sample form the
-    rollouts."""
+    """Probe `probes` documents of the pool (or read the probes of an interrupted stage back) on
+    the settings' `device` in their `dtype`; with `trajectory_length` > 1, consecutive
+    documents of the sample form the rollouts."""
     import polars as pl
 
     path = stage_dir / "oracle.parquet"
@@ -205,11 +203,11 @@ def _oracle(
         seqs,
         ref,
         runner=runner,
-        ref_batch_size=ref_batch_size,
+        ref_batch_size=settings.ref_batch_size,
         trajectory_length=T,
         progress=progress,
-        device=device,
-        dtype=dtype,
+        device=settings.device,
+        dtype=settings.dtype,
     )
     frame = pl.DataFrame(
         {
@@ -236,45 +234,31 @@ def fit_stage_scorer(
     ref: ReferenceSet,
     tok: Any,
     cfg: Any,
+    settings: MatesSettings,
     *,
-    probes: int,
     seed: int,
-    embedder: Any,
-    heads: Sequence[str],
-    alphas: Sequence[float],
-    holdout: float,
     runner: Any,
-    ref_batch_size: int | None,
     progress: bool,
-    device: str | None = None,
-    dtype: str | None = None,
 ) -> tuple[MatesScorer, dict[str, Any]]:
-    """MATES' influence model of a stage, fitted on oracle probes (or read back); the probes
-    run on `device` in `dtype`, and so does the embedder unless its settings name a device."""
+    """MATES' influence model of a stage, fitted on the settings' oracle probes (or read back);
+    the probes run on their `device` in their `dtype`, and so does the embedder unless its own
+    settings name a device."""
     from assay.selection.base import load_scorer
 
     ids, texts, influence, info = _oracle(
-        pool,
-        stage_dir,
-        prev_run_dir,
-        ref,
-        tok,
-        cfg,
-        probes=probes,
-        seed=seed,
-        runner=runner,
-        ref_batch_size=ref_batch_size,
-        progress=progress,
-        device=device,
-        dtype=dtype,
-    )
+        pool, stage_dir, prev_run_dir, ref, tok, cfg, settings,
+        probes=settings.probes, seed=seed, runner=runner, progress=progress,
+    )  # fmt: skip
     folder = stage_dir / "scorer"
     if (folder / "scorer.json").exists():
         scorer = load_scorer(folder)
         assert isinstance(scorer, MatesScorer)
         return scorer, info
     scorer = MatesScorer(
-        embedder=placed_embedder(embedder, device), heads=heads, alphas=alphas, holdout=holdout
+        embedder=placed_embedder(settings.embedder, settings.device),
+        heads=settings.heads,
+        alphas=settings.alphas,
+        holdout=settings.holdout,
     )
     scorer.fit(texts, influence, ids=ids, seed=seed, progress=progress)
     tmp = stage_dir / f".scorer.tmp-{host_name()}-{os.getpid()}"
@@ -292,48 +276,30 @@ def group_stage(
     ref: ReferenceSet,
     tok: Any,
     cfg: Any,
+    settings: MatesSettings,
     *,
-    probes: int,
-    keep: float,
     seed: int,
-    embedder: Any,
-    holdout: float,
-    trajectory_length: int,
-    docs_per_cluster: int,
     runner: Any,
-    ref_batch_size: int | None,
     progress: bool,
-    device: str | None = None,
-    dtype: str | None = None,
 ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """Rollouts -> relational model -> individual scores and embeddings (one pass over the
-    pool) -> greedy selection; probes and embeddings on `device` (see `fit_stage_scorer`)."""
+    pool) -> greedy selection; probes and embeddings on the settings' `device` (see
+    `fit_stage_scorer`)."""
     from assay.io.scores import SCORES_META
     from assay.selection.base import load_scorer
     from assay.selection.select import select
 
-    T = trajectory_length
-    n = (probes // T) * T
+    T = settings.trajectory_length
     _, texts, influence, info = _oracle(
-        pool,
-        stage_dir,
-        prev_run_dir,
-        ref,
-        tok,
-        cfg,
-        probes=n,
-        seed=seed,
-        runner=runner,
-        ref_batch_size=ref_batch_size,
-        progress=progress,
+        pool, stage_dir, prev_run_dir, ref, tok, cfg, settings,
+        probes=(settings.probes // T) * T, seed=seed, runner=runner, progress=progress,
         trajectory_length=T,
-        device=device,
-        dtype=dtype,
-    )
-    emb_config = placed_embedder(embedder, device)
+    )  # fmt: skip
+    emb_config = placed_embedder(settings.embedder, settings.device)
     model = _relational_model(
-        stage_dir, texts, influence, emb_config, T, holdout=holdout, seed=seed, progress=progress
-    )
+        stage_dir, texts, influence, emb_config, T, holdout=settings.holdout, seed=seed,
+        progress=progress,
+    )  # fmt: skip
     scorer_dir = stage_dir / "scorer"
     if not (scorer_dir / "scorer.json").exists():
         model.as_scorer(emb_config).save(scorer_dir)
@@ -342,7 +308,9 @@ def group_stage(
     group_dir = stage_dir / "group_scores"
     if not (group_dir / SCORES_META).exists():
         _score_and_embed(pool, stage_dir, scorer, runner)
-        _group_scores(pool, stage_dir, scorer.column, model, keep, docs_per_cluster, seed)
+        _group_scores(
+            pool, stage_dir, scorer.column, model, settings.keep, settings.docs_per_cluster, seed
+        )
     select(
         pool,
         group_dir,

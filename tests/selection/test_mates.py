@@ -20,8 +20,9 @@ from assay.proxies.train import TrainConfig, lr_at, train_proxy
 from assay.selection.base import load_scorer
 from assay.selection.mates import MatesScorer, spearman
 from assay.selection.select import gumbel_topk
-from assay.workflows.mates import mates_train_config, run_mates
+from assay.workflows.mates import run_mates
 from assay.workflows.mates_probing import Prober, ReferenceSet, encode_documents, reference_loss
+from assay.workflows.mates_settings import mates_train_config
 
 SEQ = 64
 CFG = TrainConfig(batch_size=8, seq_len=SEQ)

@@ -1,0 +1,86 @@
+"""The settings of a staged MATES run, apart from the run itself so that the stage functions
+(`assay.workflows.mates_selection`) take them whole."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from assay.common.embed import EMBEDDER_HELP
+from assay.common.lm import DeviceSettings
+from assay.proxies.train import TrainConfig
+from assay.selection.mates import DEFAULT_ALPHAS, HEADS
+from assay.workflows.proxy_batch import ProxyOptions
+
+
+def mates_train_config(**overrides: Any) -> TrainConfig:
+    """Training settings for staged MATES runs: one WSD schedule with 4% warmup over all stages
+    (the paper's), every selected token seen at most once per stage (consume-once)."""
+    base = {"schedule": "wsd", "warmup": 0.04, "decay_fraction": 0.1, "max_epochs": 1.0}
+    return TrainConfig(**{**base, **overrides})
+
+
+def _unless(default: Any) -> Callable[[Any], bool]:
+    """`exclude_if` of a setting added after MATES steps were first run: it is left out of
+    dumps at its default, so that those steps keep their settings hash."""
+    return lambda value: value == default
+
+
+class MatesSettings(ProxyOptions, DeviceSettings):
+    """A staged MATES run (or its random twin): stages, selection, probes, the influence model
+    and the proxies' training. From Python, `embedder` may also be a dict of `Embedder`
+    settings (`{"model": ..., "cache": False}`). `device` is where the oracle probes, the
+    reference loss and the influence model's embedder run, `dtype` the precision of a probe's
+    training step (the proxies themselves train where accelerate puts them)."""
+
+    method: Literal["mates", "random"] = Field(
+        "mates", description="'mates', or 'random' (the same staged run, random selection)."
+    )
+    group: bool = Field(False, description="Group-MATES: relational influence, greedy selection.")
+    stage_tokens: int = Field(ge=1, description="Training tokens per stage.")
+    stages: int = Field(2, ge=1, description="Stages (consume-once pools of the corpus).")
+    keep: float = Field(0.2, gt=0, le=1, description="Share of each stage's pool kept.")
+    tau: float = Field(0.5, gt=0, description="Gumbel top-k temperature.")
+    probes: int = Field(300, ge=10, description="Oracle probes per stage.")
+    embedder: str | dict[str, Any] | None = Field(None, description=EMBEDDER_HELP)
+    train: TrainConfig = Field(
+        default_factory=mates_train_config,
+        description="Training settings (default: one WSD schedule over all stages).",
+    )
+    heads: list[str] = Field(
+        list(HEADS),
+        description="Heads of the influence model on the frozen embeddings (ridge, mlp); the "
+        "one with the best held-out Spearman is kept.",
+        exclude_if=_unless(list(HEADS)),
+    )
+    alphas: list[float] = Field(
+        list(DEFAULT_ALPHAS),
+        description="Ridge penalties the influence model tries.",
+        exclude_if=_unless(list(DEFAULT_ALPHAS)),
+    )
+    holdout: float = Field(
+        0.2,
+        description="Share of the probes held out to choose the influence model.",
+        exclude_if=_unless(0.2),
+    )
+    ref_batch_size: int | None = Field(
+        None,
+        description="Target examples per forward pass (default: 8 on a CPU, 32 on a GPU).",
+        exclude_if=_unless(None),
+    )
+    trajectory_length: int = Field(
+        4, description="Group-MATES: documents per rollout.", exclude_if=_unless(4)
+    )
+    docs_per_cluster: int = Field(
+        200,
+        description="Group-MATES: documents per cluster of the greedy selection.",
+        exclude_if=_unless(200),
+    )
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _over_mates_defaults(cls, v: Any) -> Any:
+        """Settings given as a mapping apply over the staged defaults, not TrainConfig's."""
+        return {**mates_train_config().model_dump(), **v} if isinstance(v, dict) else v
