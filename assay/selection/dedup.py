@@ -17,11 +17,11 @@ Three steps, as selection's:
     1. *keys* (per shard, through the runner, resumed by content): a stable hash of each id,
        of its normalised text and, for near dedup, its MinHash signature (`num_perm` uint32,
        kept for verification and reuse) and one 64-bit hash per LSH band, to `_dedup/keys/`.
-    2. *decide* (global): exact, one array of text hashes and one of id hashes and their
-       sort order (24 bytes per document, ~33 at the peak); near, one band column at a time
-       (8 bytes per document) sorted to find equal band hashes, a union-find parent array
-       (8 bytes per document) that links each document to the first of its band bucket, then
-       the clusters ranked like the exact groups. No ids, no signatures, no text in memory.
+    2. *decide* (global): near, one band column at a time (8 bytes per document) sorted to
+       find equal band hashes, and a union-find parent array (8 bytes per document) that
+       links each document to the first of its band bucket; then the clusters, and the exact
+       groups (text hashes), ranked by id hash. No ids, signatures or text in memory: about
+       55 bytes per document at the peak (benchmarks/dedup_throughput.py measures it).
     3. *write*: each shard's keys are streamed again to write its side-car, atomically.
 
 The kept document of a group or cluster is the one with the smallest id hash (ties — the same
@@ -222,18 +222,20 @@ class _Decision:
 
 
 def _decide(files: list[Path], s: DedupSettings) -> _Decision:
-    id_hash = _column(files, "id_hash")
+    """Near clusters first (their band passes need no id hashes), then the ranks by id hash."""
     d = _Decision(None, None, None, None)
-    if s.exact:
-        d.group = _column(files, "text_hash")
-        d.exact_drop = ~first_of_groups(d.group, id_hash)
-    if s.near:
-        root = near_clusters(files, s.banding()[0])
+    root = near_clusters(files, s.banding()[0]) if s.near else None
+    id_hash = _column(files, "id_hash")
+    if root is not None:
         kept = first_of_groups(root, id_hash)
         rep = np.zeros(len(root), dtype=np.uint64)
         rep[root[kept]] = id_hash[kept]
         d.cluster = rep[root]
+        del rep, root
         d.near_drop = ~kept
+    if s.exact:
+        d.group = _column(files, "text_hash")
+        d.exact_drop = ~first_of_groups(d.group, id_hash)
     return d
 
 

@@ -26,7 +26,6 @@ from assay.selection.decontam import position_hashes, window_hashes
 from assay.util.hashing import mix64
 
 MERSENNE = np.uint64((1 << 61) - 1)
-LOW32 = np.uint64(0xFFFFFFFF)
 #: characters of text per chunk of a batch (about 40k shingles, 10 MB of products per block)
 CHUNK_CHARS = 1 << 18
 #: permutations evaluated at once
@@ -81,8 +80,8 @@ def _chunk_signatures(texts: Sequence[str], num_perm: int, ngram: int, seed: int
         v = col * a[None, p : p + PERM_BLOCK]  # < 2^63: no overflow
         v += b[None, p : p + PERM_BLOCK]
         v %= MERSENNE
-        v &= LOW32
-        sig[:, p : p + PERM_BLOCK] = np.minimum.reduceat(v, starts, axis=0)
+        # the low 32 bits (astype truncates), and the minimum over each document's rows
+        sig[:, p : p + PERM_BLOCK] = np.minimum.reduceat(v.astype(np.uint32), starts, axis=0)
     return sig
 
 
