@@ -9,6 +9,7 @@
   this also merges copies differing only in case or spacing);
 * `dup_near` (1.0: in a cluster of near duplicates and not its kept member) and `dup_cluster`
   (int64: the id hash of the cluster's kept document; a document alone is its own cluster).
+  A document with no words once normalised (punctuation only) is never a near copy.
 
 Keep one of each group with `assay select --column dup_exact --policy threshold --threshold 0
 --mode bottom` (or `dup_near`): `threshold` keeps scores <= 0 in mode bottom.
@@ -47,11 +48,11 @@ from assay.io.corpus import Corpus
 from assay.io.scores import SCORES_META, check_unique_ids
 from assay.io.shards import ReadOptions, Shard, ShardStats
 from assay.io.write import ShardWriter
-from assay.selection.minhash import band_hashes, optimal_bands, signatures
+from assay.selection.minhash import band_hashes, optimal_bands, signatures_and_words
 from assay.util.config import Strict
 from assay.util.files import atomic_path, iter_parquet, parquet_rows, read_json, write_json
 from assay.util.guard import folder_lock, mark_output
-from assay.util.hashing import config_hash, stable_hash64
+from assay.util.hashing import config_hash, mix64, stable_hash64
 
 DEDUP_DIR = "_dedup"
 DEDUP_FILE = "_dedup.json"
@@ -112,7 +113,7 @@ class DedupKeysTask:
 
     def source(self, shard: Shard) -> dict[str, Any]:
         s = self.settings
-        return {"keys": "dedup-1", "near": s.near, "sig": [s.num_perm, s.ngram, s.seed]}
+        return {"keys": "dedup-2", "near": s.near, "sig": [s.num_perm, s.ngram, s.seed]}
 
     def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
         assert out is not None
@@ -131,8 +132,12 @@ class DedupKeysTask:
                 "text_hash": exact_hashes(texts),
             }
             if s.near:
-                sig = signatures(texts, s.num_perm, s.ngram, s.seed)
+                sig, words = signatures_and_words(texts, s.num_perm, s.ngram, s.seed)
                 bh = band_hashes(sig, bands, rows)
+                # a document without words (punctuation only) is nobody's near copy
+                empty = np.flatnonzero(words == 0)
+                for b in range(bands):
+                    bh[empty, b] = mix64(cols["id_hash"][empty], 1 + b)
                 for b in range(bands):
                     cols[f"band_{b}"] = bh[:, b]
                 cols["sig"] = pl.Series([r.tobytes() for r in sig], dtype=pl.Binary)

@@ -41,9 +41,10 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """32-bit hashes (as uint64) of every shingle of `texts` and the document of each, sorted by
-    document; every document has at least one shingle (all its words, or none)."""
+def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """32-bit hashes (as uint64) of every shingle of `texts`, the document of each (sorted), and
+    each document's word count; every document has at least one shingle (all its words, or
+    none)."""
     wh, lens = position_hashes(texts)
     sh, doc = window_hashes(wh, lens, ngram)
     short = np.flatnonzero(lens < ngram)
@@ -57,22 +58,32 @@ def shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nda
         doc = np.concatenate([doc, short])
         order = np.argsort(doc, kind="stable")
         sh, doc = sh[order], doc[order]
-    return sh >> np.uint64(32), doc
+    return sh >> np.uint64(32), doc, lens
 
 
 def signatures(
     texts: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: int = 1
 ) -> np.ndarray:
     """MinHash signatures of `texts`: (len(texts), num_perm) uint32."""
+    return signatures_and_words(texts, num_perm, ngram, seed)[0]
+
+
+def signatures_and_words(
+    texts: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures of `texts` and their word counts after normalisation."""
     out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    words = np.zeros(len(texts), dtype=np.int64)
     for lo, hi in _chunks(texts):
-        out[lo:hi] = _chunk_signatures(texts[lo:hi], num_perm, ngram, seed)
-    return out
+        out[lo:hi], words[lo:hi] = _chunk_signatures(texts[lo:hi], num_perm, ngram, seed)
+    return out, words
 
 
-def _chunk_signatures(texts: Sequence[str], num_perm: int, ngram: int, seed: int) -> np.ndarray:
+def _chunk_signatures(
+    texts: Sequence[str], num_perm: int, ngram: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     a, b = permutations(num_perm, seed)
-    h, doc = shingle_hashes(texts, ngram)
+    h, doc, lens = shingle_hashes(texts, ngram)
     starts = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])
     sig = np.empty((len(texts), num_perm), dtype=np.uint32)
     col = h[:, None]
@@ -82,7 +93,7 @@ def _chunk_signatures(texts: Sequence[str], num_perm: int, ngram: int, seed: int
         v %= MERSENNE
         # the low 32 bits (astype truncates), and the minimum over each document's rows
         sig[:, p : p + PERM_BLOCK] = np.minimum.reduceat(v.astype(np.uint32), starts, axis=0)
-    return sig
+    return sig, lens
 
 
 def _chunks(texts: Sequence[str]) -> list[tuple[int, int]]:

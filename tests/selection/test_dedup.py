@@ -242,6 +242,24 @@ def test_recipe_dedup_then_select(planted, marked, tmp_path: Path) -> None:
     assert ids == set(marks.filter(pl.col("dup_near") == 0)["id"])
 
 
+def test_documents_without_words_are_no_near_copies(tmp_path: Path) -> None:
+    docs = ["Hello   world", "!!!", "?? ..", "hello world", "!!!"]
+    write_jsonl(
+        tmp_path / "c" / "a.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(docs)]
+    )
+    corpus = Corpus(tmp_path / "c")
+    summary = dedup_corpus(corpus, tmp_path / "o")
+    marks = _marks(tmp_path / "o", corpus)
+    exact, group = marks["dup_exact"].to_list(), marks["dup_group"].to_list()
+    near, cluster = marks["dup_near"].to_list(), marks["dup_cluster"].to_list()
+    assert group[0] == group[3] and group[1] == group[4] and len(set(group)) == 3
+    assert exact[0] + exact[3] == exact[1] + exact[4] == 1 and exact[2] == 0
+    # only "hello world" is near another: the documents without words stay apart
+    assert cluster[0] == cluster[3] and len(set(cluster)) == 4
+    assert near[0] + near[3] == 1 and near[1] == near[2] == near[4] == 0
+    assert (summary["exact_duplicates"], summary["near_duplicates"]) == (2, 1)
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="exact or near"):
         DedupSettings(exact=False, near=False)
