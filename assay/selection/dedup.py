@@ -75,6 +75,11 @@ class DedupSettings(Strict):
     )
     rows: int | None = Field(None, ge=1, description="Rows per band (with bands).")
     seed: int = Field(1, description="Seed of the MinHash permutations.")
+    verify: bool = Field(
+        False,
+        description="Join a candidate pair only if its signatures agree on >= threshold of "
+        "their values (reads the candidates' signatures, 4 x num_perm bytes each, per band).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DedupSettings:
@@ -194,8 +199,13 @@ def union(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
         np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
 
 
-def near_clusters(files: list[Path], bands: int) -> np.ndarray:
-    """The root (smallest member's position) of every document's near-duplicate cluster."""
+def near_clusters(
+    files: list[Path], bands: int, verify: float | None = None, num_perm: int = 128
+) -> np.ndarray:
+    """The root (smallest member's position) of every document's near-duplicate cluster.
+
+    With `verify`, a candidate pair joins only if its signatures agree on at least that
+    fraction of permutations (the estimated Jaccard similarity)."""
     n = sum(parquet_rows(f) for f in files)
     parent = np.arange(n, dtype=np.int64)
     for b in range(bands):
@@ -208,14 +218,58 @@ def near_clusters(files: list[Path], bands: int) -> np.ndarray:
             starts = np.arange(n, dtype=np.int64)
             starts[same] = 0
             np.maximum.accumulate(starts, out=starts)  # each position's bucket start
-            union(parent, order[starts[same]], order[same])
-            del starts
-        del order
+            heads, members = order[starts[same]], order[same]
+            del starts, order
+            if verify is not None:
+                ok = _similar(files, heads, members, verify, num_perm)
+                heads, members = heads[ok], members[ok]
+            union(parent, heads, members)
+        else:
+            del order
     while True:  # pointer jumping to the roots
         up = parent[parent]
         if np.array_equal(up, parent):
             return parent
         parent = up
+
+
+def _similar(
+    files: list[Path], a: np.ndarray, b: np.ndarray, threshold: float, num_perm: int
+) -> np.ndarray:
+    """Whether the signatures of documents a[i] and b[i] agree on >= threshold of their values
+    (the signatures of the documents named are read, 4 * num_perm bytes each)."""
+    idx = np.unique(np.concatenate([a, b]))
+    sigs = _gather_signatures(files, idx, num_perm)
+    pa, pb = np.searchsorted(idx, a), np.searchsorted(idx, b)
+    ok = np.empty(len(a), dtype=bool)
+    for lo in range(0, len(a), 1 << 14):
+        hi = lo + (1 << 14)
+        agree = (sigs[pa[lo:hi]] == sigs[pb[lo:hi]]).mean(axis=1)
+        ok[lo:hi] = agree >= threshold
+    return ok
+
+
+def _gather_signatures(files: list[Path], idx: np.ndarray, num_perm: int) -> np.ndarray:
+    """The signatures of the documents at sorted global positions `idx`: (len(idx), num_perm)."""
+    out = np.empty((len(idx), num_perm), dtype=np.uint32)
+    at = done = 0
+    for f in files:
+        rows = parquet_rows(f)
+        end = done + int(np.searchsorted(idx[done:], at + rows))
+        if end > done:
+            for part in iter_parquet(f, ["sig"]):
+                lo = int(np.searchsorted(idx, at))
+                hi = int(np.searchsorted(idx, at + part.height))
+                if hi > lo:
+                    chosen = part.get_column("sig").gather(idx[lo:hi] - at).to_list()
+                    out[lo:hi] = np.frombuffer(b"".join(chosen), dtype=np.uint32).reshape(
+                        hi - lo, num_perm
+                    )
+                at += part.height
+        else:
+            at += rows
+        done = end
+    return out
 
 
 @dataclass
@@ -229,7 +283,8 @@ class _Decision:
 def _decide(files: list[Path], s: DedupSettings) -> _Decision:
     """Near clusters first (their band passes need no id hashes), then the ranks by id hash."""
     d = _Decision(None, None, None, None)
-    root = near_clusters(files, s.banding()[0]) if s.near else None
+    verify = s.threshold if s.verify else None
+    root = near_clusters(files, s.banding()[0], verify, s.num_perm) if s.near else None
     id_hash = _column(files, "id_hash")
     if root is not None:
         kept = first_of_groups(root, id_hash)

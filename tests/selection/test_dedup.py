@@ -260,6 +260,32 @@ def test_documents_without_words_are_no_near_copies(tmp_path: Path) -> None:
     assert (summary["exact_duplicates"], summary["near_duplicates"]) == (2, 1)
 
 
+def test_verify_drops_candidates_below_the_threshold(planted, tmp_path: Path) -> None:
+    """Loose bands (32 x 4) make a pair at Jaccard ~0.6 a candidate; verification at 0.8
+    rejects it and keeps the planted near copies (Jaccard >= 0.85)."""
+    _, records, _, near = planted
+    fresh = [r for r in records if r["id"] not in near.values()]
+    source = next(r for r in fresh if 300 <= len(r["text"].split()) <= 600)
+    words = source["text"].split()
+    for at in range(10, len(words), 20):
+        words[at] = "zebra"
+    loose = {**source, "id": "loose", "text": " ".join(words)}
+    assert 0.5 < _jaccard(source["text"], loose["text"]) < 0.7
+    text = {r["id"]: r for r in records}
+    pairs = [p for c, s in near.items() for p in (text[c], text[s])]
+    write_jsonl(tmp_path / "c" / "a.jsonl", [source, loose, *pairs])
+    corpus = Corpus(tmp_path / "c")
+    kw = {"exact": False, "bands": 32, "rows": 4}
+    clusters = {}
+    for verify in (False, True):
+        dedup_corpus(corpus, tmp_path / f"o{verify}", verify=verify, **kw)
+        marks = _marks(tmp_path / f"o{verify}", corpus)
+        clusters[verify] = dict(zip(marks["id"], marks["dup_cluster"], strict=True))
+    assert clusters[False]["loose"] == clusters[False][source["id"]]
+    assert clusters[True]["loose"] != clusters[True][source["id"]]
+    assert all(clusters[True][c] == clusters[True][s] for c, s in near.items())
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="exact or near"):
         DedupSettings(exact=False, near=False)
