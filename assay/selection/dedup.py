@@ -22,7 +22,7 @@ Three steps, as selection's:
        find equal band hashes, and a union-find parent array (8 bytes per document) that
        links each document to the first of its band bucket; then the clusters, and the exact
        groups (text hashes), ranked by id hash. No ids, signatures or text in memory: about
-       55 bytes per document at the peak (benchmarks/dedup_throughput.py measures it).
+       52 bytes per document at the peak (benchmarks/dedup_throughput.py measures it).
     3. *write*: each shard's keys are streamed again to write its side-car, atomically.
 
 The kept document of a group or cluster is the one with the smallest id hash (ties — the same
