@@ -6,7 +6,7 @@
 * `dup_exact` (1.0: a later copy, to drop; 0.0: keep) and `dup_group` (int64: the hash of the
   normalised text, the same for every copy) — text normalised as lower case, whitespace runs
   collapsed to one space, stripped (so that copies differing only in case or spacing are one
-  group; hashing the raw text would keep them apart)
+  group; hashing the raw text would keep them apart);
 * `dup_near` (1.0: in a cluster of near duplicates and not its kept member) and `dup_cluster`
   (int64: the id hash of the cluster's kept document; a document alone is its own cluster).
   A document with no words once normalised (punctuation only) is never a near copy.
