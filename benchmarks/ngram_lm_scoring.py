@@ -3,7 +3,8 @@
 The model is trained on the news documents of the demo corpus (interpolated modified Kneser-Ney,
 `--order`). Documents: `--docs` real ones (`bench_corpus`) cut to their first 1,000 characters.
 assay scores them in process (`scorer.score`) and through the runner (`score_corpus`, 1 and 2
-workers, shards of parquet in, score files out).
+workers, shards of parquet in, score files out); a pool's fixed cost (spawning its workers,
+which import assay; measured with the `random` scorer) is reported beside it.
 
 KenLM: the same model is written as an ARPA file (its n-grams recovered by tokenising the
 reference again in Python; each n-gram's interpolated log10 probability and its context's
@@ -14,7 +15,7 @@ timed). The two must agree on every document's total log10 probability. Without 
 plain-Python reference of the same model (dict lookups of the same tables) stands in and the
 output says so.
 
-    python benchmarks/ngram_lm_scoring.py [--docs 20000] [--order 3] [--kenlm /tmp/kenlm_pkg]
+    python benchmarks/ngram_lm_scoring.py [--docs 100000] [--order 3] [--kenlm /tmp/kenlm_pkg]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from _common import CACHE, bench_corpus, emit
 from assay.exec.runner import LocalRunner
 from assay.io.corpus import Corpus
 from assay.io.write import write_shard
+from assay.selection.base import make_scorer
 from assay.selection.ngram_kn import BOS, normalise, stream, token_log10, words
 from assay.selection.ngram_lm import NgramLMScorer
 from assay.selection.score import score_corpus
@@ -155,7 +157,7 @@ def cut_corpus(n_docs: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--docs", type=int, default=20_000)
+    ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--order", type=int, default=3)
     ap.add_argument("--query-docs", type=int, default=2_000)
     ap.add_argument("--kenlm", default=None, help="Folder holding the kenlm module.")
@@ -182,6 +184,14 @@ def main() -> None:
     out["in_process_docs_per_s"] = round(max(rates))
     work = Path(tempfile.mkdtemp(prefix="ngram-bench-"))
     try:
+        t0 = time.perf_counter()  # what a pool costs whatever the scorer: spawn and imports
+        score_corpus(
+            make_scorer("random"),
+            Corpus(folder),
+            work / "r2",
+            runner=LocalRunner(2, progress=False),
+        )
+        out["pool_of_2_fixed_cost_s"] = round(time.perf_counter() - t0, 2)
         for workers in (1, 2):
             t0 = time.perf_counter()
             score_corpus(

@@ -204,3 +204,32 @@ def test_verb_then_ccnet_head(demo_dir: Path, demo_records: list[dict], tmp_path
         list(Corpus(tmp_path / "head" / "selected").iter_batches()), how="diagonal_relaxed"
     )
     assert head.height == 72 and (head.get_column("domain") == "news").mean() > 0.8
+
+
+def test_recipe_step_then_ccnet_middle(
+    demo_dir: Path, demo_records: list[dict], tmp_path: Path
+) -> None:
+    from assay.recipe.pipeline import run_recipe
+
+    ref = tmp_path / "news.jsonl"
+    news = [r for r in demo_records if r["domain"] == "news"]
+    ref.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in news))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: ccnet\nseed: 0\ncorpus: {{paths: [{demo_dir / 'train'}]}}\nsteps:\n"
+        f"  - ngram_lm: {{reference: {{source: {ref}}}, order: 2}}\n"
+        "  - select: {scores: [ngram_lm], column: ngram_ppl, mode: middle, keep: 0.5}\n"
+    )
+    run_recipe(recipe, run_dir=tmp_path / "run")
+    scores = pl.concat(
+        [pl.read_parquet(p) for p in (tmp_path / "run" / "ngram_lm" / "scores").rglob("*.parquet")]
+    )
+    kept = Corpus(tmp_path / "run" / "select" / "selected")
+    ids = {i for b in kept.iter_batches() for i in b.get_column("id")}
+    assert len(ids) == 180 and scores.height == 360
+    ppl = scores.filter(pl.col("id").is_in(list(ids))).get_column("ngram_ppl")
+    low, high = (
+        scores.get_column("ngram_ppl").quantile(0.2),
+        scores.get_column("ngram_ppl").quantile(0.8),
+    )
+    assert ppl.min() > low and ppl.max() < high  # the band around the median, not an end
