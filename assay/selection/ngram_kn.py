@@ -11,9 +11,11 @@ text that is still not ASCII after stripping accents is split by Python's regex 
 joined by spaces: its lines become one sentence.)
 
 An n-gram is its 64-bit key: a word's hash, or `mix64(key of its first n-1 words * P + hash of
-its last word) | 1`. Two different n-grams share a key with probability about 2^-64 per pair
-(the model's n-grams are never compared as strings), so collisions are negligible below
-billions of n-grams; when they happen, the two n-grams' counts are merged.
+its last word) | 1` (odd: 0 marks an empty slot). Two n-grams share a key with probability
+2^-63 a pair (the model's n-grams are never compared as strings), so collisions are negligible
+below billions of n-grams; when they happen, the two n-grams' counts are merged. The model's
+size is that of the reference's distinct n-grams (16 bytes a slot, at most 4 slots an n-gram):
+no n-gram is pruned.
 """
 
 from __future__ import annotations

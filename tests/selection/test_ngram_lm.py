@@ -233,3 +233,13 @@ def test_recipe_step_then_ccnet_middle(
         scores.get_column("ngram_ppl").quantile(0.8),
     )
     assert ppl.min() > low and ppl.max() < high  # the band around the median, not an end
+
+
+def test_ccnet_normalisation_accents_digits_and_case() -> None:
+    scorer = NgramLMScorer(order=2).fit(TINY)
+    same = scorer.score(
+        ["The Café saw 1984 dogs.", "the cafe saw 0000 dogs.", "THE CAFE SAW 7777 DOGS."]
+    )
+    assert same[0] == same[1] == same[2]
+    assert words("Ångström’s 3.14") == ["angstrom", "’", "s", "0", ".", "00"]
+    assert scorer.score(["the cat sat on the mat"])[0] < scorer.score(["mat the on sat cat the"])[0]
