@@ -5,7 +5,8 @@ numpy open-addressing hash table.
 Tokens (CCNet normalises a line as lower case, accents stripped, digits as 0, then applies
 SentencePiece; here words take SentencePiece's place): lower-cased words and runs of punctuation
 (`\\w+|[^\\w\\s]+`, split in numpy over a batch's bytes by `assay.selection.dsir`), ASCII digits
-read as 0, accents stripped (NFD, combining marks dropped) from texts that are not ASCII. Each
+read as 0, accents stripped (NFD, combining marks dropped) and Unicode punctuation read as ASCII
+in texts that are not ASCII (CCNet's `normalize(accent, case, numbers, punct=1)`). Each
 line of a text is a sentence, `<s> w1 ... wn </s>`, as KenLM scores CCNet's paragraphs. (A
 text that is still not ASCII after stripping accents is split by Python's regex and its words
 joined by spaces: its lines become one sentence.)
@@ -43,11 +44,26 @@ _DIGITS[ord("0") : ord("9") + 1] = ord("0")
 _ONE = np.uint64(1)
 
 
+def _punctuation() -> dict[int, str]:
+    """Unicode punctuation read as its ASCII counterpart, as CCNet's normaliser does."""
+    same = {
+        ",": "，、", ".": "。", '"': "„“”«»「」《》", "'": "´’‘", ":": "∶：", "?": "？", "!": "！",
+        "(": "（", ")": "）", ";": "；", "-": "–━►", " - ": "—", ". ": "．", "~": "～",
+        "...": "…", "<": "〈", ">": "〉", "[": "【", "]": "】", "%": "％",
+    }  # fmt: skip
+    return {ord(c): ascii_ for ascii_, chars in same.items() for c in chars}
+
+
+_PUNCTUATION = _punctuation()
+
+
 def normalise(text: str) -> str:
-    """Accents stripped (NFD, combining diacritical marks dropped) from a text not ASCII."""
+    """A text that is not ASCII with its accents stripped (NFD, combining diacritical marks
+    dropped) and its Unicode punctuation read as ASCII (curly quotes, dashes, full-width
+    signs): most such texts become ASCII, and take the batch tokenizer's fast path."""
     if text.isascii():
         return text
-    return _MARKS.sub("", unicodedata.normalize("NFD", text))
+    return _MARKS.sub("", unicodedata.normalize("NFD", text)).translate(_PUNCTUATION)
 
 
 def words(line: str) -> list[str]:

@@ -241,5 +241,16 @@ def test_ccnet_normalisation_accents_digits_and_case() -> None:
         ["The Café saw 1984 dogs.", "the cafe saw 0000 dogs.", "THE CAFE SAW 7777 DOGS."]
     )
     assert same[0] == same[1] == same[2]
-    assert words("Ångström’s 3.14") == ["angstrom", "’", "s", "0", ".", "00"]
+    assert words("Ångström’s 3.14 – «x»") == [
+        "angstrom",
+        "'",
+        "s",
+        "0",
+        ".",
+        "00",
+        "-",
+        '"',
+        "x",
+        '"',
+    ]
     assert scorer.score(["the cat sat on the mat"])[0] < scorer.score(["mat the on sat cat the"])[0]
