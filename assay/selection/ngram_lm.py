@@ -147,7 +147,8 @@ class NgramLMScorer(Scorer):
         return lp[keep], s.doc[keep]
 
     def log10_totals(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Each text's total log10 probability and its number of predicted tokens (float64)."""
+        """Each text's total log10 probability and its number of predicted tokens (float64; a
+        text without words is the sentence `<s> </s>`, one token)."""
         texts = list(texts)
         total = np.zeros(len(texts))
         count = np.zeros(len(texts))
@@ -157,10 +158,6 @@ class NgramLMScorer(Scorer):
             total[at : at + len(batch)] = np.bincount(doc, weights=lp, minlength=len(batch))
             count[at : at + len(batch)] = np.bincount(doc, minlength=len(batch))
             at += len(batch)
-        empty = count == 0  # no words: the sentence `<s> </s>`
-        if empty.any():
-            lp, _ = self.token_log10([""])
-            total[empty], count[empty] = lp[0], 1
         return total, count
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
