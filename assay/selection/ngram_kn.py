@@ -309,12 +309,24 @@ class Table:
 def token_log10(tables: list[Table], s: Stream) -> np.ndarray:
     """log10 p of every token of the stream under the model (0 for `<s>`, which is not
     predicted): p_1 = alpha_1(w) (or 1/V for an unknown word, stored as the missing slot's
-    alpha), then p_k = alpha_k(hw) + gamma(h) p_(k-1) while the sentence holds k tokens."""
+    alpha), then p_k = alpha_k(hw) + gamma(h) p_(k-1) while the sentence holds k tokens.
+
+    A k-gram is looked up only where its last k-1 words were found: the model holds the
+    suffix of every n-gram it holds, so elsewhere it is missing (alpha 0, gamma 1)."""
     total = len(s.tok)
     p = None
     prev_gamma = None
+    found = None
     for k, table in enumerate(tables, start=1):
-        alpha, gamma = table.values(table.find(s.keys[k - 1]))
+        cap = len(table.slots)
+        if found is None:
+            slot = table.find(s.keys[0])
+        else:
+            ask = np.flatnonzero(found & (s.pos >= k - 1))
+            slot = np.full(total, cap, dtype=np.int64)
+            slot[ask] = table.find(s.keys[k - 1][ask])
+        found = slot != cap
+        alpha, gamma = table.values(slot)
         if p is None:
             p = alpha.astype(np.float64)
         else:
