@@ -56,6 +56,7 @@ _BUILTIN_MODULES = {
     "mates": "assay.selection.mates",
     "dsir": "assay.selection.dsir",
     "decontam": "assay.selection.decontam",
+    "ngram_lm": "assay.selection.ngram_lm",
 }
 
 

@@ -88,6 +88,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
     ],
     "dsir": [{}, {"column": "d", "num_buckets": 500, "ngrams": 1, "target_laplace_smoothing": 1}],
     "decontam": [{}, {"n": 8, "min_words": 5}],
+    "ngram_lm": [{}, {"column": "ppl", "order": 5}],
 }
 
 
