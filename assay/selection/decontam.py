@@ -153,8 +153,8 @@ class DecontamScorer(Scorer):
     def score_table(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         if self.hashes is None:
             raise NotFittedError("DecontamScorer is not fitted: call fit() or load a saved one")
-        counts, items = [], []
-        for a, b in _chunks(texts):
+        counts, items = [np.zeros(0)], [np.zeros(0)]
+        for a, b in char_chunks(texts):
             count, item = self._score_chunk(texts[a:b])
             counts.append(count)
             items.append(item)
@@ -232,15 +232,15 @@ class DecontamScorer(Scorer):
 CHUNK_CHARS = 1 << 21
 
 
-def _chunks(texts: Sequence[str]) -> list[tuple[int, int]]:
-    """Ranges of `texts` of about CHUNK_CHARS characters each (at least one text)."""
+def char_chunks(texts: Sequence[str], chars: int = CHUNK_CHARS) -> list[tuple[int, int]]:
+    """Ranges of `texts` of about `chars` characters each, in order (none for no texts)."""
     out, start, size = [], 0, 0
     for i, t in enumerate(texts):
         size += len(t)
-        if size >= CHUNK_CHARS:
+        if size >= chars:
             out.append((start, i + 1))
             start, size = i + 1, 0
-    if start < len(texts) or not out:
+    if start < len(texts):
         out.append((start, len(texts)))
     return out
 

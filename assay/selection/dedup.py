@@ -50,7 +50,14 @@ from assay.io.shards import ReadOptions, Shard, ShardStats
 from assay.io.write import ShardWriter
 from assay.selection.minhash import band_hashes, optimal_bands, signatures_and_words
 from assay.util.config import Strict
-from assay.util.files import atomic_path, iter_parquet, parquet_rows, read_json, write_json
+from assay.util.files import (
+    atomic_path,
+    concat_column,
+    iter_parquet,
+    parquet_rows,
+    read_json,
+    write_json,
+)
 from assay.util.guard import folder_lock, mark_output
 from assay.util.hashing import config_hash, mix64, stable_hash64
 
@@ -157,17 +164,6 @@ class DedupKeysTask:
         return stats
 
 
-def _column(files: list[Path], name: str) -> np.ndarray:
-    """One uint64 column of every shard's keys, in shard and row order."""
-    out = np.empty(sum(parquet_rows(f) for f in files), dtype=np.uint64)
-    at = 0
-    for f in files:
-        for part in iter_parquet(f, [name]):
-            out[at : at + part.height] = part.get_column(name).to_numpy()
-            at += part.height
-    return out
-
-
 def first_of_groups(group: np.ndarray, id_hash: np.ndarray) -> np.ndarray:
     """True for the document each group keeps: the smallest id hash, ties by position."""
     order = np.lexsort((id_hash, group))  # stable: equal keys stay in position order
@@ -209,7 +205,7 @@ def near_clusters(
     n = sum(parquet_rows(f) for f in files)
     parent = np.arange(n, dtype=np.int64)
     for b in range(bands):
-        h = _column(files, f"band_{b}")
+        h = concat_column(files, f"band_{b}", np.uint64)
         order = np.argsort(h, kind="stable")
         h = h[order]
         same = np.flatnonzero(h[1:] == h[:-1]) + 1  # sorted positions equal to the previous
@@ -285,7 +281,7 @@ def _decide(files: list[Path], s: DedupSettings) -> _Decision:
     d = _Decision(None, None, None, None)
     verify = s.threshold if s.verify else None
     root = near_clusters(files, s.banding()[0], verify, s.num_perm) if s.near else None
-    id_hash = _column(files, "id_hash")
+    id_hash = concat_column(files, "id_hash", np.uint64)
     if root is not None:
         kept = first_of_groups(root, id_hash)
         rep = np.zeros(len(root), dtype=np.uint64)
@@ -294,7 +290,7 @@ def _decide(files: list[Path], s: DedupSettings) -> _Decision:
         del rep, root
         d.near_drop = ~kept
     if s.exact:
-        d.group = _column(files, "text_hash")
+        d.group = concat_column(files, "text_hash", np.uint64)
         d.exact_drop = ~first_of_groups(d.group, id_hash)
     return d
 

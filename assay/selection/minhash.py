@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from assay.selection.decontam import position_hashes, window_hashes
+from assay.selection.decontam import char_chunks, position_hashes, window_hashes
 from assay.util.hashing import mix64
 
 MERSENNE = np.uint64((1 << 61) - 1)
@@ -74,7 +74,7 @@ def signatures_and_words(
     """MinHash signatures of `texts` and their word counts after normalisation."""
     out = np.empty((len(texts), num_perm), dtype=np.uint32)
     words = np.zeros(len(texts), dtype=np.int64)
-    for lo, hi in _chunks(texts):
+    for lo, hi in char_chunks(texts, CHUNK_CHARS):
         out[lo:hi], words[lo:hi] = _chunk_signatures(texts[lo:hi], num_perm, ngram, seed)
     return out, words
 
@@ -94,18 +94,6 @@ def _chunk_signatures(
         # the low 32 bits (astype truncates), and the minimum over each document's rows
         sig[:, p : p + PERM_BLOCK] = np.minimum.reduceat(v.astype(np.uint32), starts, axis=0)
     return sig, lens
-
-
-def _chunks(texts: Sequence[str]) -> list[tuple[int, int]]:
-    out, start, size = [], 0, 0
-    for i, t in enumerate(texts):
-        size += len(t)
-        if size >= CHUNK_CHARS:
-            out.append((start, i + 1))
-            start, size = i + 1, 0
-    if start < len(texts):
-        out.append((start, len(texts)))
-    return out
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:

@@ -57,10 +57,10 @@ from assay.selection.policies import (
 from assay.util.config import Strict
 from assay.util.files import (
     atomic_path,
+    concat_column,
     content_id,
     file_sha256,
     iter_parquet,
-    parquet_rows,
     read_json,
     read_parquet,
     write_json,
@@ -324,17 +324,6 @@ class FilterTask:
         return stats
 
 
-def _key_column(files: list[Path], name: str, dtype: type) -> np.ndarray:
-    """One column of every shard's keys, in shard order, read a row group at a time."""
-    out = np.empty(sum(parquet_rows(f) for f in files), dtype=dtype)
-    at = 0
-    for f in files:
-        for part in iter_parquet(f, [name]):
-            out[at : at + part.height] = part.get_column(name).to_numpy()
-            at += part.height
-    return out
-
-
 def _decide(files: list[Path], cfg: SelectConfig) -> np.ndarray:
     """The kept mask over every document of the keys `files`, in shard and row order.
 
@@ -343,14 +332,14 @@ def _decide(files: list[Path], cfg: SelectConfig) -> np.ndarray:
     with it: 41 bytes per document at the peak for top-k by characters (the mask and the
     sort's index included; benchmarks/scale.py measures it). The decisions are those of the
     array functions, bit for bit."""
-    key = _key_column(files, "score", np.float64)
+    key = concat_column(files, "score", np.float64)
     if cfg.policy == "threshold":
         assert cfg.threshold is not None
         return threshold_mask(key, cfg.threshold, mode=cfg.mode)  # type: ignore[arg-type]
     assert cfg.keep is not None
     seed = cfg.seed or 0
-    weight = _key_column(files, "weight", np.float64)
-    hashes = _key_column(files, "hash", np.uint64)
+    weight = concat_column(files, "weight", np.float64)
+    hashes = concat_column(files, "hash", np.uint64)
     if cfg.policy == "gumbel":  # as gumbel_topk_mask: sign * score / tau + noise(seed, hash)
         np.multiply(key, 1.0 if cfg.mode == "top" else -1.0, out=key)
         np.divide(key, cfg.tau, out=key)

@@ -18,7 +18,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -324,6 +324,20 @@ def iter_parquet(
     with pq.ParquetFile(path) as f:
         for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
             yield pl.from_arrow(batch)
+
+
+def concat_column(files: Sequence[str | os.PathLike], name: str, dtype: Any) -> Any:
+    """One column of several parquet files, in file and row order, as a numpy array of `dtype`,
+    read a batch at a time (memory: the array and one batch)."""
+    import numpy as np
+
+    out = np.empty(sum(parquet_rows(f) for f in files), dtype=dtype)
+    at = 0
+    for f in files:
+        for part in iter_parquet(f, [name]):
+            out[at : at + part.height] = part.get_column(name).to_numpy()
+            at += part.height
+    return out
 
 
 def parquet_rows(path: str | os.PathLike) -> int:
