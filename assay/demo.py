@@ -20,7 +20,7 @@ import json
 import os
 import platform
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,3 +328,94 @@ def build_demo_corpus(
     }
     write_json(manifest_path, manifest)
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Junk: deterministic corrupted copies of real documents, to test quality filters
+
+JUNK_KINDS = ("shuffled", "noised", "boilerplate")
+
+#: navigation, cookie and legal lines of the kind a crawl repeats on every page
+BOILERPLATE = (
+    "Home | News | Sport | Weather | Contact us | Sign in",
+    "We use cookies to improve your experience. By continuing you accept our cookie policy.",
+    "Copyright 2024 All rights reserved. Terms of use | Privacy policy | Accessibility",
+    "Click here to subscribe to our newsletter and never miss an update!",
+)
+_NOISE_CHARS = np.array(list("abcdefghijklmnopqrstuvwxyz0123456789 .,;:!?-_#@%&*()[]{}<>/\\|~"))
+
+
+def _doc_rng(doc_id: str, kind: str, seed: int) -> np.random.Generator:
+    """A generator of its own for each document and kind: junk does not depend on order."""
+    return np.random.default_rng([seed, int(stable_hash64([f"{kind}:{doc_id}"], seed)[0])])
+
+
+def shuffle_words(text: str, rng: np.random.Generator) -> str:
+    """The same words (split at whitespace) in a random order, on one line."""
+    words = text.split()
+    return " ".join(words[i] for i in rng.permutation(len(words)))
+
+
+def noise_chars(text: str, rng: np.random.Generator, rate: float = 0.15) -> str:
+    """Each character, with probability `rate`, replaced, deleted, or followed by an inserted
+    one (a third each); the random characters are letters, digits, space and punctuation."""
+    n = len(text)
+    hit = rng.random(n) < rate
+    op = rng.integers(0, 3, n)
+    noise = _NOISE_CHARS[rng.integers(0, len(_NOISE_CHARS), n)]
+    out: list[str] = []
+    for i, c in enumerate(text):
+        if not hit[i]:
+            out.append(c)
+        elif op[i] == 0:  # replace
+            out.append(noise[i])
+        elif op[i] == 2:  # insert after
+            out.append(c + noise[i])
+        # op 1: delete
+    return "".join(out)
+
+
+def repeat_boilerplate(text: str, rng: np.random.Generator) -> str:
+    """About as many characters as `text`, made of one line repeated: a navigation, cookie or
+    legal line (half the time), or else one real sentence of the document (at least 20
+    characters; the boilerplate line when it has none)."""
+    sentences = [s.strip() for s in text.replace("\n", ". ").split(". ") if len(s.strip()) >= 20]
+    if sentences and rng.random() < 0.5:
+        line = sentences[int(rng.integers(0, len(sentences)))]
+    else:
+        line = BOILERPLATE[int(rng.integers(0, len(BOILERPLATE)))]
+    return "\n".join([line] * max(3, round(len(text) / (len(line) + 1))))
+
+
+def make_junk(
+    records: Iterable[dict[str, Any]],
+    kind: str,
+    *,
+    seed: int = 0,
+    noise_rate: float = 0.15,
+) -> list[dict[str, Any]]:
+    """A junk copy of each record: `shuffled` (its words in a seeded random order), `noised`
+    (`noise_rate` of its characters replaced, deleted or followed by a random one) or
+    `boilerplate` (one navigation/cookie/legal line, or one of its sentences, repeated to about
+    its length). The copy keeps the record's other fields, with the id `junk/<kind>/<id>`, the
+    source `junk/<kind>` and the field `junk_kind`. The same seed gives the same junk, whatever
+    the order of the records."""
+    if kind not in JUNK_KINDS:
+        raise ConfigError(f"unknown junk kind {kind!r}; choose from {', '.join(JUNK_KINDS)}")
+    if not 0 <= noise_rate <= 1:
+        raise ConfigError(f"noise_rate must be a fraction in [0, 1], not {noise_rate}")
+    out = []
+    for r in records:
+        rng = _doc_rng(str(r["id"]), kind, seed)
+        text = str(r["text"])
+        if kind == "shuffled":
+            junk = shuffle_words(text, rng)
+        elif kind == "noised":
+            junk = noise_chars(text, rng, noise_rate)
+        else:
+            junk = repeat_boilerplate(text, rng)
+        out.append(
+            {**r, "id": f"junk/{kind}/{r['id']}", "text": junk, "source": f"junk/{kind}"}
+            | {"junk_kind": kind}
+        )
+    return out
