@@ -28,6 +28,8 @@ Methods, each keeping the same 10% of the pool's characters (`select(..., by="ch
   document scores s^T (diag(w) + E) s over its similarities to its 10 closest skills
 - dsir: importance weights of hashed unigram and bigram models (benchmark examples vs a pool
   sample; the official defaults), resampled as DSIR does: Gumbel top-k at tau 1
+- ngram_lm: lowest perplexity under a 3-gram modified Kneser-Ney model of the benchmark
+  examples (CCNet's scorer with the target as its reference)
 
 For every method and seed a tiny proxy (1M parameters) trains on the same number of tokens of
 its selection; the table reports its bits per byte on the target, on the general held-out
@@ -63,7 +65,7 @@ from assay.selection.select import SelectConfig, select
 
 METHODS = (
     "random", "fasttext", "perplexity", "betr", "preselect", "preselect_top", "mass", "mates",
-    "mates_random", "dsir",
+    "mates_random", "dsir", "ngram_lm",
 )  # fmt: skip
 #: selection policy of each method (top-k unless named); DSIR resamples by Gumbel top-k
 POLICY = {"dsir": {"policy": "gumbel", "tau": 1.0}}
@@ -76,7 +78,7 @@ def fit_scorer(method: str, pool: Corpus, work: Path, tok: str, args: Any) -> tu
     from assay.proxies.train import train_proxy
 
     folder = work / "scorers" / method
-    mode = "low" if method == "perplexity" else "top"
+    mode = "low" if method in ("perplexity", "ngram_lm") else "top"
     if (folder / "scorer.json").exists():
         return load_scorer(folder), mode
     targets = load_targets("assay_champ")
@@ -126,6 +128,10 @@ def fit_scorer(method: str, pool: Corpus, work: Path, tok: str, args: Any) -> tu
             "assay_champ", skills="tags", seed=0, column=method,
             embedder={"model": args.mass_embedder},
         )  # fmt: skip
+    elif method == "ngram_lm":
+        from assay.selection.ngram_lm import fit_ngram_lm
+
+        scorer = fit_ngram_lm(targets, column=method)
     elif method == "dsir":
         from assay.selection.dsir import fit_dsir
 
