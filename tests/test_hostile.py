@@ -137,6 +137,7 @@ def test_every_writer_refuses_an_output_inside_its_corpus(corpus_dir: Path) -> N
     from assay.common.tokenizer import train_tokenizer
     from assay.mixing.cluster import cluster_corpus
     from assay.proxies.train import train_proxy
+    from assay.selection.dedup import dedup_corpus
 
     corpus = Corpus(corpus_dir)
     inside = corpus_dir / "out"
@@ -146,6 +147,7 @@ def test_every_writer_refuses_an_output_inside_its_corpus(corpus_dir: Path) -> N
         lambda: train_tokenizer(corpus, 512, inside),
         lambda: train_proxy(corpus, "natural", 1000, out_dir=inside, progress=False),
         lambda: cluster_corpus(corpus, corpus_dir),
+        lambda: dedup_corpus(corpus, inside),
     ):
         with pytest.raises(UnsafeOutputError):
             call()

@@ -48,7 +48,7 @@ from pydantic import Field
 from assay.errors import ConfigError, InputError, MissingError
 from assay.selection.base import NotFittedError, Scorer, register_scorer
 from assay.util.config import Strict
-from assay.util.files import atomic_path, read_json, write_json
+from assay.util.files import atomic_path, read_json, read_parquet, write_json
 from assay.util.hashing import mix64
 
 NGRAMS_COLUMN = "contam_ngrams"
@@ -131,6 +131,12 @@ class DecontamScorer(Scorer):
             hashes.append(h[keep])
             items.append(doc[keep])
         h, it = np.concatenate(hashes), np.concatenate(items)
+        if len(h) == 0:  # an empty index would find nothing in any corpus, silently
+            raise InputError(
+                f"none of the {len(targets):,} target examples has {min(self.min_words, self.n)} "
+                "words or more "
+                f"(after normalisation): nothing to decontaminate against; lower min_words or n"
+            )
         pairs = np.unique(np.stack([h, it.astype(np.uint64)]), axis=1)  # by hash, then item
         uniq, first = np.unique(pairs[0], return_index=True)
         self.hashes, self._filter = uniq, None
@@ -392,7 +398,7 @@ def contamination_report(
     docs = 0
     per_item: dict[int, list[int]] = {}
     for path in files:
-        frame = pl.read_parquet(path, columns=[NGRAMS_COLUMN, ITEM_COLUMN])
+        frame = read_parquet(path, columns=[NGRAMS_COLUMN, ITEM_COLUMN])
         docs += frame.height
         hits = (
             frame.filter(pl.col(NGRAMS_COLUMN) > 0)

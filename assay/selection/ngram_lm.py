@@ -29,7 +29,7 @@ from pydantic import Field
 
 from assay.errors import ConfigError, InputError
 from assay.selection.base import NotFittedError, Scorer, register_scorer, sample_texts
-from assay.selection.ngram_kn import Counts, Table, estimate, stream, token_log10
+from assay.selection.ngram_kn import EOS, Counts, Table, estimate, stream, token_log10
 from assay.util.config import Strict
 from assay.util.files import atomic_path, read_json, write_json
 
@@ -102,16 +102,17 @@ class NgramLMScorer(Scorer):
     def fit(self, reference: Iterable[str]) -> NgramLMScorer:
         """Count the reference's n-grams (read once, a batch at a time) and estimate the model."""
         parts: list[list[Counts]] = [[] for _ in range(self.order)]
-        n_texts = n_tokens = 0
+        n_texts = n_tokens = n_words = 0
         for batch in _batches(reference):
             s = stream(batch, self.order)
             n_texts += len(batch)
-            n_tokens += int((s.pos > 0).sum())
+            n_tokens += int((s.pos > 0).sum())  # words and each sentence's </s>
+            n_words += int(((s.pos > 0) & (s.tok != EOS)).sum())
             for k in range(self.order):
                 parts[k].append(Counts.of(s, k + 1))
                 if len(parts[k]) >= 16:
                     parts[k] = [Counts.merge(parts[k])]
-        if n_tokens == 0:
+        if n_words == 0:  # empty or blank texts only: nothing to model
             raise InputError("the n-gram model needs reference text: it has no words")
         levels, unk = estimate([Counts.merge(p) for p in parts])
         self.tables = [Table.build(level) for level in levels]

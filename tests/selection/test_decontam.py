@@ -103,7 +103,7 @@ def test_short_items_whole_or_skipped() -> None:
     assert out["contam_ngrams"].tolist() == [1.0, 0.0, 0.0]
     assert out["contam_item"].tolist() == [0.0, -1.0, -1.0]
     # min_words = n: short items give nothing, as in datatrove
-    skipped = DecontamScorer(min_words=13).fit([item])
+    skipped = DecontamScorer(min_words=13).fit([item, "an unrelated target " * 10])
     assert skipped.score_table([doc])["contam_ngrams"].tolist() == [0.0]
     assert skipped.report["short_targets_skipped"] == 1
 
@@ -213,3 +213,25 @@ def test_recipe_decontaminate_then_select(planted, tmp_path: Path) -> None:
     ids = {i for b in kept.iter_batches() for i in b.get_column("id")}
     assert len(ids) == 360 - len(plants) and ids.isdisjoint(plants)
     assert (tmp_path / "run" / "decontaminate" / "scores" / REPORT_FILE).exists()
+
+
+def test_targets_too_short_to_index_are_refused_not_silently_empty() -> None:
+    from assay.errors import InputError
+
+    with pytest.raises(InputError, match="none of the 2 target examples has 8 words"):
+        DecontamScorer().fit(["What is 2 + 2?", "Name the capital of France."])
+    with pytest.raises(InputError, match="target set is empty"):
+        DecontamScorer().fit([])
+
+
+def test_the_report_takes_a_bracketed_folder_literally(planted, tmp_path: Path) -> None:
+    # 'scores[1]' as a glob would match 'scores1' beside it, whose documents are all clean
+    folder, plants, targets = planted
+    scorer = DecontamScorer().fit(targets)
+    score_corpus(scorer, Corpus(folder), tmp_path / "scores[1]")
+    score_corpus(
+        DecontamScorer().fit(["an unrelated sentence " * 8]), Corpus(folder), tmp_path / "scores1"
+    )
+    report = contamination_report(tmp_path / "scores[1]", scorer)
+    assert report["documents"] == 360 and report["contaminated"] == len(plants)
+    assert {row["item"] for row in report["items"]} == set(plants.values())

@@ -254,3 +254,11 @@ def test_ccnet_normalisation_accents_digits_and_case() -> None:
         '"',
     ]
     assert scorer.score(["the cat sat on the mat"])[0] < scorer.score(["mat the on sat cat the"])[0]
+
+
+def test_a_reference_without_words_is_refused() -> None:
+    from assay.errors import InputError
+
+    for reference in ([], ["", "   ", "\n\n"]):
+        with pytest.raises(InputError, match="has no words"):
+            NgramLMScorer().fit(reference)
