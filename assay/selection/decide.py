@@ -3,7 +3,8 @@
 The keys (`assay.selection.select.KEYS_SCHEMA`, with a `passed` column when a filter
 expression was applied) are read a column at a time, only the rows that passed the filter, into
 arrays that are handed over to the sort (`policies.cut_owned`, or `cut_groups_owned` for a
-stratified selection), which frees each as soon as it has used it.
+stratified selection), which frees each as soon as it has used it. `record_decision` then
+streams the keys again to write each shard's kept rows and to sum the summary (`Tally`).
 """
 
 from __future__ import annotations

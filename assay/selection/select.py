@@ -7,17 +7,20 @@ Two layers:
 * **`select(corpus, scores, out_dir, ...)`**: the same policies over a sharded corpus with side-car
   scores, in three resumable steps:
     1. *keys* (per shard, through the runner): join each document's score, its weight (1, its
-       characters or its tokens), a stable hash of its id and its row in the shard; write them
-       to `_select/keys/`.
-    2. *decide* (global, in memory: three float64 or uint64 numbers per document, no ids;
-       41 bytes per document at the peak, measured): apply the policy to all keys, then
-       stream each shard's keys again to write its kept ids and rows to `_select/keep/` and to
-       sum the summary, `_selection.json`.
+       characters or its tokens), a stable hash of its id, its group and its row in the shard,
+       and whether it passed the `where` filter (`assay.selection.where`); write them to
+       `_select/keys/`.
+    2. *decide* (global, in memory: three float64 or uint64 numbers per document that passed,
+       no ids; 41 bytes per document at the peak, measured; `assay.selection.decide`): apply
+       the policy to all keys, or within each group (`stratify`), then stream each shard's
+       keys again to write its kept ids and rows to `_select/keep/` and to sum the summary,
+       `_selection.json`.
     3. *filter* (per shard, through the runner): re-read each shard and write the rows kept
        (by position) under the same shard name.
 
 The fraction kept can be measured in documents, characters or tokens (`by=`). PreSelect cuts
-its top 10% by characters, BETR by tokens, MATES by documents.
+its top 10% by characters, BETR by tokens, MATES by documents. With a filter, `keep_of=` says
+whether it is a fraction of the whole corpus (a budget) or of what passed.
 
 Ties are broken by a seeded hash of the id, and the Gumbel noise is a function of (seed, id), so
 the same inputs and seed select the same documents whatever the shard order or worker count.

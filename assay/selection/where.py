@@ -54,9 +54,7 @@ class Where:
         """The polars expression (true = keep; nulls count as false) over columns of `schema`
         (name -> polars dtype). Raises ConfigError for an unknown column (listing `schema`'s,
         or `available` when given) or a type mismatch."""
-        expr, kind = _Compiler(self.text, schema, available).visit(self.tree)
-        if kind != "bool":
-            raise _error(self.text, self.tree, f"is a {kind}, not a condition (compare it)")
+        expr = _Compiler(self.text, schema, available).condition(self.tree)
         return expr.fill_null(False)
 
 
@@ -183,6 +181,8 @@ def _literal(node: ast.AST) -> Any:
 
 
 def _kind_of(dtype: Any) -> str:
+    if dtype == pl.Null:  # a field with no value in a batch: compares as unknown
+        return "null"
     if dtype == pl.Boolean:
         return "bool"
     if dtype.is_numeric():
@@ -199,7 +199,7 @@ def _member(expr: pl.Expr, kind: str, values: list[Any]) -> pl.Expr:
     """`expr in values`, compared as `==` would (numbers as float64); null for a null."""
     if not values:
         return pl.when(expr.is_null()).then(None).otherwise(False)
-    dtype = _DTYPES[kind]
+    dtype = _DTYPES[kind if kind != "null" else _literal_kind(values[0])]
     return expr.cast(dtype).is_in(pl.Series(values, dtype=dtype).implode())
 
 
@@ -234,9 +234,9 @@ class _Compiler:
 
     def condition(self, node: ast.AST) -> pl.Expr:
         expr, kind = self.visit(node)
-        if kind != "bool":
+        if kind not in ("bool", "null"):
             raise self.error(node, f"is a {kind}, not a condition (compare it)")
-        return expr
+        return expr.cast(pl.Boolean) if kind == "null" else expr
 
     def column(self, node: ast.Name) -> tuple[pl.Expr, str]:
         if node.id not in self.schema:
@@ -277,6 +277,8 @@ class _Compiler:
         return expr
 
     def same_kind(self, a: ast.AST, a_kind: str, b: ast.AST, b_kind: str) -> None:
+        if "null" in (a_kind, b_kind):
+            return
         if a_kind not in ("number", "text", "bool"):
             raise self.error(a, f"holds {a_kind} values, which cannot be compared")
         if b_kind not in ("number", "text", "bool"):

@@ -65,6 +65,19 @@ def test_where_keeps_what_the_polars_expression_keeps(text: str, reference: pl.E
     )
 
 
+def test_a_field_without_values_in_a_batch_compares_as_unknown() -> None:
+    """A JSON field that is null throughout a batch has polars' Null type there."""
+    frame = pl.DataFrame({"source": [None, None, None], "q": [0.1, 0.5, 0.9]})
+    for text, kept in [
+        ("source == 'web' or q > 0.4", 2),
+        ("source in ('web', 'books') or q > 0.8", 1),
+        ("source is null and q < 0.4", 1),
+        ("not source or q > 0.8", 1),
+        ("source", 0),
+    ]:
+        assert frame.filter(parse_where(text).compile(dict(frame.schema))).height == kept, text
+
+
 def test_where_records_its_columns_and_normalises_its_text() -> None:
     where = parse_where("  quality > 0.6\n  and (n_chars >= 200 or quality > 0.9)  ")
     assert where.columns == ("quality", "n_chars")
