@@ -160,7 +160,8 @@ class SelectConfig(Strict):
     stratify: bool = Field(
         False,
         description="Keep the same fraction of every `group_by` group (top-k or Gumbel top-k "
-        "within each group) instead of one cut over all documents.",
+        "within each group) instead of one cut over all documents; documents without a group "
+        "are the group '(none)'.",
     )
     with_scores: bool = Field(False, description="Add every score column to the kept documents.")
     format: str | None = Field(
