@@ -11,6 +11,7 @@ Orders are total and deterministic: by key, then by a tie-break (as float64), th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Literal
 
 import numpy as np
@@ -76,17 +77,52 @@ def cut_owned(arrays: list[np.ndarray], keep: float, owned: bool = True) -> np.n
     order = _desc_order(arrays, owned)
     cum = np.asarray(weights, dtype=np.float64)[order]
     del weights
-    np.cumsum(cum, out=cum)
-    total = cum[-1]
-    if total <= 0:
-        return mask
-    target = keep * total
-    k = int(np.searchsorted(cum, target, side="left")) + 1
-    k = min(k, n)
-    if k > 1 and abs(cum[k - 2] - target) <= abs(cum[k - 1] - target):
-        k -= 1
+    k = _closest_k(np.cumsum(cum, out=cum), keep)
     mask[order[:k]] = True
     return mask
+
+
+def cut_groups_owned(
+    arrays: list[np.ndarray], groups: list[np.ndarray], keep: np.ndarray, owned: bool = True
+) -> np.ndarray:
+    """`cut` within each group: `arrays` is `[key, tiebreak, weights]` as for `cut_owned`,
+    `groups` is `[codes]` (small non-negative integers; both lists are emptied) and `keep[c]`
+    the fraction of group c's weight to keep. Each group's cut is exactly `cut_owned` of its
+    documents alone. The sort by key is made once for all groups, then stably by group: about
+    8 bytes per item more than `cut_owned` (the codes and the group sort's index)."""
+    n = len(arrays[0])
+    weights = arrays.pop()
+    (codes,) = groups
+    groups.clear()
+    mask = np.zeros(n, dtype=bool)
+    if n == 0:
+        return mask
+    order = _desc_order(arrays, owned)
+    sorted_codes = codes[order]
+    del codes
+    by_group = np.argsort(sorted_codes, kind="stable")
+    sorted_codes = sorted_codes[by_group]
+    order = order[by_group]
+    del by_group
+    cum = np.asarray(weights, dtype=np.float64)[order]
+    del weights
+    bounds = [0, *(np.flatnonzero(sorted_codes[1:] != sorted_codes[:-1]) + 1).tolist(), n]
+    for a, b in pairwise(bounds):
+        k = _closest_k(np.cumsum(cum[a:b], out=cum[a:b]), float(keep[sorted_codes[a]]))
+        mask[order[a : a + k]] = True
+    return mask
+
+
+def _closest_k(cum: np.ndarray, keep: float) -> int:
+    """How many of the first items (cumulative weights `cum`) weigh closest to `keep` of all."""
+    total = cum[-1]
+    if total <= 0:
+        return 0
+    target = keep * total
+    k = min(int(np.searchsorted(cum, target, side="left")) + 1, len(cum))
+    if k > 1 and abs(cum[k - 2] - target) <= abs(cum[k - 1] - target):
+        k -= 1
+    return k
 
 
 def check_keep(keep: float) -> None:

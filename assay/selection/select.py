@@ -7,17 +7,20 @@ Two layers:
 * **`select(corpus, scores, out_dir, ...)`**: the same policies over a sharded corpus with side-car
   scores, in three resumable steps:
     1. *keys* (per shard, through the runner): join each document's score, its weight (1, its
-       characters or its tokens), a stable hash of its id and its row in the shard; write them
-       to `_select/keys/`.
-    2. *decide* (global, in memory: three float64 or uint64 numbers per document, no ids;
-       41 bytes per document at the peak, measured): apply the policy to all keys, then
-       stream each shard's keys again to write its kept ids and rows to `_select/keep/` and to
-       sum the summary, `_selection.json`.
+       characters or its tokens), a stable hash of its id, its group and its row in the shard,
+       and whether it passed the `where` filter (`assay.selection.where`); write them to
+       `_select/keys/`.
+    2. *decide* (global, in memory: three float64 or uint64 numbers per document that passed,
+       no ids; 41 bytes per document at the peak, measured; `assay.selection.decide`): apply
+       the policy to all keys, or within each group (`stratify`), then stream each shard's
+       keys again to write its kept ids and rows to `_select/keep/` and to sum the summary,
+       `_selection.json`.
     3. *filter* (per shard, through the runner): re-read each shard and write the rows kept
        (by position) under the same shard name.
 
 The fraction kept can be measured in documents, characters or tokens (`by=`). PreSelect cuts
-its top 10% by characters, BETR by tokens, MATES by documents.
+its top 10% by characters, BETR by tokens, MATES by documents. With a filter, `keep_of=` says
+whether it is a fraction of the whole corpus (a budget) or of what passed.
 
 Ties are broken by a seeded hash of the id, and the Gumbel noise is a function of (seed, id), so
 the same inputs and seed select the same documents whatever the shard order or worker count.
@@ -43,30 +46,27 @@ from assay.io.corpus import Corpus
 from assay.io.scores import ScoreSet, check_score_columns, check_unique_ids, join_scores
 from assay.io.shards import ReadOptions, Shard, ShardStats
 from assay.io.write import ShardWriter, output_name
+from assay.selection.decide import Tally, record_decision
+from assay.selection.decide import decide as _decide
 from assay.selection.policies import (
     Mode,
-    add_gumbel_noise,
-    cut_owned,
     gumbel_noise,
     gumbel_topk,
     gumbel_topk_mask,
-    middle_key_owned,
     threshold_mask,
     topk_mask,
 )
+from assay.selection.where import Where, parse_where
 from assay.util.config import Strict
 from assay.util.files import (
-    atomic_path,
-    concat_column,
     content_id,
     file_sha256,
-    iter_parquet,
     read_json,
     read_parquet,
     write_json,
 )
 from assay.util.guard import check_output, folder_lock, mark_output
-from assay.util.hashing import config_hash, mix64, stable_hash64
+from assay.util.hashing import config_hash, stable_hash64
 
 # the array functions live in assay.selection.policies and are part of this module's API too
 __all__ = [
@@ -82,6 +82,7 @@ __all__ = [
 
 Policy = Literal["topk", "gumbel", "threshold"]
 Measure = Literal["docs", "chars", "tokens"]
+KeepOf = Literal["corpus", "passed"]
 
 #: Perplexity-pruning names (Ankner et al., 2024) for the same modes.
 MODE_ALIASES = {"high": "top", "low": "bottom", "medium": "middle"}
@@ -99,8 +100,10 @@ KEYS_SCHEMA = {
     "hash": pl.UInt64,
     "group": pl.String,
 }
-#: what the decision writes per shard: the kept ids and their rows, in shard order
-KEEP_SCHEMA = {"id": pl.String, "row": pl.Int64}
+#: settings added after selection folders were first written (absent from their config.json)
+_ADDED = ("where", "keep_of", "stratify")
+#: the keys' column of a filtered selection: whether the document passed the `where` filter
+PASSED_COLUMN = {"passed": pl.Boolean}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +140,28 @@ class SelectConfig(Strict):
         "estimates tokens.",
     )
     group_by: str | None = Field(
-        "domain", description="Column to report kept fractions by (null for none)."
+        "domain",
+        description="Column to report kept fractions by, and to stratify by: a field of the "
+        "corpus or a score column (null for none).",
+    )
+    where: str | None = Field(
+        None,
+        description="Filter first: keep only documents for which this expression over score "
+        "columns (and corpus fields) is true, then apply the policy to them. Comparisons "
+        "(< <= > >= == !=), and/or/not, parentheses, numbers, 'strings', true/false, "
+        "in ('a', 'b'), is null; e.g. \"quality > 0.6 and n_chars >= 200\".",
+    )
+    keep_of: KeepOf = Field(
+        "corpus",
+        description="What `keep` is a fraction of when `where` filters: 'corpus' (all the "
+        "documents; everything that passed when that weighs less) or 'passed' (what passed "
+        "the filter). Per group when stratified.",
+    )
+    stratify: bool = Field(
+        False,
+        description="Keep the same fraction of every `group_by` group (top-k or Gumbel top-k "
+        "within each group) instead of one cut over all documents; documents without a group "
+        "are the group '(none)'.",
     )
     with_scores: bool = Field(False, description="Add every score column to the kept documents.")
     format: str | None = Field(
@@ -165,7 +189,24 @@ class SelectConfig(Strict):
             raise ValueError(f"the {self.policy} policy needs keep=<fraction>")
         if self.mode == "middle" and self.policy != "topk":
             raise ValueError("mode 'middle' needs the topk policy")
+        if self.stratify:
+            if not self.group_by:
+                raise ValueError("stratify needs group_by=<column> (the groups)")
+            if self.policy == "threshold":
+                raise ValueError(
+                    "stratify needs the topk or gumbel policy (a threshold is per document already)"
+                )
+            if self.mode == "middle":
+                raise ValueError("stratify does not support mode 'middle'")
         return self
+
+    @field_validator("where")
+    @classmethod
+    def _parse_where(cls, v: str | None) -> str | None:
+        return None if v is None else parse_where(v).text
+
+    def parsed_where(self) -> Where | None:
+        return None if self.where is None else parse_where(self.where)
 
     def keys_config(self) -> dict[str, Any]:
         return {
@@ -173,6 +214,7 @@ class SelectConfig(Strict):
             "by": self.by,
             "tokenizer": self.tokenizer,
             "group_by": self.group_by,
+            **({"where": self.where} if self.where is not None else {}),
         }
 
 
@@ -187,6 +229,9 @@ class SelectResult:
     score_cutoff: float | None
     groups: dict[str, dict[str, float]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    #: what passed the `where` filter (None without one)
+    passed_docs: int | None = None
+    passed_weight: float | None = None
 
     @property
     def kept_fraction(self) -> float:
@@ -198,28 +243,42 @@ class SelectResult:
 
 @dataclass
 class KeysTask:
-    """Step 1: per document, its score, weight, id hash, group and row in the shard."""
+    """Step 1: per document, its score, weight, id hash, group and row in the shard (and
+    whether it passed the `where` filter, when there is one)."""
 
     score_dirs: list[str]
     config: SelectConfig
     options: ReadOptions
+    #: the score columns read: `column`, then those `where` and `group_by` name
+    score_columns: list[str] = field(default_factory=list)
 
     def output_name(self, shard: Shard) -> str:
         return f"{shard.stem}.parquet"
 
+    def columns(self) -> list[str]:
+        return self.score_columns or [self.config.column]
+
+    def layout(self) -> dict[str, Any]:
+        return {**KEYS_SCHEMA, **(PASSED_COLUMN if self.config.where is not None else {})}
+
     def source(self, shard: Shard) -> dict[str, Any]:
-        files = ScoreSet(self.score_dirs).files_for(shard, [self.config.column])
+        files = ScoreSet(self.score_dirs).files_for(shard, self.columns())
         return {
             "config": self.config.keys_config(),
             "scores": [content_id(f) if f.exists() else None for f in files],
-            "columns": list(KEYS_SCHEMA),  # keys of another layout are made again
+            "columns": list(self.layout()),  # keys of another layout are made again
         }
 
     def __call__(self, shard: Shard, out: Path | None) -> ShardStats:
         assert out is not None
         cfg = self.config
         stats = ShardStats(shard.name)
-        scores = ScoreSet(self.score_dirs).for_shard(shard, [cfg.column])
+        score_set = ScoreSet(self.score_dirs)
+        scores = score_set.for_shard(shard, self.columns())
+        where = cfg.parsed_where()
+        # every score the selection reads must be there (a group may be null: "(none)")
+        needed = [cfg.column, *(c for c in (where.columns if where else ()) if c in scores)]
+        needed = list(dict.fromkeys(needed))
         writer = ShardWriter(out, fmt="parquet")
         seen: list[pl.Series] = []
         start = 0
@@ -233,49 +292,66 @@ class KeysTask:
                     f"the {cfg.column!r} scores of shard {shard.name} hold an id twice; "
                     "score the corpus again"
                 )
-            missing = joined.get_column(cfg.column).is_null()
+            missing = joined.select(pl.any_horizontal(pl.col(needed).is_null())).to_series()
             if missing.any():
                 if self.options.on_error == "fail":
-                    doc = joined.filter(missing).get_column("id")[0]
+                    row = joined.filter(missing).row(0, named=True)
+                    absent = [c for c in needed if row[c] is None]
                     raise StateError(
-                        f"document {doc!r} of shard {shard.name} has no {cfg.column!r} score; "
-                        "score the corpus again (the scores are stale) or use on_error='skip'"
+                        f"document {row['id']!r} of shard {shard.name} has no "
+                        f"{' or '.join(map(repr, absent))} score; score the corpus again (the "
+                        "scores are stale) or use on_error='skip'"
                     )
                 stats.skip("no_score", int(missing.sum()))
                 joined = joined.filter(~missing)
                 rows = rows[~missing.to_numpy()]
-            text = joined.get_column("text")
-            n_chars = text.str.len_chars()
-            if cfg.by == "docs":
-                weight = np.ones(joined.height)
-            elif cfg.by == "chars":
-                weight = n_chars.to_numpy().astype(np.float64)
-            else:
-                weight = count_tokens(text, cfg.tokenizer)
-            ids = joined.get_column("id")
-            group = (
-                joined.get_column(cfg.group_by).cast(pl.String).fill_null("(none)")
-                if cfg.group_by and cfg.group_by in joined.columns
-                else pl.repeat("(all)", joined.height, dtype=pl.String, eager=True)
-            )
-            writer.write(
-                pl.DataFrame(
-                    {
-                        "id": ids,
-                        "row": rows,
-                        "score": joined.get_column(cfg.column).cast(pl.Float64),
-                        "weight": weight,
-                        "hash": stable_hash64(ids.to_list()),
-                        "group": group,
-                    }
+            n_chars = joined.get_column("text").str.len_chars()
+            keys = self._keys(joined, rows, n_chars, shard)
+            if where is not None:
+                available = (
+                    f"score columns {', '.join(score_set.columns)}; "
+                    f"fields of the corpus {', '.join(batch.columns)}"
                 )
-            )
+                passed = joined.select(where.compile(dict(joined.schema), available=available))
+                keys = keys.with_columns(passed.to_series().alias("passed"))
+            writer.write(keys)
             stats.docs_out += joined.height
             stats.chars_out += int(n_chars.sum())
             report_progress(batch.height)
         check_unique_ids(seen, shard)
-        writer.close(schema_if_empty=KEYS_SCHEMA)
+        writer.close(schema_if_empty=self.layout())
         return stats
+
+    def _keys(
+        self, joined: pl.DataFrame, rows: np.ndarray, n_chars: pl.Series, shard: Shard
+    ) -> pl.DataFrame:
+        cfg = self.config
+        if cfg.by == "docs":
+            weight = np.ones(joined.height)
+        elif cfg.by == "chars":
+            weight = n_chars.to_numpy().astype(np.float64)
+        else:
+            weight = count_tokens(joined.get_column("text"), cfg.tokenizer)
+        ids = joined.get_column("id")
+        if cfg.group_by and cfg.group_by in joined.columns:
+            group = joined.get_column(cfg.group_by).cast(pl.String).fill_null("(none)")
+        elif cfg.stratify:
+            raise ConfigError(
+                f"stratify: the group column {cfg.group_by!r} is neither a field of shard "
+                f"{shard.name} nor a score column (set group_by)"
+            )
+        else:
+            group = pl.repeat("(all)", joined.height, dtype=pl.String, eager=True)
+        return pl.DataFrame(
+            {
+                "id": ids,
+                "row": rows,
+                "score": joined.get_column(cfg.column).cast(pl.Float64),
+                "weight": weight,
+                "hash": stable_hash64(ids.to_list()),
+                "group": group,
+            }
+        )
 
 
 @dataclass
@@ -324,108 +400,6 @@ class FilterTask:
         return stats
 
 
-def _decide(files: list[Path], cfg: SelectConfig) -> np.ndarray:
-    """The kept mask over every document of the keys `files`, in shard and row order.
-
-    Holds three arrays of 8 bytes per document (score, then the policy's key; weight; id hash,
-    then the tie-break as float64) and hands them over to the sort, which frees each when done
-    with it: 41 bytes per document at the peak for top-k by characters (the mask and the
-    sort's index included; benchmarks/scale.py measures it). The decisions are those of the
-    array functions, bit for bit."""
-    key = concat_column(files, "score", np.float64)
-    if cfg.policy == "threshold":
-        assert cfg.threshold is not None
-        return threshold_mask(key, cfg.threshold, mode=cfg.mode)  # type: ignore[arg-type]
-    assert cfg.keep is not None
-    seed = cfg.seed or 0
-    weight = concat_column(files, "weight", np.float64)
-    hashes = concat_column(files, "hash", np.uint64)
-    if cfg.policy == "gumbel":  # as gumbel_topk_mask: sign * score / tau + noise(seed, hash)
-        np.multiply(key, 1.0 if cfg.mode == "top" else -1.0, out=key)
-        np.divide(key, cfg.tau, out=key)
-        add_gumbel_noise(key, hashes, seed)
-    else:  # a seeded tie-break, so that a different seed also reshuffles exact ties
-        for a in range(0, len(hashes), _BLOCK):
-            hashes[a : a + _BLOCK] = mix64(hashes[a : a + _BLOCK], seed)
-        if cfg.mode == "bottom":
-            np.negative(key, out=key)
-    tiebreak = hashes.view(np.float64)  # the tie-break is only ever compared as float64
-    for a in range(0, len(hashes), _BLOCK):
-        tiebreak[a : a + _BLOCK] = hashes[a : a + _BLOCK].astype(np.float64)
-    del hashes
-    if cfg.policy == "topk" and cfg.mode == "middle":
-        scores = [key]
-        del key
-        key = middle_key_owned(scores, weight, tiebreak)
-    arrays = [key, tiebreak, weight]
-    del key, tiebreak, weight
-    return cut_owned(arrays, cfg.keep)
-
-
-#: documents per block of the in-place conversions of `_decide`
-_BLOCK = 1 << 16
-
-
-@dataclass
-class _Tally:
-    """The summary of a decision, summed a batch of keys at a time."""
-
-    docs: int = 0
-    weight: float = 0.0
-    kept_weight: float = 0.0
-    groups: dict[str, dict[str, float]] = field(default_factory=dict)
-    extremes: list[float] = field(default_factory=list)  # each batch's cutoff candidate
-
-    def add(self, part: pl.DataFrame, cfg: SelectConfig) -> None:
-        kept = part.filter(pl.col("kept"))
-        self.docs += part.height
-        self.weight += float(part.get_column("weight").sum())
-        self.kept_weight += float(kept.get_column("weight").sum())
-        if kept.height and cfg.policy == "topk" and cfg.mode in ("top", "bottom"):
-            score = kept.get_column("score")
-            self.extremes.append(score.min() if cfg.mode == "top" else score.max())  # type: ignore[arg-type]
-        by_group = part.group_by("group").agg(
-            pl.len().alias("docs"),
-            pl.col("kept").sum().alias("kept_docs"),
-            pl.col("weight").sum().alias("weight"),
-            (pl.col("weight") * pl.col("kept")).sum().alias("kept_weight"),
-        )
-        for row in by_group.iter_rows(named=True):
-            g = self.groups.setdefault(
-                row["group"], {"docs": 0, "kept_docs": 0, "weight": 0.0, "kept_weight": 0.0}
-            )
-            for k in g:
-                g[k] += float(row[k]) if "weight" in k else int(row[k])
-
-    def cutoff(self, cfg: SelectConfig) -> float | None:
-        if cfg.policy == "threshold":
-            return cfg.threshold
-        if not self.extremes:
-            return None
-        s = pl.Series(self.extremes, dtype=pl.Float64)
-        return float(s.min() if cfg.mode == "top" else s.max())  # type: ignore[arg-type]
-
-
-def _record_decision(
-    shards: list[Shard], files: list[Path], mask: np.ndarray, cfg: SelectConfig, keep_dir: Path
-) -> _Tally:
-    """Stream each shard's keys again: write its kept ids and rows, and sum the summary."""
-    tally = _Tally()
-    at = 0
-    for shard, f in zip(shards, files, strict=True):
-        with atomic_path(keep_dir / f"{shard.stem}.parquet") as tmp:
-            writer = ShardWriter(tmp, fmt="parquet")
-            for part in iter_parquet(f, ["id", "row", "score", "weight", "group"]):
-                part = part.with_columns(pl.Series("kept", mask[at : at + part.height]))
-                at += part.height
-                tally.add(part, cfg)
-                kept = part.filter(pl.col("kept"))
-                if kept.height:
-                    writer.write(kept.select(list(KEEP_SCHEMA)))
-            writer.close(schema_if_empty=KEEP_SCHEMA)
-    return tally
-
-
 def select(
     corpus: Corpus,
     scores: str | os.PathLike | Sequence[str | os.PathLike],
@@ -452,14 +426,27 @@ def select(
     ]
     corpus.check_output(out, "selection folder")
     check_output(out, score_dirs, "selection folder")
-    available = ScoreSet(score_dirs).columns  # also validates the folders
+    score_set = ScoreSet(score_dirs)  # also validates the folders
+    available = score_set.columns
     if cfg.column not in available:
         raise ConfigError(
             f"no score column {cfg.column!r} in {score_dirs}; available: {', '.join(available)}"
         )
+    columns = _score_columns(cfg, available)
+    where = cfg.parsed_where()
+    if where is not None and corpus.shards and all(c in available for c in where.columns):
+        # every name is a score column: check the types now (corpus fields: when read)
+        where.compile(dict(score_set.for_shard(corpus.shards[0], columns).schema))
     with folder_lock(out):
         mark_output(out, "selection")
-        return _select(corpus, score_dirs, out, cfg, runner, overwrite)
+        return _select(corpus, score_dirs, out, cfg, runner, overwrite, columns)
+
+
+def _score_columns(cfg: SelectConfig, available: list[str]) -> list[str]:
+    """The score columns a selection reads: `column`, those `where` names, the group's."""
+    where = cfg.parsed_where()
+    named = [cfg.column, *(where.columns if where else ()), cfg.group_by]
+    return [c for c in dict.fromkeys(named) if c in available]
 
 
 def _select(
@@ -469,12 +456,15 @@ def _select(
     cfg: SelectConfig,
     runner: Runner,
     overwrite: bool,
+    columns: list[str],
 ) -> SelectResult:
     files = list(dict.fromkeys(s.file_name for s in corpus.shards))  # a split file is one
     full_cfg = {**cfg.model_dump(), "scores": score_dirs, "corpus": files}
     cfg_path = out / SELECT_DIR / "config.json"
     if cfg_path.exists():
-        old = read_json(cfg_path)
+        # a setting added since the folder was written reads as its default
+        defaults = {k: f.default for k, f in SelectConfig.model_fields.items() if k in _ADDED}
+        old = {**defaults, **read_json(cfg_path)}
         if old != full_cfg and not overwrite:
             diff = sorted(k for k in set(old) | set(full_cfg) if old.get(k) != full_cfg.get(k))
             raise StateError(
@@ -488,7 +478,10 @@ def _select(
     keys_dir = out / SELECT_DIR / "keys"
     keep_dir = out / SELECT_DIR / "keep"
     keys_result = runner.run(
-        KeysTask(score_dirs, cfg, corpus.options), corpus.shards, keys_dir, label="select:keys"
+        KeysTask(score_dirs, cfg, corpus.options, columns),
+        corpus.shards,
+        keys_dir,
+        label="select:keys",
     )
 
     summary_path = out / SELECTION_FILE
@@ -507,7 +500,7 @@ def _select(
         decided_path.unlink(missing_ok=True)
         files = [keys_dir / f"{s.stem}.parquet" for s in corpus.shards]
         mask = _decide(files, cfg)
-        tally = _record_decision(corpus.shards, files, mask, cfg, keep_dir)
+        tally = record_decision(corpus.shards, files, mask, cfg, keep_dir)
         result = _summarise(tally, int(mask.sum()), cfg, out, keys_result.skipped)
         del mask
         write_json(summary_path, result.to_dict())
@@ -524,7 +517,7 @@ def _select(
 
 
 def _summarise(
-    tally: _Tally, kept_docs: int, cfg: SelectConfig, out: Path, skipped: dict[str, int]
+    tally: Tally, kept_docs: int, cfg: SelectConfig, out: Path, skipped: dict[str, int]
 ) -> SelectResult:
     if tally.docs == 0:
         return SelectResult(str(out), cfg.model_dump(), 0, 0, 0.0, 0.0, None, {}, skipped)
@@ -538,6 +531,8 @@ def _summarise(
         score_cutoff=tally.cutoff(cfg),
         groups={g: tally.groups[g] for g in sorted(tally.groups)},
         skipped=skipped,
+        passed_docs=tally.passed_docs if cfg.where is not None else None,
+        passed_weight=tally.passed_weight if cfg.where is not None else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""select: keep the best documents by a score column (top-k, threshold or Gumbel top-k)."""
+"""select: keep the best documents by a score column (top-k, threshold or Gumbel top-k), after
+an optional filter expression, over all documents or per group (stratified)."""
 
 from __future__ import annotations
 
@@ -81,19 +82,26 @@ class SelectStep(Step, SelectConfig):
             )
             + f" -> {r['out_dir']}"
         )
+        if r.get("passed_docs") is not None:
+            share = pct(r["passed_weight"] / max(r["weight"], 1e-12))
+            console.print(
+                f"{r['passed_docs']:,} documents ({share} of {by}) passed the filter "
+                f"{r['config']['where']!r}"
+            )
         if r["skipped"]:
             console.print(f"skipped: {r['skipped']}")
         if r["groups"] and len(r["groups"]) > 1:
             t = Table(title=f"kept per {r['config'].get('group_by') or 'group'}")
-            cols = ["group", "docs", "kept docs", "kept % docs"] + (
-                [] if by == "docs" else [f"kept % {by}"]
-            )
+            filtered = r.get("passed_docs") is not None
+            cols = ["group", "docs", *(["passed docs"] if filtered else [])]
+            cols += ["kept docs", "kept % docs"] + ([] if by == "docs" else [f"kept % {by}"])
             for c in cols:
                 t.add_column(c)
             for g, v in r["groups"].items():
                 row = [
                     g,
                     f"{v['docs']:,}",
+                    *([f"{v['passed_docs']:,}"] if filtered else []),
                     f"{v['kept_docs']:,}",
                     pct(v["kept_docs"] / max(v["docs"], 1)),
                 ]
