@@ -131,6 +131,18 @@ def test_materialize_is_seeded_and_resumes(sample, demo_dir, token_cache, tmp_pa
     assert (tmp_path / "a" / (part + ".bin")).stat().st_mtime_ns == stamp  # reused, not redone
 
 
+def test_materialize_without_a_budget_takes_every_document_once(demo_dir, token_cache, tmp_path):
+    corpus = Corpus(demo_dir / "train")
+    manifest = materialize_mixture(
+        corpus, token_cache, "uniform", tmp_path / "all", formats=["megatron"]
+    )
+    for d, info in manifest["domains"].items():
+        assert info["documents"] == info["unique_documents"] == token_cache.domains[d].n_docs
+        assert info["tokens"] == token_cache.domains[d].n_tokens
+        (part,) = info["files"]
+        assert IndexedFile(tmp_path / "all" / part["megatron"]).tokens == info["tokens"]
+
+
 def test_materialize_refuses_a_cache_of_another_corpus(demo_dir, token_cache, tmp_path):
     with pytest.raises(StateError, match="not built from this corpus"):
         materialize_mixture(Corpus(demo_dir / "heldout"), token_cache, MIX, tmp_path / "x")

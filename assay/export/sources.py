@@ -53,9 +53,10 @@ class Source:
 
         missing = sorted(d for d, files in self.domains.items() if any(map(lacks, files)))
         if missing:
+            fmt = "megatron" if kind == "raw" else kind
             raise InputError(
-                f"{what} needs {kind} files, and {self.root} has none for {missing}: "
-                f"materialize the mixture with that format (assay materialize --formats {kind})"
+                f"{what} needs {fmt} files, and {self.root} has none for {missing}: "
+                f"materialize the mixture with that format (assay materialize --formats {fmt})"
             )
 
 
