@@ -112,6 +112,43 @@ def test_megatron_core_reads_the_materialized_files(sample):
             assert all(np.array_equal(theirs[i], ours[i]) for i in range(len(ours)))
 
 
+def test_megatron_core_draws_the_blend(tree, tmp_path):
+    """megatron-core's own blended GPT dataset, where it is installed: it reads the exported
+    --data-path and draws each file's sequences in proportion to its weight."""
+    pytest.importorskip("megatron.core.datasets.gpt_dataset")
+    import torch.distributed as dist
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    export_mixture(MIX, tree, tmp_path / "m", to="megatron")
+    blend = get_blend_from_list((tmp_path / "m" / "data_args.txt").read_text().split())
+
+    class Tokenizer:  # what GPTDataset reads of one
+        def __init__(self) -> None:
+            self.eod, self.pad, self.bos, self.vocab_size = 0, 1, None, 1024
+            self.unique_identifiers = {"class": "Tokenizer"}
+
+    config = GPTDatasetConfig(
+        random_seed=1, sequence_length=64, blend=blend, split="100,0,0", tokenizer=Tokenizer(),
+        reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+        path_to_cache=str(tmp_path / "cache"), mid_level_dataset_surplus=0.005,
+    )  # fmt: skip
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        n = 2000
+        train, _, _ = BlendedMegatronDatasetBuilder(
+            GPTDataset, [n, 0, 0], lambda: True, config
+        ).build()
+        drawn = np.bincount(np.asarray(train.dataset_index[:n]), minlength=len(blend[0])) / n
+        assert drawn == pytest.approx(np.array(blend[1]) / sum(blend[1]), abs=0.01)
+        assert len(train[0]["tokens"]) == 64
+    finally:
+        dist.destroy_process_group()
+
+
 def test_materialize_is_seeded_and_resumes(sample, demo_dir, token_cache, tmp_path):
     root, manifest, budget = sample
     corpus = Corpus(demo_dir / "train")
