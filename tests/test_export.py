@@ -166,6 +166,11 @@ def test_materialize_is_seeded_and_resumes(sample, demo_dir, token_cache, tmp_pa
     stamp = (tmp_path / "a" / (part + ".bin")).stat().st_mtime_ns
     materialize_mixture(corpus, token_cache, MIX, tmp_path / "a", seed=3, **args)
     assert (tmp_path / "a" / (part + ".bin")).stat().st_mtime_ns == stamp  # reused, not redone
+    # another request in the same folder: math's second pass is gone, not left behind
+    materialize_mixture(corpus, token_cache, MIX, tmp_path / "a", seed=3, formats=["megatron"])
+    assert sorted(p.name for p in (tmp_path / "a" / "megatron" / "math").iterdir()) == [
+        "part-00000.bin", "part-00000.idx"
+    ]  # fmt: skip
 
 
 def test_materialize_without_a_budget_takes_every_document_once(demo_dir, token_cache, tmp_path):

@@ -96,6 +96,7 @@ def materialize_mixture(
         manifest = read_json(root / MANIFEST)
         if manifest.get("identity") == identity:
             return manifest
+        _remove_listed(root, manifest)
     plans, plan_info = plan_sample(cache, mix, budget, max_epochs, on_cap, seed)
     folders = _folder_names(list(plans))
     files = _part_files(plans, folders, formats, text_format, cache)
@@ -122,6 +123,22 @@ def materialize_mixture(
     }
     write_json(root / MANIFEST, manifest)
     return manifest
+
+
+def _remove_listed(root: Path, manifest: dict[str, Any]) -> None:
+    """The files of an earlier materialization (and only those), before writing another in
+    their place: a part it had and this one has not must not stay behind. Its manifest goes
+    first, so that no manifest ever lists a missing file."""
+    (root / MANIFEST).unlink()
+    for info in manifest.get("domains", {}).values():
+        for part in info.get("files", []):
+            names = [part.get("text")]
+            if part.get("megatron"):
+                names += [part["megatron"] + ".bin", part["megatron"] + ".idx"]
+            if part.get("datatrove"):
+                names += [part["datatrove"] + s for s in ("", ".index", ".metadata")]
+            for name in filter(None, names):
+                (root / name).unlink(missing_ok=True)
 
 
 def plan_sample(
