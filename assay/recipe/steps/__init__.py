@@ -5,4 +5,4 @@ in which documentation and messages list them."""
 from assay.recipe.steps import demo_corpus, score, select, stats, tokenizer
 from assay.recipe.steps import train_proxy, eval, betr, preselect, compare
 from assay.recipe.steps import cluster, search, bimix, mixture, mass, mates, dsir, decontaminate
-from assay.recipe.steps import dedup, ngram_lm
+from assay.recipe.steps import dedup, ngram_lm, materialize, export
