@@ -36,7 +36,7 @@ from assay.io.shards import (
     ShardStats,
 )
 from assay.io.split import split_shards, whole_files
-from assay.io.write import ShardWriter, output_name
+from assay.io.write import ShardWriter, finish_outputs, output_name
 from assay.util.guard import check_output, folder_lock, mark_output
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +176,7 @@ class Corpus:
                     for batch in shard.read(self.options):
                         w.write(batch)
                 outs.append(final)
+            finish_outputs(out_dir, [o.relative_to(out_dir).as_posix() for o in outs])
         return outs
 
     def to_hf(self, cache_dir: str | os.PathLike | None = None) -> Any:

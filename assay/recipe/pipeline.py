@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from assay.errors import ConfigError
 from assay.exec.runner import Runner, make_runner
 from assay.io.corpus import Corpus
+from assay.io.hub import is_hf_dataset
 from assay.recipe.recipe import Recipe, dump_recipe, load_recipe
 from assay.recipe.spec import CorpusSpec
 from assay.recipe.step import STEPS, Step
@@ -315,6 +316,8 @@ def _external_paths(recipe: BaseModel) -> list[str]:
     def visit(node: Any) -> None:
         if isinstance(node, CorpusSpec):
             for p in node.paths:
+                if is_hf_dataset(p):  # a dataset by name: its files are in the datasets cache
+                    continue
                 found.append(p[: min((p.index(c) for c in "*?[" if c in p), default=len(p))] or ".")
         elif isinstance(node, BaseModel):
             for name in type(node).model_fields:

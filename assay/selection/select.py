@@ -42,7 +42,7 @@ from assay.exec.runner import STATS_DIR, STATS_FILE, LocalRunner, Runner, report
 from assay.io.corpus import Corpus
 from assay.io.scores import ScoreSet, check_score_columns, check_unique_ids, join_scores
 from assay.io.shards import ReadOptions, Shard, ShardStats
-from assay.io.write import ShardWriter, output_name
+from assay.io.write import ShardWriter, clear_outputs_metadata, finish_outputs, output_name
 from assay.selection.policies import (
     Mode,
     add_gumbel_noise,
@@ -142,7 +142,8 @@ class SelectConfig(Strict):
     with_scores: bool = Field(False, description="Add every score column to the kept documents.")
     format: str | None = Field(
         None,
-        description="Output format (parquet, jsonl, jsonl.gz, jsonl.zst); default: the input's.",
+        description="Output format (parquet, jsonl, jsonl.gz, jsonl.zst, or arrow: a Hugging "
+        "Face dataset that datasets.load_from_disk opens); default: the input's.",
     )
 
     @field_validator("mode")
@@ -518,6 +519,7 @@ def _select(
         out,
         label="select:write",
     )
+    finish_outputs(out, [output_name(s, cfg.format) for s in corpus.shards])
     saved = read_json(summary_path)
     saved.pop("kept_fraction", None)
     return SelectResult(**saved)
@@ -547,5 +549,6 @@ def _clear_selection(out: Path, corpus: Corpus, cfg: SelectConfig) -> None:
         shutil.rmtree(out / sub, ignore_errors=True)
     for f in (SELECTION_FILE, STATS_FILE):
         (out / f).unlink(missing_ok=True)
+    clear_outputs_metadata(out)
     for s in corpus.shards:
         (out / output_name(s, cfg.format)).unlink(missing_ok=True)
