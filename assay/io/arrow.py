@@ -32,18 +32,30 @@ HF_INFO = "dataset_info.json"
 HF_DICT = "dataset_dict.json"
 
 
-def _open(path: str) -> pa.ipc.RecordBatchStreamReader | pa.ipc.RecordBatchFileReader:
-    source = pa.memory_map(path)
+def _open(source: Any) -> pa.ipc.RecordBatchStreamReader | pa.ipc.RecordBatchFileReader:
+    if isinstance(source, str):
+        source = pa.memory_map(source)
     try:
         return pa.ipc.open_stream(source)
     except pa.ArrowInvalid:  # the IPC file format ("Feather v2"), also `.arrow`
+        source.seek(0)
         return pa.ipc.open_file(source)
 
 
 def read_arrow(path: str, batch_rows: int) -> Iterator[RawBatch]:
     """The rows of an Arrow IPC file, memory-mapped, in batches of at most `batch_rows`."""
     try:
-        reader = _open(path)
+        source = pa.memory_map(path)
+    except (pa.ArrowException, OSError) as e:
+        raise FileLevelError(path, f"not a readable Arrow IPC file ({e})") from e
+    yield from read_arrow_source(path, source, batch_rows)
+
+
+def read_arrow_source(label: str, source: Any, batch_rows: int) -> Iterator[RawBatch]:
+    """The rows of an Arrow IPC stream or file read from `source` (a memory map, or a remote
+    object's file), in batches of at most `batch_rows`; errors name `label`."""
+    try:
+        reader = _open(source)
         if isinstance(reader, pa.ipc.RecordBatchFileReader):
             batches: Iterator[pa.RecordBatch] = (
                 reader.get_batch(i) for i in range(reader.num_record_batches)
@@ -63,7 +75,7 @@ def read_arrow(path: str, batch_rows: int) -> Iterator[RawBatch]:
     except FileLevelError:
         raise
     except (pa.ArrowException, OSError) as e:
-        raise FileLevelError(path, f"not a readable Arrow IPC file ({e})") from e
+        raise FileLevelError(label, f"not a readable Arrow IPC file ({e})") from e
 
 
 def saved_dataset_files(folder: str | os.PathLike) -> list[Path] | None:

@@ -10,9 +10,11 @@ from pathlib import Path
 from assay.errors import InputError, MissingError
 from assay.io.arrow import saved_dataset_files
 from assay.io.hub import hf_dataset_inputs, is_hf_dataset
+from assay.io.remote import remote_inputs
 from assay.io.shards import FOLDER_SUFFIXES, FileShard, Shard, format_of
 from assay.io.view import VIEW_FILE, LabelledShard, is_view, read_view
 from assay.util.guard import is_assay_output
+from assay.util.remote import is_remote
 
 
 def _has_magic(p: str) -> bool:
@@ -66,6 +68,11 @@ def discover_inputs(
     inputs: list[str] = []
     for raw in paths:
         p = os.fspath(raw)
+        if is_remote(p):  # a remote store (`assay.io.remote`): streamed
+            remote_shards, remote_names = remote_inputs(p)
+            found += remote_shards
+            inputs += remote_names
+            continue
         if is_hf_dataset(p):  # a dataset by name (`assay.io.hub`)
             hub_shards, hub_inputs = hf_dataset_inputs(p)
             found += hub_shards

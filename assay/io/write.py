@@ -20,6 +20,7 @@ from assay.io.shards import (
     format_of,
 )
 from assay.util.files import compression_of, open_write
+from assay.util.remote import publish
 
 
 def output_name(shard: Shard, fmt: str | None = None, default: str = "parquet") -> str:
@@ -158,6 +159,7 @@ class _AtomicShardWriter:
             if exc_type is None:
                 self.writer.close()
                 os.replace(self.tmp, self.final)
+                publish(self.final)
         finally:
             if self.tmp.exists():
                 self.tmp.unlink()

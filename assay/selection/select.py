@@ -67,6 +67,7 @@ from assay.util.files import (
 )
 from assay.util.guard import check_output, folder_lock, mark_output
 from assay.util.hashing import config_hash, mix64, stable_hash64
+from assay.util.remote import local_path
 
 # the array functions live in assay.selection.policies and are part of this module's API too
 __all__ = [
@@ -447,12 +448,11 @@ def select(
     """
     cfg = config or SelectConfig(**config_kwargs)
     runner = runner or LocalRunner(workers=1)
-    out = Path(out_dir)
-    score_dirs = [
-        str(Path(d)) for d in ([scores] if isinstance(scores, str | os.PathLike) else scores)
-    ]
-    corpus.check_output(out, "selection folder")
-    check_output(out, score_dirs, "selection folder")
+    given = [os.fspath(d) for d in ([scores] if isinstance(scores, str | os.PathLike) else scores)]
+    corpus.check_output(out_dir, "selection folder")
+    check_output(out_dir, given, "selection folder")
+    out = Path(local_path(out_dir))  # a remote folder: its mirror, published file by file
+    score_dirs = [str(Path(local_path(d, must_exist=True))) for d in given]
     available = ScoreSet(score_dirs).columns  # also validates the folders
     if cfg.column not in available:
         raise ConfigError(
