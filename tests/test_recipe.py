@@ -28,7 +28,7 @@ def test_both_step_forms_and_defaults() -> None:
     assert isinstance(r.steps[0], ScoreStep) and r.steps[0].fit.negative == "corpus"
     sel = r.steps[2]
     assert isinstance(sel, SelectStep) and sel.policy == "topk" and sel.by == "docs"
-    assert r.corpus.paths == ["data/x"] and r.resolved_run_dir == Path("runs/t")
+    assert r.corpus.paths == ["data/x"] and Path(r.resolved_run_dir) == Path("runs/t")
 
 
 def test_overrides_reach_steps_and_top_level_and_parse_yaml_values() -> None:

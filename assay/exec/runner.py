@@ -57,6 +57,7 @@ from assay.util.files import (
 )
 from assay.util.guard import check_output, folder_lock, mark_output
 from assay.util.progress import ProgressBar
+from assay.util.remote import publish, unpublish
 
 STATS_DIR = "_stats"
 STATS_FILE = "_stats.json"
@@ -207,6 +208,7 @@ def execute_shard(
         final_path.parent.mkdir(parents=True, exist_ok=True)
         if stats_path is not None:
             Path(stats_path).unlink(missing_ok=True)
+            unpublish(stats_path)  # a remote folder: the shard is not done there either
     tmp = temp_path_for(final_path)
     try:
         with writing(final_path):
@@ -218,6 +220,7 @@ def execute_shard(
             stats.seconds = time.perf_counter() - t0
             stats.source = source or {}
             os.replace(tmp, final_path)
+        publish(final_path)  # output first, then the stats that say it is complete
         if stats_path is not None:
             write_json(stats_path, stats.to_dict())
     finally:

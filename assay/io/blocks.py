@@ -379,3 +379,8 @@ def _find_newline(data: Any, start: int) -> int:
     a = np.frombuffer(data, dtype=np.uint8)[max(0, start) :]
     hits = np.flatnonzero(a == 10)
     return int(hits[0]) + max(0, start) if len(hits) else -1
+
+
+def object_blocks(stream: Any, block_bytes: int, max_line: int | None) -> Iterator[Block]:
+    """Whole-line blocks of an open stream of decompressed bytes (a remote object's)."""
+    return _fill(stream, block_bytes, max_line)

@@ -36,8 +36,9 @@ from assay.io.shards import (
     ShardStats,
 )
 from assay.io.split import split_shards, whole_files
-from assay.io.write import ShardWriter, output_name
+from assay.io.write import ShardWriter, finish_outputs, output_name
 from assay.util.guard import check_output, folder_lock, mark_output
+from assay.util.remote import local_path
 
 # ---------------------------------------------------------------------------------------------
 # Shards
@@ -167,6 +168,7 @@ class Corpus:
     def write(self, out_dir: str | os.PathLike, fmt: str | None = None) -> list[Path]:
         """Copy (and convert) the corpus into `out_dir`, one output per file, atomically."""
         self.check_output(out_dir)
+        out_dir = local_path(out_dir)  # a remote folder: its mirror, published file by file
         outs = []
         with folder_lock(out_dir):
             mark_output(out_dir, "corpus")
@@ -176,6 +178,7 @@ class Corpus:
                     for batch in shard.read(self.options):
                         w.write(batch)
                 outs.append(final)
+            finish_outputs(out_dir, [o.relative_to(out_dir).as_posix() for o in outs])
         return outs
 
     def to_hf(self, cache_dir: str | os.PathLike | None = None) -> Any:

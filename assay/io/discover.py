@@ -8,9 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from assay.errors import InputError, MissingError
-from assay.io.shards import FOLDER_SUFFIXES, FileShard, format_of
+from assay.io.arrow import saved_dataset_files
+from assay.io.hub import hf_dataset_inputs, is_hf_dataset
+from assay.io.remote import remote_inputs
+from assay.io.shards import FOLDER_SUFFIXES, FileShard, Shard, format_of
 from assay.io.view import VIEW_FILE, LabelledShard, is_view, read_view
 from assay.util.guard import is_assay_output
+from assay.util.remote import is_remote
 
 
 def _has_magic(p: str) -> bool:
@@ -55,20 +59,33 @@ def _glob_files(pattern: str, root: Path) -> list[Path]:
 
 def discover_inputs(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
-) -> tuple[list[FileShard], list[str]]:
+) -> tuple[list[Shard], list[str]]:
     """Shards and the input locations they came from (folders, files, glob matches; a view's
     sources and side-cars)."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
-    found: list[tuple[Path, Path] | LabelledShard] = []  # (file, root), or a view's shard
+    found: list[tuple[Path, Path] | Shard] = []  # (file, root), or a ready shard
     inputs: list[str] = []
     for raw in paths:
         p = os.fspath(raw)
+        if is_remote(p):  # a remote store (`assay.io.remote`): streamed
+            remote_shards, remote_names = remote_inputs(p)
+            found += remote_shards
+            inputs += remote_names
+            continue
+        if is_hf_dataset(p):  # a dataset by name (`assay.io.hub`)
+            hub_shards, hub_inputs = hf_dataset_inputs(p)
+            found += hub_shards
+            inputs += hub_inputs
+            continue
         view = p if is_view(p) else os.path.dirname(p) if Path(p).name == VIEW_FILE else None
         if view is not None and is_view(view):  # a view folder, or its _view.json
             view_shards, view_inputs = read_view(view)
             found += view_shards
             inputs += view_inputs
+        elif os.path.isdir(p) and (saved := saved_dataset_files(p)) is not None:
+            found += [(f, Path(p)) for f in saved]  # a Hugging Face dataset (save_to_disk)
+            inputs.append(p)
         elif os.path.isdir(p):
             files = _folder_files(Path(p))
             if not files:
@@ -95,14 +112,16 @@ def discover_inputs(
     return _named_shards(found), inputs
 
 
-def _named_shards(found: list[tuple[Path, Path] | LabelledShard]) -> list[FileShard]:
+def _named_shards(found: list[tuple[Path, Path] | Shard]) -> list[Shard]:
     """One shard per file, named by its path under the folder given (a view's shards keep
     their names); two files under one name, or names differing only by format, are refused."""
-    shards: list[FileShard] = []
+    shards: list[Shard] = []
     seen: dict[str, str] = {}
     for item in found:
         if isinstance(item, LabelledShard):
             shard, where = item, f"{item.path} (labelled by {item.sidecar})"
+        elif isinstance(item, Shard):
+            shard, where = item, getattr(item, "path", "") or item.name
         else:
             f, root = item
             format_of(f.name)  # raises for unsupported types, naming the file
@@ -127,7 +146,7 @@ def _named_shards(found: list[tuple[Path, Path] | LabelledShard]) -> list[FileSh
     return shards
 
 
-def discover_shards(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[FileShard]:
+def discover_shards(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Shard]:
     """Resolve files, folders (searched recursively) and globs into named shards.
 
     A shard's name is its path relative to the folder given (or the fixed prefix of a glob), so

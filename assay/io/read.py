@@ -39,6 +39,7 @@ from assay.io.blocks import (
     count_lines,
     mapped_blocks,
     mapped_records_before,
+    object_blocks,
     stream_blocks,
 )
 from assay.util.files import BOM, open_read, open_stream, sniff_compression
@@ -272,6 +273,36 @@ def _read_jsonl_blocks(
         raw.record_base = base
         records_before += n_records
         yield raw
+
+
+def read_jsonl_stream(
+    label: str, stream: Any, block_bytes: int, max_chars: int | None
+) -> Iterator[RawBatch]:
+    """The records of an open stream of JSONL bytes (a remote object, decompressed), parsed
+    block by block as they arrive; line numbers are counted on the way, for messages."""
+    max_line = max_line_bytes(max_chars)
+    lines_before = 0
+    records_before = 0
+    try:
+        for offset, block in object_blocks(stream, block_bytes, max_line):
+            if block is None:  # a line too long to hold a record: refused unread
+                empty = np.zeros(0, dtype=np.int64)
+                message = f"line longer than {max_line:,} bytes; not read"
+                yield RawBatch(
+                    pl.DataFrame(), empty, _const(empty), [(lines_before + 1, "too_long", message)]
+                )
+                lines_before += 1
+                records_before += 1
+                continue
+            raw, n = _parse_block(block, functools.partial(int, lines_before), offset <= len(BOM))
+            raw.records += records_before
+            records_before += n
+            lines_before += _as_bytes(block).count(b"\n")
+            yield raw
+    except FileLevelError:
+        raise
+    except Exception as e:  # a truncated or corrupt stream, a network error
+        raise FileLevelError(label, f"cannot read the stream ({e})") from e
 
 
 def parse_threads() -> int:

@@ -12,6 +12,7 @@ import polars as pl
 from pydantic import ConfigDict, Field, field_validator
 
 from assay.errors import InputError
+from assay.io.arrow import read_arrow
 from assay.io.read import (
     REASONS,
     FileLevelError,
@@ -44,12 +45,18 @@ _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _COMPRESSION_SUFFIXES = ("", ".gz", ".zst")
 
 
-SUPPORTED_SUFFIXES = (*(s + c for s in _JSONL_SUFFIXES for c in _COMPRESSION_SUFFIXES), ".parquet")
+SUPPORTED_SUFFIXES = (
+    *(s + c for s in _JSONL_SUFFIXES for c in _COMPRESSION_SUFFIXES),
+    ".parquet",
+    ".arrow",
+)
 
 
 #: Searching a folder skips plain `.json` files: there they are nearly always metadata (a
 #: manifest, a saved model's settings). Name such a file, or match it with a glob, to read it.
-FOLDER_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s != ".json")
+#: `.arrow` files are read where a Hugging Face dataset's `state.json` lists them (a folder
+#: written by `save_to_disk`), or when named: elsewhere they are often caches (`cache-*.arrow`).
+FOLDER_SUFFIXES = tuple(s for s in SUPPORTED_SUFFIXES if s not in (".json", ".arrow"))
 
 
 #: Column names with a meaning of their own in assay's tables; no score may take them.
@@ -69,10 +76,10 @@ class CorpusError(InputError):
 
 
 def format_of(name: str) -> str:
-    """'jsonl' or 'parquet' from a file name (compression suffixes allowed for JSONL)."""
+    """'jsonl', 'parquet' or 'arrow' from a file name (compression suffixes allowed for JSONL)."""
     for suffix in SUPPORTED_SUFFIXES:
         if name.endswith(suffix):
-            return "parquet" if suffix == ".parquet" else "jsonl"
+            return suffix[1:] if suffix in (".parquet", ".arrow") else "jsonl"
     raise CorpusError(
         name, f"unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}"
     )
@@ -241,6 +248,8 @@ class FileShard(Shard):
     def _raw(self, options: ReadOptions) -> Iterator[RawBatch]:
         if self.format == "parquet":
             return read_parquet(self.path, options.whole_file_bytes)
+        if self.format == "arrow":
+            return read_arrow(self.path, options.batch_rows)
         return read_jsonl(
             self.path, options.whole_file_bytes, options.block_bytes, options.max_chars
         )
@@ -266,9 +275,15 @@ class HFShard(Shard):
 
 @dataclass(frozen=True, eq=False)
 class HFIterableShard(Shard):
-    """A streaming `datasets.IterableDataset`: one shard, read in order."""
+    """A streaming `datasets.IterableDataset`: one shard, read in order. `label` says which
+    dataset it is (name, config, split, revision) for resume, as its content is not known
+    before it is read."""
 
     dataset: Any = None
+    label: Any = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, "dataset": self.label}
 
     def read(self, options: ReadOptions, stats: ShardStats | None = None) -> Iterator[pl.DataFrame]:
         stats = stats if stats is not None else ShardStats(self.name)

@@ -139,8 +139,8 @@ def file_parts(shard: FileShard, options: ReadOptions) -> list[Shard]:
     assert options.split_bytes is not None
     try:
         st = os.stat(shard.path)
-        if st.st_size * _MAX_RATIO <= options.split_bytes:
-            return [shard]
+        if st.st_size * _MAX_RATIO <= options.split_bytes or shard.format == "arrow":
+            return [shard]  # Arrow files: `datasets` already cuts them at 500 MB
         if shard.format == "parquet":
             bounds = _parquet_bounds(shard.path, options.split_bytes)
         else:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import polars as pl
 
 from assay.errors import ConfigError
+from assay.io.arrow import HF_INFO, HF_STATE, write_hf_dataset_files
 from assay.io.shards import (
     SUPPORTED_SUFFIXES,
     CorpusError,
@@ -19,6 +20,7 @@ from assay.io.shards import (
     format_of,
 )
 from assay.util.files import compression_of, open_write
+from assay.util.remote import publish
 
 
 def output_name(shard: Shard, fmt: str | None = None, default: str = "parquet") -> str:
@@ -34,7 +36,8 @@ def output_name(shard: Shard, fmt: str | None = None, default: str = "parquet") 
     fmt = fmt.lstrip(".")
     if "." + fmt not in SUPPORTED_SUFFIXES:
         raise ConfigError(
-            f"unknown output format {fmt!r}; use parquet, jsonl, jsonl.gz or jsonl.zst"
+            f"unknown output format {fmt!r}; use parquet, jsonl, jsonl.gz, jsonl.zst or arrow "
+            "(a Hugging Face dataset)"
         )
     return f"{shard.stem}.{fmt}"
 
@@ -74,8 +77,8 @@ class ShardWriter:
     def write(self, df: pl.DataFrame) -> None:
         if self.rename:
             df = df.rename({k: v for k, v in self.rename.items() if k in df.columns})
-        if self.format == "parquet":
-            self._write_parquet(df)
+        if self.format in ("parquet", "arrow"):
+            self._write_table(df)
         else:
             if self._fh is None:
                 self._ctx = open_write(self.path, compression_of(self.path.name))
@@ -85,14 +88,17 @@ class ShardWriter:
             self._fh.write(buf.getvalue())
         self.rows += df.height
 
-    def _write_parquet(self, df: pl.DataFrame) -> None:
+    def _write_table(self, df: pl.DataFrame) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = df.to_arrow()
         if self._pq is None:
             self._schema = table.schema
-            self._pq = pq.ParquetWriter(self.path, self._schema, compression="zstd")
+            if self.format == "parquet":
+                self._pq = pq.ParquetWriter(self.path, self._schema, compression="zstd")
+            else:  # an Arrow IPC stream, as `datasets.save_to_disk` writes
+                self._pq = pa.ipc.new_stream(str(self.path), self._schema)
         elif table.schema != self._schema:
             # A column first seen in a later batch (a field some records have) can only be
             # dropped when it holds nothing; otherwise the file cannot have one schema.
@@ -103,8 +109,9 @@ class ShardWriter:
             if extra:
                 raise CorpusError(
                     str(self.path),
-                    f"columns {sorted(extra)} appear after the first batch; parquet needs one "
-                    "schema per file (write JSONL instead, or give every record these fields)",
+                    f"columns {sorted(extra)} appear after the first batch; {self.format} "
+                    "needs one schema per file (write JSONL instead, or give every record these "
+                    "fields)",
                 )
             cols = [
                 table.column(f.name).cast(f.type)
@@ -116,10 +123,15 @@ class ShardWriter:
         self._pq.write_table(table)
 
     def close(self, schema_if_empty: dict[str, pl.DataType] | None = None) -> None:
-        if self.format == "parquet":
+        if self.format in ("parquet", "arrow"):
             if self._pq is None:
                 empty = pl.DataFrame(schema=schema_if_empty or {"id": pl.String, "text": pl.String})
-                empty.write_parquet(self.path)
+                if self.format == "parquet":
+                    empty.write_parquet(self.path)
+                else:
+                    import pyarrow as pa
+
+                    pa.ipc.new_stream(str(self.path), empty.to_arrow().schema).close()
             else:
                 self._pq.close()
         else:
@@ -147,6 +159,7 @@ class _AtomicShardWriter:
             if exc_type is None:
                 self.writer.close()
                 os.replace(self.tmp, self.final)
+                publish(self.final)
         finally:
             if self.tmp.exists():
                 self.tmp.unlink()
@@ -160,3 +173,17 @@ def write_shard(
         for b in batches:
             w.write(b)
     return w.rows
+
+
+def finish_outputs(out: str | os.PathLike, names: Sequence[str]) -> None:
+    """Once every shard of an output folder is written: a folder of `.arrow` shards is made a
+    Hugging Face dataset (`datasets.load_from_disk(out)` opens it; `assay.io.arrow`)."""
+    arrow = [Path(out) / n for n in dict.fromkeys(names) if n.endswith(".arrow")]
+    if arrow:
+        write_hf_dataset_files(out, arrow)
+
+
+def clear_outputs_metadata(out: str | os.PathLike) -> None:
+    """Remove what `finish_outputs` wrote (before an output folder is written again)."""
+    for name in (HF_STATE, HF_INFO):
+        (Path(out) / name).unlink(missing_ok=True)

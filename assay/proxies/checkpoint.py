@@ -22,6 +22,7 @@ from typing import Any
 
 from assay.errors import StateError
 from assay.util.files import host_name, read_json, write_json
+from assay.util.remote import publish
 
 RUN_FILE = "run.json"
 STATE_DIR = "state"  # final optimizer state of a run trained with keep_optimizer=True
@@ -110,6 +111,7 @@ def save_checkpoint(
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+    publish(final)
 
 
 def restore_checkpoint(

@@ -21,6 +21,7 @@ do): the folder is laid out as the step's folder in a run directory.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -34,6 +35,7 @@ from pydantic import BaseModel
 from assay.errors import ConfigError
 from assay.exec.runner import Runner, make_runner
 from assay.io.corpus import Corpus
+from assay.io.hub import is_hf_dataset
 from assay.recipe.recipe import Recipe, dump_recipe, load_recipe
 from assay.recipe.spec import CorpusSpec
 from assay.recipe.step import STEPS, Step
@@ -48,6 +50,7 @@ from assay.util.guard import (
     safe_clear,
 )
 from assay.util.hashing import config_hash
+from assay.util.remote import is_remote, local_path
 
 STEP_FILE = "step.json"
 _VERSIONED = [
@@ -93,7 +96,33 @@ def step_output(folder: str | os.PathLike, output: str) -> str | None:
     state = Path(folder) / STEP_FILE
     if not state.is_file():
         return None
-    return read_json(state).get("outputs", {}).get(output)
+    recorded = read_json(state).get("outputs", {}).get(output)
+    if recorded is None or Path(recorded).exists():
+        return recorded
+    moved = Path(folder) / Path(recorded).name  # the folder was moved (or is a remote mirror)
+    return str(moved) if moved.exists() else recorded
+
+
+def _remote_step_kind(url: str) -> str | None:
+    from assay.util.remote import filesystem
+
+    fs, path = filesystem(url)
+    if any(ch in path for ch in "*?[") or not fs.exists(f"{path}/{STEP_FILE}"):
+        return None
+    return json.loads(fs.cat_file(f"{path}/{STEP_FILE}")).get("kind")
+
+
+def _remote_step_output(url: str, output: str | None) -> str | None:
+    """The URL of an output of the step whose remote folder this is, or None."""
+    from assay.util.remote import filesystem, remote_of
+
+    fs, path = filesystem(url)
+    if output is None or not fs.exists(f"{path}/{STEP_FILE}"):
+        return None
+    recorded = json.loads(fs.cat_file(f"{path}/{STEP_FILE}")).get("outputs", {}).get(output)
+    if recorded is None:
+        return None
+    return remote_of(recorded) or f"{url.rstrip('/')}/{Path(recorded).name}"
 
 
 class StepContext:
@@ -135,6 +164,8 @@ class StepContext:
             return None
         if value in self.outputs:
             return self.outputs[value][output]
+        if is_remote(value):  # a remote folder: read through its local mirror
+            value = local_path(value, must_exist=True)
         return step_output(value, output) or value
 
     def upstream(self, value: str | None) -> Any:
@@ -164,6 +195,11 @@ class StepContext:
         """Paths as given, a step folder (`assay select ... --out sel`) standing for its corpus."""
         out = []
         for p in paths:
+            if is_remote(p):
+                kind = _remote_step_kind(p)
+                output = STEPS[kind].corpus_output if kind in STEPS else None
+                out.append(_remote_step_output(p, output) or p)
+                continue
             state = Path(p) / STEP_FILE
             kind = read_json(state).get("kind") if state.is_file() else None
             output = STEPS[kind].corpus_output if kind in STEPS else None
@@ -276,11 +312,16 @@ def run_recipe(
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         raise ConfigError("overrides apply to recipe files; edit the Recipe object instead")
-    root = Path(run_dir) if run_dir else recipe.resolved_run_dir
-    _check_run_dir(root)
+    given = os.fspath(run_dir) if run_dir else recipe.resolved_run_dir
     for path in _external_paths(recipe):  # before the run directory is created
-        if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root)):
-            check_output(root, [path], "run directory")
+        if (
+            is_remote(path)
+            or is_remote(given)
+            or not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(given))
+        ):
+            check_output(given, [path], "run directory")
+    root = Path(local_path(given))  # a remote run directory: its mirror, published file by file
+    _check_run_dir(root)
     with folder_lock(root):
         if not (root / MARKER).exists():
             write_json(root / MARKER, {"made_by": "assay", "kind": "run"})
@@ -315,6 +356,8 @@ def _external_paths(recipe: BaseModel) -> list[str]:
     def visit(node: Any) -> None:
         if isinstance(node, CorpusSpec):
             for p in node.paths:
+                if is_hf_dataset(p):  # a dataset by name: its files are in the datasets cache
+                    continue
                 found.append(p[: min((p.index(c) for c in "*?[" if c in p), default=len(p))] or ".")
         elif isinstance(node, BaseModel):
             for name in type(node).model_fields:
@@ -373,13 +416,13 @@ def run_step(
     """Run one step with `folder` as its step folder: the same work, resume and layout as the
     step has in a run directory. `corpus` is the corpus of a step that reads one; names of
     earlier steps are paths here (an output, or a step folder holding it)."""
-    out = Path(folder)
     if step.reads_corpus and getattr(step, "corpus", None) is None and corpus is None:
         raise ConfigError(f"the {step.kind} step needs a corpus")
     # before the folder is created: it must not touch what the step reads
     inputs = _external_paths(step) + (_external_paths(corpus) if corpus else [])
-    inputs += [v for v in _reference_values(step) if Path(v).exists()]
-    check_output(out, inputs, "output folder")
+    inputs += [v for v in _reference_values(step) if is_remote(v) or Path(v).exists()]
+    check_output(folder, inputs, "output folder")
+    out = Path(local_path(folder))  # a remote folder: its mirror, published file by file
     runner = runner or make_runner("local", 1, progress=progress)
     ctx = StepContext(out, runner, overwrite=overwrite, seed=seed, corpus=corpus)
     with folder_lock(out):

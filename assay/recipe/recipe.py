@@ -111,8 +111,9 @@ class Recipe(Strict):
         return self
 
     @property
-    def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir or f"runs/{self.name}")
+    def resolved_run_dir(self) -> str:
+        """The run directory: a local path, or a remote URL (`s3://...`)."""
+        return self.run_dir or f"runs/{self.name}"
 
 
 # ---------------------------------------------------------------------------------------------

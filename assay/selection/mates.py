@@ -76,6 +76,7 @@ from assay.selection.base import (
 )
 from assay.util.files import atomic_path, host_name, read_json, write_json
 from assay.util.hashing import stable_hash64
+from assay.util.remote import publish
 
 #: Fewest probes to fit an influence model and check it on a held-out split.
 MIN_PROBES = 12
@@ -509,6 +510,7 @@ class MatesScorer(Scorer):
             self._encoder.save(str(tmp), create_model_card=False, safe_serialization=True)
             shutil.rmtree(folder / "encoder", ignore_errors=True)
             tmp.rename(folder / "encoder")
+            publish(folder / "encoder")
         if self.probe_table:
             import polars as pl
 

@@ -20,6 +20,7 @@ from assay.io.write import ShardWriter
 from assay.selection.base import Scorer
 from assay.util.files import folder_fingerprint, read_json, write_json
 from assay.util.guard import folder_lock, mark_output
+from assay.util.remote import local_path
 
 SCORER_SUBDIR = "_scorer"
 
@@ -99,8 +100,8 @@ def score_corpus(
     or Ray, an unsaved scorer that cannot be pickled is first saved to `out_dir/_scorer`.
     """
     runner = runner or LocalRunner(workers=1)
-    out = Path(out_dir)
-    corpus.check_output(out, "scores folder")
+    corpus.check_output(out_dir, "scores folder")
+    out = Path(local_path(out_dir))  # a remote folder: its mirror, published file by file
     check_score_columns(scorer.columns, f"scorer {scorer.kind}")
     with folder_lock(out):
         mark_output(out, "scores")

@@ -45,7 +45,7 @@ from assay.exec.runner import STATS_DIR, STATS_FILE, LocalRunner, Runner, report
 from assay.io.corpus import Corpus
 from assay.io.scores import ScoreSet, check_score_columns, check_unique_ids, join_scores
 from assay.io.shards import ReadOptions, Shard, ShardStats
-from assay.io.write import ShardWriter, output_name
+from assay.io.write import ShardWriter, clear_outputs_metadata, finish_outputs, output_name
 from assay.selection.decide import Tally, record_decision
 from assay.selection.decide import decide as _decide
 from assay.selection.policies import (
@@ -67,6 +67,7 @@ from assay.util.files import (
 )
 from assay.util.guard import check_output, folder_lock, mark_output
 from assay.util.hashing import config_hash, stable_hash64
+from assay.util.remote import local_path
 
 # the array functions live in assay.selection.policies and are part of this module's API too
 __all__ = [
@@ -166,7 +167,8 @@ class SelectConfig(Strict):
     with_scores: bool = Field(False, description="Add every score column to the kept documents.")
     format: str | None = Field(
         None,
-        description="Output format (parquet, jsonl, jsonl.gz, jsonl.zst); default: the input's.",
+        description="Output format (parquet, jsonl, jsonl.gz, jsonl.zst, or arrow: a Hugging "
+        "Face dataset that datasets.load_from_disk opens); default: the input's.",
     )
 
     @field_validator("mode")
@@ -420,12 +422,11 @@ def select(
     """
     cfg = config or SelectConfig(**config_kwargs)
     runner = runner or LocalRunner(workers=1)
-    out = Path(out_dir)
-    score_dirs = [
-        str(Path(d)) for d in ([scores] if isinstance(scores, str | os.PathLike) else scores)
-    ]
-    corpus.check_output(out, "selection folder")
-    check_output(out, score_dirs, "selection folder")
+    given = [os.fspath(d) for d in ([scores] if isinstance(scores, str | os.PathLike) else scores)]
+    corpus.check_output(out_dir, "selection folder")
+    check_output(out_dir, given, "selection folder")
+    out = Path(local_path(out_dir))  # a remote folder: its mirror, published file by file
+    score_dirs = [str(Path(local_path(d, must_exist=True))) for d in given]
     score_set = ScoreSet(score_dirs)  # also validates the folders
     available = score_set.columns
     if cfg.column not in available:
@@ -511,6 +512,7 @@ def _select(
         out,
         label="select:write",
     )
+    finish_outputs(out, [output_name(s, cfg.format) for s in corpus.shards])
     saved = read_json(summary_path)
     saved.pop("kept_fraction", None)
     return SelectResult(**saved)
@@ -542,5 +544,6 @@ def _clear_selection(out: Path, corpus: Corpus, cfg: SelectConfig) -> None:
         shutil.rmtree(out / sub, ignore_errors=True)
     for f in (SELECTION_FILE, STATS_FILE):
         (out / f).unlink(missing_ok=True)
+    clear_outputs_metadata(out)
     for s in corpus.shards:
         (out / output_name(s, cfg.format)).unlink(missing_ok=True)

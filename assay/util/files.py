@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 from assay.errors import StateError
 from assay.util.hashing import config_hash
+from assay.util.remote import publish
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 #: Leading bytes of each compressed format: a file is read by what it holds, not by its name.
@@ -50,9 +51,9 @@ def sniff_compression(path: str | os.PathLike) -> str | None:
     return None
 
 
-def open_stream(path: str | os.PathLike, kind: str | None) -> BinaryIO:
+def open_stream(path: str | os.PathLike | BinaryIO, kind: str | None) -> BinaryIO:
     """A binary stream of a file's decompressed bytes (`kind`: 'gzip', 'zstd' or None); the
-    caller closes it."""
+    caller closes it. `path` may also be an open binary file (a remote object's stream)."""
     if kind == "gzip":
         # ISA-L's igzip decompresses about twice as fast as zlib; fall back to the standard
         # library where it is not installed.
@@ -64,12 +65,12 @@ def open_stream(path: str | os.PathLike, kind: str | None) -> BinaryIO:
     if kind == "zstd":
         import zstandard
 
-        raw = open(path, "rb")  # noqa: SIM115 (closed with the returned stream)
+        raw = path if hasattr(path, "read") else open(path, "rb")  # noqa: SIM115
         reader = zstandard.ZstdDecompressor().stream_reader(
             raw, read_across_frames=True, closefd=True
         )
         return io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type]
-    return open(path, "rb")
+    return path if hasattr(path, "read") else open(path, "rb")  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
@@ -220,6 +221,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         with writing(final):
             yield tmp
             os.replace(tmp, final)
+        publish(final)  # a file of a remote folder's mirror goes to the remote, whole
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

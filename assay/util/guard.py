@@ -27,6 +27,7 @@ from typing import Any
 
 from assay.errors import StateError
 from assay.util.files import host_name, pid_alive, writing
+from assay.util.remote import is_remote, remote_of
 
 MARKER = "_assay.json"
 #: bookkeeping that folders written by earlier assay versions hold instead of the marker
@@ -71,6 +72,9 @@ def check_output(
     output folder around the inputs, for inputs that are assay's own intermediates kept there
     under names the outputs never take (a token cache in a search folder).
     """
+    if is_remote(out) or any(is_remote(i) for i in inputs):
+        _check_remote_output(out, inputs, what, may_contain)
+        return
     o = _real(out)
     for raw in inputs:
         i = _real(raw)
@@ -89,6 +93,30 @@ def check_output(
                 f"the {what} {os.fspath(out)} contains the input {os.fspath(raw)}: outputs "
                 "could replace it; choose a folder that holds none of the inputs"
             )
+
+
+def _check_remote_output(
+    out: str | os.PathLike, inputs: Iterable[str | os.PathLike], what: str, may_contain: bool
+) -> None:
+    """`check_output` for URLs: the same rules on normalised URLs (a local path and a URL
+    never overlap; a mirror of a remote folder stands for that folder)."""
+    o = _as_url(out)
+    for raw in inputs:
+        i = _as_url(raw)
+        if o == i:
+            raise UnsafeOutputError(f"the {what} {o} is the input {i}; choose another folder")
+        if o.startswith(i + "/"):
+            raise UnsafeOutputError(f"the {what} {o} lies inside the input {i}")
+        if i.startswith(o + "/") and not may_contain:
+            raise UnsafeOutputError(f"the {what} {o} contains the input {i}")
+
+
+def _as_url(path: str | os.PathLike) -> str:
+    p = os.fspath(path)
+    if is_remote(p):
+        scheme, rest = p.split("://", 1)
+        return f"{scheme}://{rest.rstrip('/')}"
+    return remote_of(p) or f"file://{os.path.realpath(p)}"
 
 
 # ---------------------------------------------------------------------------------------------

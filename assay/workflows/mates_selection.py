@@ -33,6 +33,7 @@ from assay.selection.group_mates import RelationalInfluenceModel, group_select
 from assay.selection.mates import MatesScorer
 from assay.util.files import atomic_path, host_name, read_json, read_parquet, write_json
 from assay.util.hashing import stable_hash64
+from assay.util.remote import publish
 from assay.workflows.mates_probing import ReferenceSet, encode_documents, probe_run
 from assay.workflows.mates_settings import MatesSettings
 
@@ -266,6 +267,7 @@ def fit_stage_scorer(
     scorer.save(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+    publish(folder)
     return load_scorer(folder), info  # type: ignore[return-value]
 
 

@@ -1,0 +1,190 @@
+"""Remote storage through fsspec, against a real S3-compatible server (moto's server mode on
+127.0.0.1, started and stopped here) with s3fs as the client: a corpus read from S3, scores and
+selections written there, a recipe whose run directory is there, killed and resumed elsewhere."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from assay.io.corpus import Corpus
+from assay.selection.doc_stats import DocStatsScorer
+from assay.selection.score import score_corpus
+from assay.selection.select import select
+from assay.util.guard import UnsafeOutputError
+
+moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("s3fs")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """A bucket on a local S3 server; the environment points boto at it."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "ASSAY_REMOTE_CACHE": str(tmp_path_factory.mktemp("mirrors")),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bkt")
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    try:
+        yield fs
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _upload(fs, local: Path, url: str) -> None:
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            fs.put_file(str(f), f"{url}/{f.relative_to(local).as_posix()}")
+
+
+def _texts(corpus: Corpus) -> dict[str, str]:
+    return {i: t for b in corpus.iter_batches() for i, t in zip(b["id"], b["text"], strict=True)}
+
+
+def test_read_score_select_on_s3(s3, tmp_path: Path, demo_dir: Path) -> None:
+    _upload(s3, demo_dir / "train", "bkt/demo/train")
+    local = Corpus(demo_dir / "train")
+    remote = Corpus("s3://bkt/demo/train")
+    assert [s.name for s in remote.shards] == [s.name for s in local.shards]
+    assert _texts(remote) == _texts(local)
+
+    result = score_corpus(DocStatsScorer(), remote, "s3://bkt/out/stats")
+    assert result.ran == len(remote.shards)
+    written = {p.split("/out/stats/", 1)[1] for p in s3.find("bkt/out/stats")}
+    for s in remote.shards:  # each output, and the stats that say it is complete
+        assert f"{s.stem}.parquet" in written and f"_stats/{s.name}.json" in written
+    picked = select(remote, "s3://bkt/out/stats", "s3://bkt/out/sel", column="n_chars", keep=0.3)
+    score_corpus(DocStatsScorer(), local, tmp_path / "stats")
+    reference = select(local, tmp_path / "stats", tmp_path / "sel", column="n_chars", keep=0.3)
+    assert picked.kept_docs == reference.kept_docs
+    assert _texts(Corpus("s3://bkt/out/sel")) == _texts(Corpus(tmp_path / "sel"))
+
+    # resumed from the remote alone: a fresh mirror finds every shard done
+    shutil.rmtree(os.environ["ASSAY_REMOTE_CACHE"])
+    again = score_corpus(DocStatsScorer(), remote, "s3://bkt/out/stats")
+    assert again.ran == 0 and again.resumed == len(remote.shards)
+
+    with pytest.raises(UnsafeOutputError):
+        score_corpus(DocStatsScorer(), remote, "s3://bkt/demo/train/scores")
+
+
+def _recipe(corpus: str, run_dir: str) -> dict:
+    return {
+        "name": "remote",
+        "corpus": {"paths": [corpus]},
+        "run_dir": run_dir,
+        "steps": [
+            {"score": {"name": "stats", "scorer": "doc_stats"}},
+            {"select": {"scores": ["stats"], "column": "n_words", "keep": 0.5, "by": "chars"}},
+        ],
+    }
+
+
+def _run_stats(fs, run: str) -> dict:
+    import json
+
+    return json.loads(fs.cat_file(f"{run}/stats/scores/_stats.json"))
+
+
+def test_a_recipe_on_s3_fails_midway_and_resumes_on_a_fresh_machine(
+    s3, tmp_path: Path, demo_records: list[dict]
+) -> None:
+    from conftest import write_jsonl
+
+    from assay.errors import InputError
+    from assay.recipe.pipeline import run_recipe
+    from assay.recipe.recipe import parse_recipe
+
+    shards = tmp_path / "shards"
+    for i in range(6):
+        write_jsonl(shards / f"part-{i}.jsonl", demo_records[i * 40 : (i + 1) * 40])
+    bad = [*demo_records[240:250], {"id": "broken", "text": 42}]
+    write_jsonl(shards / "part-6.jsonl", bad)
+    _upload(s3, shards, "bkt/c2")
+    data = _recipe("s3://bkt/c2", "s3://bkt/runs/r2")
+    with pytest.raises(InputError, match=r"s3://bkt/c2/part-6\.jsonl, line 11"):
+        run_recipe(parse_recipe(data), progress=False)
+    done = [p for p in s3.find("bkt/runs/r2/stats/scores/_stats") if p.endswith(".json")]
+    assert len(done) == 6  # the good shards are finished on the remote, the bad one is not
+
+    # the input is fixed; another machine (no mirror) resumes: only the changed shard runs
+    s3.pipe_file(
+        "bkt/c2/part-6.jsonl",
+        (shards / "part-6.jsonl").read_bytes().replace(b'"text": 42}', b'"text": "A sentence."}'),
+    )
+    shutil.rmtree(os.environ["ASSAY_REMOTE_CACHE"])
+    outcome = run_recipe(parse_recipe(data), progress=False)
+    stats = _run_stats(s3, "bkt/runs/r2")
+    assert (stats["ran"], stats["resumed"]) == (1, 6)
+    kept = outcome.step("select").summary["kept_docs"]
+    assert 0 < kept < 251
+    assert len(_texts(Corpus("s3://bkt/runs/r2/select/selected"))) == kept
+
+
+def test_a_killed_cli_run_resumes_from_s3(s3, tmp_path: Path, demo_records: list[dict]) -> None:
+    """SIGKILL while shards are being published; the second run (fresh mirror) completes, and
+    the selection equals that of an uninterrupted local run, whenever the kill came."""
+    import yaml
+    from conftest import write_jsonl
+
+    shards = tmp_path / "shards"
+    for i in range(24):
+        write_jsonl(shards / f"p{i:02d}.jsonl", demo_records[i * 15 : (i + 1) * 15])
+    _upload(s3, shards, "bkt/c3")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe("s3://bkt/c3", "s3://bkt/runs/r3")))
+    env = {**os.environ, "ASSAY_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "assay.cli", "run", str(recipe)], env=env)
+    try:
+        for _ in range(3000):  # until the first shard is published (or the run ends)
+            if proc.poll() is not None or s3.exists("bkt/runs/r3/stats/scores/_stats"):
+                break
+            time.sleep(0.02)
+            s3.invalidate_cache()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    shutil.rmtree(os.environ["ASSAY_REMOTE_CACHE"])
+    again = subprocess.run(
+        [sys.executable, "-m", "assay.cli", "run", str(recipe)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr
+    stats = _run_stats(s3, "bkt/runs/r3")
+    assert stats["ran"] + stats["resumed"] == 24
+
+    local = _recipe(str(shards), str(tmp_path / "local-run"))
+    from assay.recipe.pipeline import run_recipe
+    from assay.recipe.recipe import parse_recipe
+
+    run_recipe(parse_recipe(local), progress=False)
+    assert _texts(Corpus("s3://bkt/runs/r3/select/selected")) == _texts(
+        Corpus(tmp_path / "local-run" / "select" / "selected")
+    )
