@@ -188,3 +188,37 @@ def test_a_killed_cli_run_resumes_from_s3(s3, tmp_path: Path, demo_records: list
     assert _texts(Corpus("s3://bkt/runs/r3/select/selected")) == _texts(
         Corpus(tmp_path / "local-run" / "select" / "selected")
     )
+
+
+def test_cli_verbs_write_and_read_s3(s3, demo_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from assay.cli import app
+
+    _upload(s3, demo_dir / "train", "bkt/cli/train")
+    cli = CliRunner()
+    res = cli.invoke(
+        app, ["score", "s3://bkt/cli/train", "--scorer", "doc_stats", "--out", "s3://bkt/cli/st"]
+    )
+    assert res.exit_code == 0, res.output
+    res = cli.invoke(
+        app,
+        [
+            "select", "s3://bkt/cli/train", "--scores", "s3://bkt/cli/st", "--column", "n_chars",
+            "--keep", "0.5", "--by", "docs", "--out", "s3://bkt/cli/sel",
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    shutil.rmtree(os.environ["ASSAY_REMOTE_CACHE"])  # read back from the store alone
+    kept = _texts(Corpus("s3://bkt/cli/sel/selected"))
+    assert len(kept) == len(_texts(Corpus(demo_dir / "train"))) // 2
+    # a step folder on the store stands for its corpus, as a local one does
+    res = cli.invoke(app, ["stats", "s3://bkt/cli/sel"])
+    assert res.exit_code == 0 and f"{len(kept)} documents" in res.output, res.output
+    # the output may not be the input, or inside it
+    res = cli.invoke(
+        app,
+        ["score", "s3://bkt/cli/train", "--scorer", "doc_stats", "--out", "s3://bkt/cli/train/x"],
+    )
+    assert isinstance(res.exception, UnsafeOutputError), res.output
+    assert "lies inside the input s3://bkt/cli/train" in str(res.exception)
