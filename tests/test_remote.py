@@ -222,3 +222,23 @@ def test_cli_verbs_write_and_read_s3(s3, demo_dir: Path) -> None:
     )
     assert isinstance(res.exception, UnsafeOutputError), res.output
     assert "lies inside the input s3://bkt/cli/train" in str(res.exception)
+
+
+def test_files_written_without_atomic_path_reach_the_store(s3, demo_dir: Path) -> None:
+    """A tokenizer folder is saved by transformers (not through assay's atomic writes); the
+    step's folder is published when its writer is done."""
+    from assay.recipe.pipeline import run_recipe
+    from assay.recipe.recipe import parse_recipe
+
+    _upload(s3, demo_dir / "train", "bkt/tok/train")
+    data = {
+        "name": "tok",
+        "corpus": {"paths": ["s3://bkt/tok/train"]},
+        "run_dir": "s3://bkt/runs/tok",
+        "steps": [{"tokenizer": {"vocab_size": 300, "sample_docs": 100}}],
+    }
+    run_recipe(parse_recipe(data), progress=False)
+    s3.invalidate_cache()
+    names = {p.rsplit("/", 1)[1] for p in s3.find("bkt/runs/tok/tokenizer")}
+    assert {"tokenizer.json", "step.json"} <= names
+    assert not any(n.startswith(".") for n in names)  # locks and temporary files stay local

@@ -27,7 +27,7 @@ from typing import Any
 
 from assay.errors import StateError
 from assay.util.files import host_name, pid_alive, writing
-from assay.util.remote import is_remote, remote_of
+from assay.util.remote import is_remote, publish_changed, remote_of
 
 MARKER = "_assay.json"
 #: bookkeeping that folders written by earlier assay versions hold instead of the marker
@@ -318,6 +318,8 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
             _held[key] = 1
     try:
         yield
+        if _held.get(key) == 1:  # the outermost writer is done: a mirror's stragglers go up
+            publish_changed(key)
     finally:
         with _held_guard:
             _held[key] -= 1

@@ -125,6 +125,35 @@ def publish(final: str | os.PathLike) -> None:
         fs.put_file(str(local), path)
 
 
+def publish_changed(folder: str | os.PathLike) -> int:
+    """Upload the files of a mirror folder that the remote lacks or holds an older or
+    different-sized copy of (files written other than through `atomic_path`); returns how
+    many. Called when the last writer of an output folder is done."""
+    url = remote_of(folder)
+    local = Path(folder)
+    if url is None or not local.is_dir():
+        return 0
+    fs, path = filesystem(url)
+    fs.invalidate_cache()
+    remote = fs.find(path, detail=True) if fs.exists(path) else {}
+    base = path.rstrip("/")
+    sent = 0
+    for f in sorted(q for q in local.rglob("*") if q.is_file()):
+        rel = f.relative_to(local).as_posix()
+        if _private(rel):
+            continue
+        info = remote.get(f"{base}/{rel}")
+        st = f.stat()
+        if info is not None and info.get("size") == st.st_size:
+            modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
+            stamp = getattr(modified, "timestamp", None)
+            if stamp is None or stamp() >= st.st_mtime - 1:
+                continue
+        fs.put_file(str(f), f"{base}/{rel}")
+        sent += 1
+    return sent
+
+
 def unpublish(local: str | os.PathLike) -> None:
     """Remove the remote counterpart of a file (or folder) removed from a mirror."""
     url = remote_of(local)
@@ -157,7 +186,7 @@ def pull(url: str) -> Path:
     seen: dict[str, str] = json.loads(seen_path.read_text()) if seen_path.exists() else {}
     for f in sorted(q for q in local.rglob("*") if q.is_file()):
         rel = f.relative_to(local).as_posix()
-        if rel not in remote:
+        if rel not in remote and not _private(rel):
             f.unlink()  # written here but never published: not trusted
     for rel, info in remote.items():
         target = local / rel
@@ -176,6 +205,12 @@ def pull(url: str) -> Path:
     os.replace(tmp, seen_path)
     _prune_empty(local)
     return local
+
+
+def _private(rel: str) -> bool:
+    """Hidden names (locks, temporary files and folders) belong to this machine: never
+    published, never removed by a pull."""
+    return any(part.startswith(".") for part in rel.split("/"))
 
 
 def _prune_empty(folder: Path) -> None:
