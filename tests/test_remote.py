@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from assay.exec.runner import LocalRunner
 from assay.io.corpus import Corpus
+from assay.io.scores import read_scores
 from assay.selection.doc_stats import DocStatsScorer
 from assay.selection.score import score_corpus
 from assay.selection.select import select
@@ -88,6 +90,11 @@ def test_read_score_select_on_s3(s3, tmp_path: Path, demo_dir: Path) -> None:
     shutil.rmtree(os.environ["ASSAY_REMOTE_CACHE"])
     again = score_corpus(DocStatsScorer(), remote, "s3://bkt/out/stats")
     assert again.ran == 0 and again.resumed == len(remote.shards)
+    # worker processes read and publish too
+    pooled = score_corpus(DocStatsScorer(), remote, "s3://bkt/out/j2", runner=LocalRunner(2))
+    assert pooled.ran == len(remote.shards)
+    pooled_scores = read_scores("s3://bkt/out/j2", remote).sort("id")
+    assert pooled_scores.equals(read_scores("s3://bkt/out/stats", remote).sort("id"))
 
     with pytest.raises(UnsafeOutputError):
         score_corpus(DocStatsScorer(), remote, "s3://bkt/demo/train/scores")

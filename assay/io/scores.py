@@ -24,6 +24,7 @@ from assay.io.corpus import Corpus
 from assay.io.shards import RESERVED_COLUMNS, Shard, strip_format_suffix
 from assay.io.split import PART_STEM
 from assay.util.files import read_json, read_parquet
+from assay.util.remote import local_path
 
 SCORES_META = "_scores.json"
 
@@ -99,7 +100,8 @@ class ScoreSet:
             dirs = [dirs]
         if not dirs:
             raise ConfigError("no scores folders given")
-        self.dirs = [Path(d) for d in dirs]
+        # a remote scores folder is read through its local mirror (`assay.util.remote`)
+        self.dirs = [Path(local_path(d, must_exist=True)) for d in dirs]
         self.columns_by_dir = {d: score_columns(d) for d in self.dirs}
         for d, cols in self.columns_by_dir.items():
             check_score_columns(cols, f"scores folder {d}")
