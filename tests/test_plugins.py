@@ -73,44 +73,44 @@ def loudness(text: str) -> float:
     return sum(c.isupper() for c in letters) / len(letters)
 
 
-def _env() -> dict[str, str]:
-    """The environment of a subprocess that imports this same assay."""
+def _env(site: Path | None = None) -> dict[str, str]:
+    """The environment of a subprocess that imports this same assay (and the packages
+    installed in `site`)."""
     root = str(Path(assay.__file__).resolve().parents[1])
-    path = os.environ.get("PYTHONPATH")
+    paths = [root, *([str(site)] if site else []), os.environ.get("PYTHONPATH", "")]
     return {
         **os.environ,
-        "PYTHONPATH": root + (os.pathsep + path if path else ""),
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
         "ASSAY_PROGRESS": "0",
     }
 
 
-def _pip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pip", *args],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def shout(tmp_path_factory: pytest.TempPathFactory):
-    """The plugin package, installed into this environment for the module's tests (and
-    uninstalled after them)."""
+    """The plugin package, built and installed by pip into a folder of its own (never into
+    this environment), which is put on the path of this process and of its subprocesses."""
     pkg = tmp_path_factory.mktemp("plugin") / "assay-shout"
     pkg.mkdir()
     (pkg / "pyproject.toml").write_text(PYPROJECT)
     (pkg / "assay_shout.py").write_text(MODULE)
-    done = _pip("install", "--no-deps", "--no-build-isolation", "--quiet", str(pkg))
+    site = pkg.parent / "site"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
+         "--no-index", "--target", str(site), str(pkg)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )  # fmt: skip
     if done.returncode != 0:
-        _pip("uninstall", "-y", "--quiet", "assay-shout")
         pytest.skip(f"pip cannot install the test plugin here: {done.stderr.strip()[-400:]}")
+    assert len(list(site.glob("assay_shout-*.dist-info/entry_points.txt"))) == 1
+    sys.path.insert(0, str(site))
     importlib.invalidate_caches()
     try:
-        yield pkg
+        yield site
     finally:
-        _pip("uninstall", "-y", "--quiet", "assay-shout")
+        sys.path.remove(str(site))
         importlib.invalidate_caches()
         base._REGISTRY.pop("shout", None)
         sys.modules.pop("assay_shout", None)
@@ -131,7 +131,10 @@ def test_the_plugin_is_listed_and_made_by_name(shout: Path) -> None:
     assert scorer.columns == ["shout"] and scorer.get_params() == {"column": "shout"}
     np.testing.assert_allclose(scorer.score(DOCS), [loudness(t) for t in DOCS], rtol=1e-6)
     listed = subprocess.run(
-        [sys.executable, "-m", "assay.cli", "scorers"], capture_output=True, text=True, env=_env()
+        [sys.executable, "-m", "assay.cli", "scorers"],
+        capture_output=True,
+        text=True,
+        env=_env(shout),
     )
     assert listed.returncode == 0, listed.stderr
     assert "shout" in listed.stdout.split()
@@ -144,7 +147,7 @@ def test_the_command_line_scores_with_the_plugin(shout: Path, corpus: Path, tmp_
         [sys.executable, "-m", "assay.cli", *command],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=_env(shout),
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr

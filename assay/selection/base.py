@@ -57,6 +57,8 @@ _BUILTIN_MODULES = {
     "dsir": "assay.selection.dsir",
     "decontam": "assay.selection.decontam",
     "ngram_lm": "assay.selection.ngram_lm",
+    "fasttext_classifier": "assay.selection.fasttext_classifier",
+    "hf_classifier": "assay.selection.hf_classifier",
 }
 
 
@@ -126,6 +128,12 @@ class Scorer:
         "auto" (a GPU when its worker has one), "cuda" or "cuda:N". A Ray task of the scorer
         asks for a GPU accordingly (`assay.exec.devices.gpus_for`)."""
         return "cpu"
+
+    def input_identity(self) -> Any:
+        """What the scores depend on besides the settings and the saved folder: the content of
+        model files the scorer reads from where the user keeps them (a pretrained classifier),
+        or None. A score file made before such a file changed is redone."""
+        return None
 
     def save(self, path: str | os.PathLike) -> Scorer:
         if not self.is_fitted:

@@ -78,12 +78,17 @@ class ScoreTask:
 
 def scorer_identity(scorer: Scorer) -> dict[str, Any]:
     """What scores depend on: the scorer's kind and settings, and the content of its saved
-    model files (without their modification times: saving the same model again is the same)."""
-    return {
+    model files (without their modification times: saving the same model again is the same),
+    and the model files it reads from elsewhere, for a scorer that has some."""
+    identity = {
         "kind": scorer.kind,
         "config": scorer.get_config(),
         "model": folder_fingerprint(scorer.path, mtime=False) if scorer.path else None,
     }
+    inputs = scorer.input_identity()
+    if inputs is not None:
+        identity["inputs"] = inputs
+    return identity
 
 
 def score_corpus(

@@ -89,6 +89,24 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "dsir": [{}, {"column": "d", "num_buckets": 500, "ngrams": 1, "target_laplace_smoothing": 1}],
     "decontam": [{}, {"n": 8, "min_words": 5}],
     "ngram_lm": [{}, {"column": "ppl", "order": 5}],
+    "fasttext_classifier": [
+        {"model": "/models/dclm.bin", "label": "__label__hq"},
+        {"model": Path("/models/edu.bin"), "label": None, "output": "expected", "column": "edu"},
+    ],
+    "hf_classifier": [
+        {"model": "/models/edu"},
+        {
+            "model": Path("/models/edu"),
+            "column": "edu",
+            "label": "2",
+            "output": "probability",
+            "int_score": (0, 5),
+            "max_length": 256,
+            "batch_size": 8,
+            "dtype": "bfloat16",
+            "device": "cpu",
+        },
+    ],
 }
 
 
@@ -115,7 +133,7 @@ def test_params_rebuild_the_scorer(name: str, kwargs: dict[str, Any]) -> None:
     assert cls(**stored).get_params() == stored
     assert stored == json.loads(json.dumps(again.get_params()))
     for key, value in kwargs.items():  # given values are kept (normalised where documented)
-        if key not in ("embedder", "params", "model", "heads", "alphas"):
+        if key not in ("embedder", "params", "model", "heads", "alphas", "int_score"):
             assert params[key] == value, key
 
 
