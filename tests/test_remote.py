@@ -249,3 +249,21 @@ def test_files_written_without_atomic_path_reach_the_store(s3, demo_dir: Path) -
     names = {p.rsplit("/", 1)[1] for p in s3.find("bkt/runs/tok/tokenizer")}
     assert {"tokenizer.json", "step.json"} <= names
     assert not any(n.startswith(".") for n in names)  # locks and temporary files stay local
+
+
+def test_any_fsspec_store_memory(tmp_path: Path, demo_dir: Path, monkeypatch) -> None:
+    """Not only S3: fsspec's in-memory store (one process) holds a corpus and its scores."""
+    import fsspec
+
+    monkeypatch.setenv("ASSAY_REMOTE_CACHE", str(tmp_path / "mirrors"))
+    mem = fsspec.filesystem("memory")
+    for f in sorted((demo_dir / "train").glob("*")):
+        mem.pipe_file(f"/m/train/{f.name}", f.read_bytes())
+    corpus = Corpus("memory://m/train")
+    assert _texts(corpus) == _texts(Corpus(demo_dir / "train"))
+    score_corpus(DocStatsScorer(), corpus, "memory://m/stats")
+    assert {f"{s.stem}.parquet" for s in corpus.shards} <= {
+        p.rsplit("/", 1)[1] for p in mem.find("/m/stats")
+    }
+    assert read_scores("memory://m/stats", corpus).height == len(_texts(corpus))
+    mem.rm("/m", recursive=True)
