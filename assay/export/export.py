@@ -30,6 +30,10 @@ trainers caps repetition by itself except OLMo-core, so the capped shares are wh
   domain's token share / its mean document length, normalized), `seed`, `stopping_strategy`
   ("all_exhausted" when some domain is to be repeated, else "first_exhausted"), and
   `documents`: how many to take for the budget.
+- litgpt: each domain again as a litdata token dataset (`<domain>/index.json` and chunks, what
+  LitGPT's data modules stream), `assay_litgpt.py` (a `DataModule` mixing them with
+  `CombinedStreamingDataset` and the shares as weights) and `litgpt.yaml` (its `data:` section
+  for `litgpt pretrain --config`, and `train.max_tokens` for a budget); see `litgpt.py`.
 
 Every export also writes `export.json`: the shares, the allocation and every file's weight.
 """
@@ -47,12 +51,19 @@ import yaml
 from assay.common.budget import OnCap, allocate_tokens
 from assay.common.mixture import Mixture, resolve_mixture
 from assay.errors import ConfigError
+from assay.export.litgpt import write_litgpt
 from assay.export.settings import ExportSettings
 from assay.export.sources import Source, olmo_dtype, open_source, raw_path
 from assay.util.files import atomic_path, write_json
 
-TARGETS: tuple[str, ...] = ("megatron", "olmo-core", "nanotron", "hf")
-KIND = {"megatron": "megatron", "olmo-core": "raw", "nanotron": "datatrove", "hf": "text"}
+TARGETS: tuple[str, ...] = ("megatron", "olmo-core", "nanotron", "hf", "litgpt")
+KIND = {
+    "megatron": "megatron",
+    "olmo-core": "raw",
+    "nanotron": "datatrove",
+    "hf": "text",
+    "litgpt": "raw",
+}
 
 
 def export_mixture(
@@ -78,7 +89,13 @@ def export_mixture(
     root = Path(out)
     if root.resolve() == src.root or root.resolve().is_relative_to(src.root):
         raise ConfigError(f"write the export outside its source {src.root}")
-    writer = {"megatron": _megatron, "olmo-core": _olmo, "nanotron": _nanotron, "hf": _hf}[to]
+    writer = {
+        "megatron": _megatron,
+        "olmo-core": _olmo,
+        "nanotron": _nanotron,
+        "hf": _hf,
+        "litgpt": write_litgpt,
+    }[to]
     files = writer(src, shares, root, summary, seed=seed, global_batch_size=global_batch_size)
     summary.update(target=to, source=str(src.root), seed=seed, files=files)
     write_json(root / "export.json", summary)
