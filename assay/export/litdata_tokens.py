@@ -35,6 +35,7 @@ import numpy as np
 
 from assay.errors import InputError
 from assay.util.files import atomic_path
+from assay.util.remote import unpublish
 
 INDEX = "index.json"
 DATA_FORMAT = "no_header_tensor:16"  # torch.int32, as litgpt's Tokenizer.encode returns
@@ -148,9 +149,9 @@ def _remove_old(folder: Path) -> None:
     if not index.is_file():
         return
     old = json.loads(index.read_text())
-    index.unlink()
-    for chunk in old.get("chunks", []):
-        (folder / chunk["filename"]).unlink(missing_ok=True)
+    for path in [index, *(folder / c["filename"] for c in old.get("chunks", []))]:
+        path.unlink(missing_ok=True)
+        unpublish(path)  # in a remote folder's mirror: removed there too
 
 
 def read_litdata(folder: str | os.PathLike) -> Iterator[np.ndarray]:
