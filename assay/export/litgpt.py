@@ -32,7 +32,7 @@ import yaml
 from assay.export.indexed import IndexedFile
 from assay.export.litdata_tokens import LitdataTokensWriter
 from assay.export.raw import read_datatrove
-from assay.export.sources import Source, SourceFile
+from assay.export.sources import Source, SourceFile, where
 from assay.util.files import atomic_path
 
 MODULE = "assay_litgpt.py"
@@ -63,7 +63,7 @@ def write_litgpt(
     with atomic_path(root / MODULE) as tmp:
         shutil.copyfile(Path(__file__).with_name(MODULE), tmp)
     init_args = {
-        "data_path": str(root.resolve()),
+        "data_path": where(root),
         "domains": [src.folders[d] for d in shares],
         "weights": [float(s) for s in shares.values()],
         "seed": seed,
@@ -73,15 +73,15 @@ def write_litgpt(
         config["train"] = {"max_tokens": int(summary["budget"])}
     with atomic_path(root / "litgpt.yaml") as tmp:
         tmp.write_text(
-            _HEADER.format(root=root.resolve()) + yaml.safe_dump(config, sort_keys=False)
+            _HEADER.format(data=init_args["data_path"]) + yaml.safe_dump(config, sort_keys=False)
         )
     return files
 
 
 _HEADER = """\
 # LitGPT pretraining data written by `assay export --to litgpt`: one litdata token dataset
-# per domain under {root}, mixed by the data module of assay_litgpt.py beside it.
-#   PYTHONPATH={root} litgpt pretrain <model> --config {root}/litgpt.yaml \\
+# per domain under {data}, mixed by the data module of assay_litgpt.py beside this file.
+#   PYTHONPATH=<this folder> litgpt pretrain <model> --config <this folder>/litgpt.yaml \\
 #       --tokenizer_dir <the tokenizer the ids were made with>
 """
 
