@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# readers. --no-deps: its extras pull CUDA builds; its real needs (torch, numpy, packaging)
 	# are installed above.
 	$(PIP) install --quiet --no-deps -c constraints.txt megatron-core==0.16.1
+	# litdata, only so that the tests stream assay's LitGPT export with litdata's own reader.
+	# --no-deps: torchvision, tifffile and obstore are not imported by its streaming reader.
+	$(PIP) install --quiet --no-deps litdata==0.2.76 lightning-utilities==0.15.3
 	touch $(STAMP)
 
 demo: $(STAMP)

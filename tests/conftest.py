@@ -106,3 +106,49 @@ def static_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from assay.common.embed import distill_static
 
     return distill_static(None, tmp_path_factory.mktemp("static") / "minilm-static")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """A bucket ("bkt") on a local S3 server (moto's server mode on 127.0.0.1, one per test
+    module); the environment points boto at it and mirrors into a temporary folder. fsspec's
+    cached filesystems (which keep the endpoint they were made with) are dropped before and
+    after, so each module's server is the one used."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "ASSAY_REMOTE_CACHE": str(tmp_path_factory.mktemp("mirrors")),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bkt")
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    type(fs).clear_instance_cache()
+    try:
+        yield fs
+    finally:
+        type(fs).clear_instance_cache()
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def upload(fs, local: Path, url: str) -> None:
+    """Put a local folder's files under a bucket path (`fs`: the `s3` fixture)."""
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            fs.put_file(str(f), f"{url}/{f.relative_to(local).as_posix()}")

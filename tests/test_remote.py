@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import upload
 
 from assay.exec.runner import LocalRunner
 from assay.io.corpus import Corpus
@@ -22,46 +23,8 @@ from assay.selection.score import score_corpus
 from assay.selection.select import select
 from assay.util.guard import UnsafeOutputError
 
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory):
-    """A bucket on a local S3 server; the environment points boto at it."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "ASSAY_REMOTE_CACHE": str(tmp_path_factory.mktemp("mirrors")),
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bkt")
-    import fsspec
-
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    try:
-        yield fs
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _upload(fs, local: Path, url: str) -> None:
-    for f in sorted(local.rglob("*")):
-        if f.is_file():
-            fs.put_file(str(f), f"{url}/{f.relative_to(local).as_posix()}")
 
 
 def _texts(corpus: Corpus) -> dict[str, str]:
@@ -69,7 +32,7 @@ def _texts(corpus: Corpus) -> dict[str, str]:
 
 
 def test_read_score_select_on_s3(s3, tmp_path: Path, demo_dir: Path) -> None:
-    _upload(s3, demo_dir / "train", "bkt/demo/train")
+    upload(s3, demo_dir / "train", "bkt/demo/train")
     local = Corpus(demo_dir / "train")
     remote = Corpus("s3://bkt/demo/train")
     assert [s.name for s in remote.shards] == [s.name for s in local.shards]
@@ -132,7 +95,7 @@ def test_a_recipe_on_s3_fails_midway_and_resumes_on_a_fresh_machine(
         write_jsonl(shards / f"part-{i}.jsonl", demo_records[i * 40 : (i + 1) * 40])
     bad = [*demo_records[240:250], {"id": "broken", "text": 42}]
     write_jsonl(shards / "part-6.jsonl", bad)
-    _upload(s3, shards, "bkt/c2")
+    upload(s3, shards, "bkt/c2")
     data = _recipe("s3://bkt/c2", "s3://bkt/runs/r2")
     with pytest.raises(InputError, match=r"s3://bkt/c2/part-6\.jsonl, line 11"):
         run_recipe(parse_recipe(data), progress=False)
@@ -162,7 +125,7 @@ def test_a_killed_cli_run_resumes_from_s3(s3, tmp_path: Path, demo_records: list
     shards = tmp_path / "shards"
     for i in range(24):
         write_jsonl(shards / f"p{i:02d}.jsonl", demo_records[i * 15 : (i + 1) * 15])
-    _upload(s3, shards, "bkt/c3")
+    upload(s3, shards, "bkt/c3")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(_recipe("s3://bkt/c3", "s3://bkt/runs/r3")))
     env = {**os.environ, "ASSAY_PROGRESS": "0"}

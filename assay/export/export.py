@@ -30,8 +30,18 @@ trainers caps repetition by itself except OLMo-core, so the capped shares are wh
   domain's token share / its mean document length, normalized), `seed`, `stopping_strategy`
   ("all_exhausted" when some domain is to be repeated, else "first_exhausted"), and
   `documents`: how many to take for the budget.
+- litgpt: each domain again as a litdata token dataset (`<domain>/index.json` and chunks, what
+  LitGPT's data modules stream), `assay_litgpt.py` (a `DataModule` mixing them with
+  `CombinedStreamingDataset` and the shares as weights) and `litgpt.yaml` (its `data:` section
+  for `litgpt pretrain --config`, and `train.max_tokens` for a budget); see `litgpt.py`.
 
 Every export also writes `export.json`: the shares, the allocation and every file's weight.
+
+A file in the local mirror of a remote folder (a remote run directory's materialized sample,
+`assay.util.remote`) is named by its remote URL (`s3://...`) for the trainers that read object
+storage themselves: Megatron-LM (an object-storage blend, `--object-storage-cache-path`),
+OLMo-core (remote numpy paths) and LitGPT (litdata's remote `input_dir`); the mirror is a cache
+and may be gone when training starts. nanotron's folders and `hf`'s data files stay local paths.
 """
 
 from __future__ import annotations
@@ -47,12 +57,19 @@ import yaml
 from assay.common.budget import OnCap, allocate_tokens
 from assay.common.mixture import Mixture, resolve_mixture
 from assay.errors import ConfigError
+from assay.export.litgpt import write_litgpt
 from assay.export.settings import ExportSettings
-from assay.export.sources import Source, olmo_dtype, open_source, raw_path
+from assay.export.sources import Source, olmo_dtype, open_source, raw_path, where
 from assay.util.files import atomic_path, write_json
 
-TARGETS: tuple[str, ...] = ("megatron", "olmo-core", "nanotron", "hf")
-KIND = {"megatron": "megatron", "olmo-core": "raw", "nanotron": "datatrove", "hf": "text"}
+TARGETS: tuple[str, ...] = ("megatron", "olmo-core", "nanotron", "hf", "litgpt")
+KIND = {
+    "megatron": "megatron",
+    "olmo-core": "raw",
+    "nanotron": "datatrove",
+    "hf": "text",
+    "litgpt": "raw",
+}
 
 
 def export_mixture(
@@ -78,7 +95,13 @@ def export_mixture(
     root = Path(out)
     if root.resolve() == src.root or root.resolve().is_relative_to(src.root):
         raise ConfigError(f"write the export outside its source {src.root}")
-    writer = {"megatron": _megatron, "olmo-core": _olmo, "nanotron": _nanotron, "hf": _hf}[to]
+    writer = {
+        "megatron": _megatron,
+        "olmo-core": _olmo,
+        "nanotron": _nanotron,
+        "hf": _hf,
+        "litgpt": write_litgpt,
+    }[to]
     files = writer(src, shares, root, summary, seed=seed, global_batch_size=global_batch_size)
     summary.update(target=to, source=str(src.root), seed=seed, files=files)
     write_json(root / "export.json", summary)
@@ -122,12 +145,12 @@ def _file_weights(src: Source, shares: Mapping[str, float]) -> list[tuple[str, A
 
 
 def _megatron(src: Source, shares: Mapping[str, float], root: Path, summary: dict, **_: Any):
-    blend = _file_weights(src, shares)
-    words = [w for _, f, weight in blend for w in (_num(weight), f.megatron)]
+    blend = [(d, where(f.megatron), w) for d, f, w in _file_weights(src, shares)]
+    words = [w for _, prefix, weight in blend for w in (_num(weight), prefix)]
     with atomic_path(root / "data_args.txt") as tmp:
         tmp.write_text(" ".join(words) + "\n")
     write_json(root / "megatron.json", {"data_path": words})
-    return [{"domain": d, "prefix": f.megatron, "weight": w} for d, f, w in blend]
+    return [{"domain": d, "prefix": prefix, "weight": w} for d, prefix, w in blend]
 
 
 def _olmo(
@@ -152,7 +175,7 @@ def _olmo(
         {
             "source_name": d,
             "target_ratio": float(s),
-            "paths": [raw_path(f) for f in src.domains[d] if f.tokens],
+            "paths": [where(raw_path(f)) for f in src.domains[d] if f.tokens],
             "max_repetition_ratio": max(max_epochs, 1.0),
             "max_source_fraction": min(max_epochs, 1.0),
         }

@@ -29,6 +29,7 @@ import numpy as np
 
 from assay.errors import InputError, MissingError
 from assay.util.files import temp_path_for
+from assay.util.remote import publish
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -100,6 +101,8 @@ class IndexedWriter:
             f.write(np.arange(len(lengths) + 1, dtype="<i8").tobytes())
         os.replace(self._bin_tmp, self.bin_path)
         os.replace(self._idx_tmp, self.idx_path)
+        for path in (self.bin_path, self.idx_path):  # in a remote folder's mirror: uploaded
+            publish(path)
 
     def abort(self) -> None:
         self._bin.close()

@@ -51,6 +51,7 @@ from assay.io.corpus import Corpus
 from assay.io.write import ShardWriter
 from assay.util.files import read_json, write_json
 from assay.util.hashing import config_hash
+from assay.util.remote import unpublish
 
 MANIFEST = "materialize.json"
 FORMATS: tuple[str, ...] = ("text", "megatron", "datatrove")
@@ -130,6 +131,7 @@ def _remove_listed(root: Path, manifest: dict[str, Any]) -> None:
     their place: a part it had and this one has not must not stay behind. Its manifest goes
     first, so that no manifest ever lists a missing file."""
     (root / MANIFEST).unlink()
+    unpublish(root / MANIFEST)
     for info in manifest.get("domains", {}).values():
         for part in info.get("files", []):
             names = [part.get("text")]
@@ -139,6 +141,7 @@ def _remove_listed(root: Path, manifest: dict[str, Any]) -> None:
                 names += [part["datatrove"] + s for s in ("", ".index", ".metadata")]
             for name in filter(None, names):
                 (root / name).unlink(missing_ok=True)
+                unpublish(root / name)
 
 
 def plan_sample(

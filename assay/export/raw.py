@@ -20,6 +20,7 @@ import numpy as np
 
 from assay.errors import ConfigError, InputError
 from assay.util.files import temp_path_for
+from assay.util.remote import publish
 
 
 class DatatroveWriter:
@@ -58,6 +59,7 @@ class DatatroveWriter:
         )
         for tmp, final in reversed(list(zip(self.temps, self.finals, strict=True))):
             os.replace(tmp, final)
+            publish(final)  # in a remote folder's mirror: uploaded, the .ds last
 
     def abort(self) -> None:
         self._ds.close()

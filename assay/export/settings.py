@@ -48,9 +48,9 @@ class MaterializeSettings(BudgetSettings):
 class ExportSettings(BudgetSettings):
     """What `export_mixture` writes."""
 
-    to: Literal["megatron", "olmo-core", "nanotron", "hf"] = Field(
-        description="The trainer: megatron, olmo-core, nanotron or hf (datasets' "
-        "interleave_datasets)."
+    to: Literal["megatron", "olmo-core", "nanotron", "hf", "litgpt"] = Field(
+        description="The trainer: megatron, olmo-core, nanotron, hf (datasets' "
+        "interleave_datasets) or litgpt (litdata token datasets and a data module)."
     )
     global_batch_size: int | None = Field(
         None, ge=1, description="olmo-core: tokens per optimizer step (its global_batch_size)."

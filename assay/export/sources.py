@@ -16,6 +16,7 @@ from assay.errors import InputError, MissingError
 from assay.export.indexed import IndexedFile
 from assay.export.materialize import MANIFEST
 from assay.util.files import read_json
+from assay.util.remote import mirror_root, remote_of
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,19 @@ def _token_size_of(ds: Path) -> int:
     if size not in ("2", "4"):
         raise InputError(f"{meta}: cannot read the bytes per token from {first!r}")
     return int(size)
+
+
+def where(path: str | os.PathLike) -> str:
+    """A path as a trainer is told it: its remote URL when it lies in a remote folder's mirror
+    (also when the mirrors' folder is named through a symbolic link), else the absolute path."""
+    real = Path(path).resolve()
+    url = remote_of(path) or remote_of(real)
+    if url is None:
+        try:
+            url = remote_of(mirror_root() / real.relative_to(mirror_root().resolve()))
+        except ValueError:
+            url = None
+    return url or str(real)
 
 
 def olmo_dtype(f: SourceFile) -> str:

@@ -1,5 +1,5 @@
 """export: a mixture as the data configuration of a trainer (Megatron, OLMo-core, nanotron,
-Hugging Face datasets)."""
+Hugging Face datasets, LitGPT)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from assay.recipe.steps.train_proxy import parse_mixture
 class ExportStep(Step, ExportSettings):
     """Write what a trainer reads for a mixture over tokenized files: Megatron's --data-path
     blend (data_args.txt), OLMo-core's source mixture, nanotron's dataset folders and weights,
-    or the probabilities of datasets' interleave_datasets; each domain's share capped at
-    max_epochs passes for the budget."""
+    the probabilities of datasets' interleave_datasets, or LitGPT's litdata datasets and data
+    module; each domain's share capped at max_epochs passes for the budget."""
 
     outputs = ("export",)
     references: ClassVar[dict[str, str]] = {"mixture": "mixture", "source": "materialized"}
