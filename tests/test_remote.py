@@ -165,7 +165,7 @@ def test_cli_verbs_write_and_read_s3(s3, demo_dir: Path) -> None:
 
     from assay.cli import app
 
-    _upload(s3, demo_dir / "train", "bkt/cli/train")
+    upload(s3, demo_dir / "train", "bkt/cli/train")
     cli = CliRunner()
     res = cli.invoke(
         app, ["score", "s3://bkt/cli/train", "--scorer", "doc_stats", "--out", "s3://bkt/cli/st"]
@@ -200,7 +200,7 @@ def test_files_written_without_atomic_path_reach_the_store(s3, demo_dir: Path) -
     from assay.recipe.pipeline import run_recipe
     from assay.recipe.recipe import parse_recipe
 
-    _upload(s3, demo_dir / "train", "bkt/tok/train")
+    upload(s3, demo_dir / "train", "bkt/tok/train")
     data = {
         "name": "tok",
         "corpus": {"paths": ["s3://bkt/tok/train"]},
