@@ -61,6 +61,7 @@ from assay.export.litgpt import write_litgpt
 from assay.export.settings import ExportSettings
 from assay.export.sources import Source, olmo_dtype, open_source, raw_path, where
 from assay.util.files import atomic_path, write_json
+from assay.util.remote import local_path
 
 TARGETS: tuple[str, ...] = ("megatron", "olmo-core", "nanotron", "hf", "litgpt")
 KIND = {
@@ -88,11 +89,11 @@ def export_mixture(
     cfg = ExportSettings.model_validate({**base, **options})
     to, budget, max_epochs, on_cap = cfg.to, cfg.budget, cfg.max_epochs, cfg.on_cap
     seed, global_batch_size = (0 if cfg.seed is None else cfg.seed), cfg.global_batch_size
-    src = open_source(source, KIND[to])
+    src = open_source(local_path(source, must_exist=True), KIND[to])  # remote: its mirror
     counts = {d: src.tokens(d) for d in src.domains}
     mix = resolve_mixture("natural" if mixture is None else mixture, counts)
     shares, summary = domain_shares(mix, counts, budget, max_epochs, on_cap)
-    root = Path(out)
+    root = Path(local_path(out))  # a remote folder: its mirror, published file by file
     if root.resolve() == src.root or root.resolve().is_relative_to(src.root):
         raise ConfigError(f"write the export outside its source {src.root}")
     writer = {

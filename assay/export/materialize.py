@@ -51,7 +51,7 @@ from assay.io.corpus import Corpus
 from assay.io.write import ShardWriter
 from assay.util.files import read_json, write_json
 from assay.util.hashing import config_hash
-from assay.util.remote import unpublish
+from assay.util.remote import local_path, unpublish
 
 MANIFEST = "materialize.json"
 FORMATS: tuple[str, ...] = ("text", "megatron", "datatrove")
@@ -80,8 +80,8 @@ def materialize_mixture(
     formats = _check_formats(cfg.formats)
     text_format = cfg.text_format
     mix = resolve_mixture(mixture, {d: t.n_tokens for d, t in cache.domains.items()})
-    root = Path(out)
-    corpus.check_output(root, "materialized mixture")
+    corpus.check_output(out, "materialized mixture")
+    root = Path(local_path(out))  # a remote folder: its mirror, published file by file
     _check_cache(corpus, cache)
     identity = {
         "cache": cache.meta["identity"],
