@@ -162,6 +162,7 @@ def embed(what: str, embedder: Any, tokens: float | None, env: Env, missing: str
     if path == "static":
         return cpu(f"{what} (static: table lookups)")
     model = named_lm(path, env, "embedder")
+    what += " (an upper bound: embedders truncate long documents)"
     return forward(what, model, tokens, env, f"scale.params[{path}]", missing)
 
 
@@ -209,9 +210,10 @@ def _mates(step: Any, env: Env) -> list[Cost]:
                 "targets.max_items",
             )
         )
-        pool = probed * step.stage_tokens / step.keep
-        what = f"influence model: embed {probed} stage pool(s)"
-        costs.append(embed(what, step.embedder, pool, env, ""))
+        tokens = corpus_tokens(step, env)  # split into `stages` pools; all but the first scored
+        pool = tokens * probed / step.stages if tokens else None
+        what = f"influence model: embed {probed} of {step.stages} stage pools"
+        costs.append(embed(what, step.embedder, pool, env, "scale.corpus_tokens"))
     return costs
 
 
