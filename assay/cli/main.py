@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from assay.cli.steps import step_command, step_verbs
+from assay.recipe.costs import Hardware
+from assay.recipe.spec import Scale
 
 out = Console()
 err = Console(stderr=True)
@@ -50,16 +52,42 @@ for _verb, _cls in step_verbs().items():
 )
 @click.option("--overwrite", is_flag=True, help="Redo every step (default: reuse finished work).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print each step's plan and an estimate of its compute; read and write nothing. "
+    "Several recipes may then be given (arguments without '=').",
+)
+@click.option("--gpu", help=Hardware.model_fields["gpu"].description + " (--dry-run)")
+@click.option("--peak-tflops", type=float, help=Hardware.model_fields["peak_tflops"].description)
+@click.option("--mfu", type=float, help=Hardware.model_fields["mfu"].description)
+@click.option(
+    "--attention-flops", is_flag=True, help=Hardware.model_fields["attention"].description
+)
+@click.option("--corpus-tokens", type=int, help=Scale.model_fields["corpus_tokens"].description)
+@click.option("--corpus-docs", type=int, help=Scale.model_fields["corpus_docs"].description)
 def run(
     recipe: Path,
     overrides: tuple[str, ...],
     run_dir: Path | None,
     overwrite: bool,
     no_progress: bool,
+    dry_run: bool,
+    **estimate: Any,
 ) -> None:
     """Run a recipe end to end in a self-describing run directory. OVERRIDES are dotted
-    settings such as select.keep=0.2 or runner.workers=2."""
+    settings such as select.keep=0.2 or runner.workers=2. With --dry-run, print the plan and
+    its compute instead (FLOPs, tokens, GPU-hours at --mfu of --gpu)."""
     from assay.recipe import STEPS, run_recipe
+
+    given = {k: v for k, v in estimate.items() if v not in (None, False)}
+    if dry_run:
+        recipes = [recipe, *(Path(o) for o in overrides if "=" not in o)]
+        dry_run_recipes(recipes, [o for o in overrides if "=" in o], run_dir, given)
+        return
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise click.UsageError(f"{flags} apply to --dry-run only")
 
     result = run_recipe(
         recipe, list(overrides), run_dir=run_dir, overwrite=overwrite, progress=not no_progress
@@ -76,6 +104,35 @@ def run(
     for s in result.steps:
         out.print(f"[bold]{s.name}[/]:", end=" ")
         STEPS[s.kind].show(s, out)
+
+
+def dry_run_recipes(
+    recipes: list[Path], overrides: list[str], run_dir: Path | None, given: dict[str, Any]
+) -> None:
+    """Print the plan and compute estimate of each recipe (`plan_recipe`)."""
+    from pydantic import ValidationError
+
+    from assay.errors import ConfigError
+    from assay.recipe import load_recipe
+    from assay.recipe.dryrun import plan_recipe
+
+    renamed = {"attention_flops": "attention"}
+    settings = {renamed.get(k, k): v for k, v in given.items()}
+    try:
+        hardware = Hardware(**{k: v for k, v in settings.items() if k in Hardware.model_fields})
+        scale = Scale(**{k: v for k, v in settings.items() if k in Scale.model_fields})
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = {v: k for k, v in renamed.items()}.get(str(err["loc"][0]), str(err["loc"][0]))
+        raise ConfigError(f"--{flag.replace('_', '-')}: {err['msg']}") from None
+    for i, path in enumerate(recipes):
+        parsed = load_recipe(path, overrides)
+        if run_dir is not None:
+            parsed = parsed.model_copy(update={"run_dir": str(run_dir)})
+        if i:
+            out.print()
+        for line in plan_recipe(parsed, hardware=hardware, scale=scale).lines():
+            out.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()

@@ -10,6 +10,21 @@ Presets, Llama-style (RoPE, SwiGLU, RMSNorm, tied embeddings), at their default 
 | m      | 32,768 | 768     | 8      | 12    | 2048 | 82M / 57M                      |
 | l      | 32,768 | 768     | 16     | 12    | 2048 | 138M / 113M                    |
 
+Paper-scale presets, for the recipes of `recipes/paper/` (GPU scale; Llama-style shapes of the
+papers' proxy sizes, the SwiGLU width about 8/3 x d_model so a layer has the parameters of a
+GELU MLP of 4 x d_model):
+
+| preset | vocab  | d_model | layers | heads | ffn  | params (total / non-embedding) | stands for |
+|--------|--------|---------|--------|-------|------|--------------------------------|------------|
+| 1m     | 50,432 | 256     | 2      | 8     | 512  | 14M / 1.3M                     | RegMix's tinyllama_1M |
+| 160m   | 50,304 | 768     | 12     | 12    | 2048 | 124M / 85M                     | Pythia-160M; DoReMi/BiMix's 12 x 768 |
+| 350m   | 32,768 | 1024    | 24     | 16    | 2816 | 342M / 308M                    | CLIMB's 350M proxy |
+| 410m   | 50,304 | 1024    | 24     | 16    | 2816 | 360M / 308M                    | Pythia-410M (MATES) |
+| 1b     | 50,304 | 2048    | 16     | 16    | 5632 | 925M / 822M                    | Pythia-1B, DCLM/PreSelect 1B |
+| 7b     | 50,432 | 4096    | 32     | 32    | 11008| 6.7B / 6.5B                    | DCLM's 7B (Llama-2-7B shape) |
+
+`preset_parameters` counts a preset's parameters from its shape (no model is built).
+
 The vocabulary actually used is the tokenizer's. On this project's 2-core CPU the Llama-style
 `tiny` trains at about 15k tokens/s and `xs` at about 4.5k (GPT-2-style: 6.6k and 2.6k), so
 Llama-style is the default; `arch="gpt2"` builds the same sizes with learned positions and a
@@ -44,6 +59,12 @@ PRESETS: dict[str, Preset] = {
     "s": Preset(16384, 512, 8, 8, 1536),
     "m": Preset(32768, 768, 8, 12, 2048),
     "l": Preset(32768, 768, 16, 12, 2048),
+    "1m": Preset(50432, 256, 2, 8, 512),
+    "160m": Preset(50304, 768, 12, 12, 2048),
+    "350m": Preset(32768, 1024, 24, 16, 2816),
+    "410m": Preset(50304, 1024, 24, 16, 2816),
+    "1b": Preset(50304, 2048, 16, 16, 5632),
+    "7b": Preset(50432, 4096, 32, 32, 11008),
 }
 
 
@@ -51,6 +72,26 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ConfigError(f"unknown proxy preset {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def preset_parameters(
+    preset: str, vocab_size: int | None = None, seq_len: int = 256, arch: str = "llama"
+) -> dict[str, int]:
+    """A preset's parameters as `build_model` makes them, counted from its shape: `total` (the
+    tied embedding once) and `non_embedding` (all but the token embedding), as
+    `assay.common.lm.count_parameters` counts a built model."""
+    p = get_preset(preset)
+    vocab, d = vocab_size or p.vocab_size, p.d_model
+    if arch == "llama":  # q, k, v, o; gate, up, down; two RMSNorms; a final RMSNorm
+        layer = 4 * d * d + 3 * d * p.d_ffn + 2 * d
+        rest = d
+    elif arch == "gpt2":  # biased attention and 4 x d MLP, two LayerNorms; positions, final norm
+        layer = (4 * d * d + 4 * d) + (8 * d * d + 5 * d) + 4 * d
+        rest = seq_len * d + 2 * d
+    else:
+        raise ConfigError(f"unknown architecture {arch!r}; use 'llama' or 'gpt2'")
+    non_embedding = p.n_layers * layer + rest
+    return {"total": non_embedding + vocab * d, "non_embedding": non_embedding}
 
 
 def build_model(

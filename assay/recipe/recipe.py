@@ -30,7 +30,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 import assay.recipe.steps  # noqa: F401  (registers the built-in steps)
 from assay.errors import ConfigError, MissingError
-from assay.recipe.spec import CorpusSpec, RunnerSpec, check_name
+from assay.recipe.spec import CorpusSpec, RunnerSpec, Scale, check_name
 from assay.recipe.step import STEPS, Step, kinds_with
 from assay.util.config import Strict
 
@@ -82,6 +82,9 @@ class Recipe(Strict):
     run_dir: str | None = None
     corpus: CorpusSpec | None = None
     runner: RunnerSpec = Field(default_factory=RunnerSpec)
+    scale: Scale | None = Field(
+        None, description="Input sizes for `assay run --dry-run`'s estimate; a run ignores it."
+    )
     steps: list[AnyStep]  # type: ignore[valid-type]
 
     @field_validator("name")

@@ -102,3 +102,26 @@ class RunnerSpec(Strict):
         description="Ray cluster address (e.g. 'auto' or 'ray://host:10001'); default starts a "
         "local Ray instance bound to 127.0.0.1.",
     )
+
+
+class Scale(Strict):
+    """How large a recipe's inputs are, for `assay run --dry-run`'s compute estimate (nothing is
+    read to find out): the corpus' size, and the parameters of models named by path."""
+
+    corpus_docs: int | None = Field(
+        None, ge=1, description="Documents in the recipe's corpus (for the estimate only)."
+    )
+    corpus_tokens: int | None = Field(
+        None, ge=1, description="Tokens in the recipe's corpus (for the estimate only)."
+    )
+    params: dict[str, int] = Field(
+        default_factory=dict,
+        description="Parameters of the models a recipe names by path (scorers, embedders, a "
+        "PreSelect family), by that path: the models are not read.",
+    )
+
+    @property
+    def tokens_per_doc(self) -> float | None:
+        if self.corpus_docs and self.corpus_tokens:
+            return self.corpus_tokens / self.corpus_docs
+        return None

@@ -40,7 +40,10 @@ class ProxyOptions(Strict):
     """What the workflows that train proxies share: their size, held-out documents, training
     settings and seed."""
 
-    preset: str = Field("tiny", description="Proxy size: tiny, xs, s, m or l.")
+    preset: str = Field(
+        "tiny",
+        description="Proxy size: tiny, xs, s, m or l (paper scale: 1m, 160m, 350m, 410m, 1b, 7b).",
+    )
     eval_docs: int | None = Field(
         200, ge=1, description="Held-out documents per domain (null: all)."
     )
