@@ -356,3 +356,47 @@ def test_hugging_face_datasets_in_and_out(tmp_path: Path, records: list[dict]) -
     assert back["id"] == [r["id"] for r in records] and back["text"] == [r["text"] for r in records]
     streamed = Corpus.from_hf(ds.to_iterable_dataset())
     assert read_all(streamed).get_column("text").to_list() == [r["text"] for r in records]
+
+
+@pytest.mark.parametrize("opts", [{}, STREAM])
+def test_the_next_file_is_read_ahead_and_results_and_errors_keep_their_order(
+    tmp_path: Path, records: list[dict], opts: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one file is read the next is already being parsed (so the cores stay busy from one
+    file to the next); batches, stats and the first error still come in file order, and
+    stopping early leaves no reading thread behind."""
+    import threading
+
+    import assay.io.shards as shards_module
+
+    for name in "abc":
+        write_jsonl(
+            tmp_path / f"{name}.jsonl", records[:20], {1: b'{"text": 42}'} if name == "c" else None
+        )
+    opened: list[str] = []
+    real = shards_module.read_jsonl
+    monkeypatch.setattr(
+        shards_module,
+        "read_jsonl",
+        lambda path, *a, **k: (opened.append(Path(path).name), real(path, *a, **k))[1],
+    )
+    batches = Corpus(tmp_path, **opts).iter_batches()
+    first = next(batches)
+    assert sorted(opened) == ["a.jsonl", "b.jsonl"]  # b is being read before a is done
+    ids = first.get_column("id").to_list()
+    with pytest.raises(CorpusError, match=r"c\.jsonl, line 2: 'text' is not a string"):
+        for batch in batches:
+            ids += batch.get_column("id").to_list()
+    assert ids[:40] == [r["id"] for r in records[:20]] * 2
+    assert ids[40:] in ([], [records[0]["id"]])  # c's line 1 (in a block of its own) or none
+    stats = ShardStats("all")
+    got = pl.concat(list(Corpus(tmp_path, on_error="skip", **opts).iter_batches(stats)))
+    assert got.height == 59 and stats.skipped == {"text_not_string": 1}
+
+    stopped = Corpus(tmp_path, **opts).iter_batches()
+    next(stopped)
+    stopped.close()
+    for t in threading.enumerate():
+        if t.name == "assay-prefetch":
+            t.join(timeout=30)
+            assert not t.is_alive()

@@ -198,44 +198,59 @@ _END = object()
 
 
 def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run an iterator in a background thread, `depth` items ahead.
+    """Run an iterator in a background thread, `depth` items ahead (from the first `next`).
 
     Decompression (zlib, ISA-L, zstd) and polars parsing release the GIL, so reading the next
     block while the current one is parsed (or scored) uses a second core instead of waiting.
     """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    yield from ReadAhead(items, depth)
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
+
+class ReadAhead:
+    """An iterator run in a background thread from the moment this is made, `depth` items
+    ahead; an exception it raises is raised where the item would have been. Iterate it once;
+    `close` (or leaving the iteration) stops the thread at its next item."""
+
+    def __init__(self, items: Iterator[Any], depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        thread = threading.Thread(
+            target=self._produce, args=(items,), name="assay-prefetch", daemon=True
+        )
+        thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self, items: Iterator[Any]) -> None:
         try:
             for item in items:
-                if not put(item):
+                if not self._put(item):
                     return
-            put(_END)
+            self._put(_END)
         except BaseException as e:  # handed to the consumer, raised there
-            put((_END, e))
+            self._put((_END, e))
 
-    thread = threading.Thread(target=produce, name="assay-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, tuple) and len(item) == 2 and item[0] is _END:
-                raise item[1]
-            yield item
-    finally:
-        stop.set()
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, tuple) and len(item) == 2 and item[0] is _END:
+                    raise item[1]
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def _read_jsonl_blocks(
@@ -255,7 +270,7 @@ def _read_jsonl_blocks(
     threads = parse_threads()
     base: Callable[[], int] | None = None
     if kind is None:
-        blocks = mapped_blocks(path, block_bytes, max_line, start, stop, threads)
+        blocks = prefetched(mapped_blocks(path, block_bytes, max_line, start, stop, threads))
         if start > 0:
             base = functools.cache(lambda: mapped_records_before(path, start, max_line))
     else:
