@@ -254,7 +254,11 @@ class FileShard(Shard):
 
     def read_ahead(self, options: ReadOptions) -> ReadAhead | None:
         """Start reading (parsing, not validating) the shard in a background thread, a batch
-        ahead, for `read(..., ahead=)`; None for a missing or empty file (read says why)."""
+        ahead, for `read(..., ahead=)`; None for a missing or empty file (read says why), or
+        for a subclass that reads otherwise (its own `read`, which may read with its own
+        options)."""
+        if type(self).read is not FileShard.read:
+            return None
         if not os.path.isfile(self.path) or os.path.getsize(self.path) == 0:
             return None
         return ReadAhead(self._raw(options), depth=1)
