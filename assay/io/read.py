@@ -296,10 +296,25 @@ def parse_threads() -> int:
     return max(1, min(8, int(limit) if limit.isdigit() else pa.cpu_count()))
 
 
+#: One pool of parsing threads per thread count, shared by every file read in this process: a
+#: file read ahead (`Corpus.iter_batches`) queues its blocks behind the current file's, and they
+#: fill the threads that the current file's last blocks leave idle, with no threads of its own.
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the threads
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="assay-parse")
+        return _POOLS[threads]
+
+
 def in_order(fn: Callable[[Any], Any], items: Iterator[Any], threads: int) -> Iterator[Any]:
     """`fn` of each item, computed by `threads` threads (at most `threads` + 1 items ahead of
     the caller), handed out in order."""
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="assay-parse")
+    pool = _pool(threads)
     pending: collections.deque[Future] = collections.deque()
     try:
         for item in items:
@@ -311,7 +326,6 @@ def in_order(fn: Callable[[Any], Any], items: Iterator[Any], threads: int) -> It
     finally:
         for f in pending:
             f.cancel()
-        pool.shutdown(wait=False)
 
 
 def _parse_one(
