@@ -3,8 +3,8 @@
 A block is `(offset, data)`: `data` holds whole lines (the last line of a file may lack its
 newline) and `offset` is where it starts in the file's (decompressed) bytes; `(offset, None)`
 says that a line longer than `max_line` starts there, which is skipped unread so that memory
-stays bounded. Plain files are cut at newlines found in a memory map and read in blocks small
-enough to give every parsing thread one; gzip and zstd files are decompressed in
+stays bounded. Plain files are cut at newlines found in a memory map into blocks of about
+equal size, as many as a multiple of the parsing threads; gzip and zstd files are decompressed in
 small steps (which stay in the CPU cache) straight into the block being filled, and blocks grow
 from `FIRST_BLOCK_BYTES` to `block_bytes`, so that parsing starts early and overlaps the
 decompression of what follows.

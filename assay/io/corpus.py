@@ -24,7 +24,6 @@ import polars as pl
 
 from assay.errors import ConfigError
 from assay.io.discover import discover_inputs
-from assay.io.read import ReadAhead
 from assay.io.sample import sample_shards
 from assay.io.shards import (
     DEFAULT_MAX_CHARS,
@@ -145,23 +144,8 @@ class Corpus:
         return f"Corpus({len(self.shards)} shards, text_field={self.options.text_field!r})"
 
     def iter_batches(self, stats: ShardStats | None = None) -> Iterator[pl.DataFrame]:
-        """Every shard's batches, in order. While one file is read, the next is parsed in the
-        background (a batch ahead), so that the cores stay busy from one file to the next."""
-        shards = whole_files(self.shards)  # one pass over a split file, not one per part
-        started: list[ReadAhead | None] = [None]
-        try:
-            for i, shard in enumerate(shards):
-                if i + 1 < len(shards):
-                    started.append(shards[i + 1].read_ahead(self.options))
-                if started[i] is None:
-                    yield from shard.read(self.options, stats)
-                else:
-                    yield from shard.read(self.options, stats, ahead=started[i])
-                started[i] = None
-        finally:
-            for reader in started:
-                if reader is not None:
-                    reader.close()
+        for shard in whole_files(self.shards):  # one pass over a split file, not one per part
+            yield from shard.read(self.options, stats)
 
     def iter_texts(self) -> Iterator[str]:
         for batch in self.iter_batches():

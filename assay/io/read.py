@@ -198,59 +198,44 @@ _END = object()
 
 
 def prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run an iterator in a background thread, `depth` items ahead (from the first `next`).
+    """Run an iterator in a background thread, `depth` items ahead.
 
     Decompression (zlib, ISA-L, zstd) and polars parsing release the GIL, so reading the next
     block while the current one is parsed (or scored) uses a second core instead of waiting.
     """
-    yield from ReadAhead(items, depth)
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
 
-
-class ReadAhead:
-    """An iterator run in a background thread from the moment this is made, `depth` items
-    ahead; an exception it raises is raised where the item would have been. Iterate it once;
-    `close` (or leaving the iteration) stops the thread at its next item."""
-
-    def __init__(self, items: Iterator[Any], depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        thread = threading.Thread(
-            target=self._produce, args=(items,), name="assay-prefetch", daemon=True
-        )
-        thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
+    def put(item: Any) -> bool:
+        while not stop.is_set():
             try:
-                self._queue.put(item, timeout=0.1)
+                q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def _produce(self, items: Iterator[Any]) -> None:
+    def produce() -> None:
         try:
             for item in items:
-                if not self._put(item):
+                if not put(item):
                     return
-            self._put(_END)
+            put(_END)
         except BaseException as e:  # handed to the consumer, raised there
-            self._put((_END, e))
+            put((_END, e))
 
-    def __iter__(self) -> Iterator[Any]:
-        try:
-            while True:
-                item = self._queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, tuple) and len(item) == 2 and item[0] is _END:
-                    raise item[1]
-                yield item
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._stop.set()
+    thread = threading.Thread(target=produce, name="assay-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, tuple) and len(item) == 2 and item[0] is _END:
+                raise item[1]
+            yield item
+    finally:
+        stop.set()
 
 
 def _read_jsonl_blocks(
@@ -270,7 +255,7 @@ def _read_jsonl_blocks(
     threads = parse_threads()
     base: Callable[[], int] | None = None
     if kind is None:
-        blocks = prefetched(mapped_blocks(path, block_bytes, max_line, start, stop, threads))
+        blocks = mapped_blocks(path, block_bytes, max_line, start, stop, threads)
         if start > 0:
             base = functools.cache(lambda: mapped_records_before(path, start, max_line))
     else:
@@ -296,25 +281,10 @@ def parse_threads() -> int:
     return max(1, min(8, int(limit) if limit.isdigit() else pa.cpu_count()))
 
 
-#: One pool of parsing threads per thread count, shared by every file read in this process: a
-#: file read ahead (`Corpus.iter_batches`) queues its blocks behind the current file's, and they
-#: fill the threads that the current file's last blocks leave idle, with no threads of its own.
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the threads
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    with _POOLS_LOCK:
-        if threads not in _POOLS:
-            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="assay-parse")
-        return _POOLS[threads]
-
-
 def in_order(fn: Callable[[Any], Any], items: Iterator[Any], threads: int) -> Iterator[Any]:
     """`fn` of each item, computed by `threads` threads (at most `threads` + 1 items ahead of
     the caller), handed out in order."""
-    pool = _pool(threads)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="assay-parse")
     pending: collections.deque[Future] = collections.deque()
     try:
         for item in items:
@@ -326,6 +296,7 @@ def in_order(fn: Callable[[Any], Any], items: Iterator[Any], threads: int) -> It
     finally:
         for f in pending:
             f.cancel()
+        pool.shutdown(wait=False)
 
 
 def _parse_one(

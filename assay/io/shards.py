@@ -16,7 +16,6 @@ from assay.io.read import (
     REASONS,
     FileLevelError,
     RawBatch,
-    ReadAhead,
     bad_rows,
     read_hf,
     read_hf_iterable,
@@ -207,11 +206,6 @@ class Shard:
     def read(self, options: ReadOptions, stats: ShardStats | None = None) -> Iterator[pl.DataFrame]:
         raise NotImplementedError
 
-    def read_ahead(self, options: ReadOptions) -> ReadAhead | None:
-        """Start reading the shard in the background, for `read(..., ahead=)` (None: no such
-        reading; the shard is read when `read` is called)."""
-        return None
-
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name}
 
@@ -235,33 +229,14 @@ class FileShard(Shard):
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, **content_id(self.path)}
 
-    def read(
-        self,
-        options: ReadOptions,
-        stats: ShardStats | None = None,
-        ahead: Iterator[RawBatch] | None = None,
-    ) -> Iterator[pl.DataFrame]:
-        """The shard's validated batches; `ahead`: its records, already being read
-        (`read_ahead`)."""
+    def read(self, options: ReadOptions, stats: ShardStats | None = None) -> Iterator[pl.DataFrame]:
         stats = stats if stats is not None else ShardStats(self.name)
         if not os.path.exists(self.path):
             raise CorpusError(self.path, "file not found")
         if os.path.getsize(self.path) == 0:
             stats.note("empty_shard")
             return
-        raw = ahead if ahead is not None else self._raw(options)
-        yield from _validated(raw, self, options, stats)
-
-    def read_ahead(self, options: ReadOptions) -> ReadAhead | None:
-        """Start reading (parsing, not validating) the shard in a background thread, a batch
-        ahead, for `read(..., ahead=)`; None for a missing or empty file (read says why), or
-        for a subclass that reads otherwise (its own `read`, which may read with its own
-        options)."""
-        if type(self).read is not FileShard.read:
-            return None
-        if not os.path.isfile(self.path) or os.path.getsize(self.path) == 0:
-            return None
-        return ReadAhead(self._raw(options), depth=1)
+        yield from _validated(self._raw(options), self, options, stats)
 
     def _raw(self, options: ReadOptions) -> Iterator[RawBatch]:
         if self.format == "parquet":
