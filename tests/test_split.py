@@ -314,4 +314,4 @@ def test_a_plain_file_is_cut_into_equal_blocks_a_multiple_of_the_threads(
     n = -(-len(data) // block_bytes)
     assert len(got) == -(-n // threads) * threads
     sizes = [len(b) for _, b in got]
-    assert min(sizes) > 0.8 * len(data) / len(got)
+    assert min(sizes) > 0.8 * len(data) / len(got) and max(sizes) <= block_bytes

@@ -146,14 +146,15 @@ def _mapped(
     """(start, length) of each block; (start, None) for a line too long to read. Each block is
     nominally an equal share of what is left for the `count` blocks (at most `block_bytes`),
     and ends with the line that holds its nominal end when that line ends within
-    `CUT_SLACK_BYTES` and is not too long to read, else before it: so a file cut for n threads
-    gives n blocks of about equal size, not n and a sliver."""
+    `CUT_SLACK_BYTES` (and `block_bytes`) and is not too long to read, else before it: so a
+    file cut for n threads gives n blocks of about equal size, not n and a sliver."""
     while pos < end:
         cut = min(pos + min(block_bytes, -(-(end - pos) // count)), end)
         count = max(1, count - 1)
         if cut < end:
             prev = mm.rfind(b"\n", pos, cut)
-            nl = mm.find(b"\n", cut - 1, min(end, cut + CUT_SLACK_BYTES)) if prev >= 0 else -1
+            reach = min(end, cut + CUT_SLACK_BYTES, pos + block_bytes)  # never past block_bytes
+            nl = mm.find(b"\n", cut - 1, reach) if prev >= 0 else -1
             if nl < 0 or (max_line is not None and nl - prev > max_line):
                 nl = prev  # the line at the cut starts the next block
             if nl < 0:  # one line longer than the block
