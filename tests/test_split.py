@@ -293,3 +293,25 @@ def test_blocks_stay_intact_after_a_too_long_line_is_skipped(
     assert sum(b is None for _, b in got) == sum(i % 7 == 3 for i in range(120))
     kept = b"".join(bytes(b) for _, b in got if b is not None)
     assert kept == "".join(f"{ln}\n" for i, ln in enumerate(lines) if i % 7 != 3).encode()
+
+
+@pytest.mark.parametrize(("threads", "block_bytes"), [(2, 1 << 20), (3, 8 << 10), (1, 8 << 10)])
+def test_a_plain_file_is_cut_into_equal_blocks_a_multiple_of_the_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int, block_bytes: int
+) -> None:
+    """No sliver of a last block (7 blocks on 2 threads leave one thread idle at the end)."""
+    from assay.io import blocks
+
+    monkeypatch.setattr(blocks, "FIRST_BLOCK_BYTES", 1024)
+    rng = random.Random(0)
+    data = "".join(
+        json.dumps({"id": f"d{i}", "text": "z" * rng.randrange(50, 400)}) + "\n" for i in range(240)
+    ).encode()
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(data)
+    got = list(blocks.mapped_blocks(str(path), block_bytes, None, threads=threads))
+    assert b"".join(bytes(b) for _, b in got) == data
+    n = -(-len(data) // block_bytes)
+    assert len(got) == -(-n // threads) * threads
+    sizes = [len(b) for _, b in got]
+    assert min(sizes) > 0.8 * len(data) / len(got) and max(sizes) <= block_bytes

@@ -3,8 +3,8 @@
 A block is `(offset, data)`: `data` holds whole lines (the last line of a file may lack its
 newline) and `offset` is where it starts in the file's (decompressed) bytes; `(offset, None)`
 says that a line longer than `max_line` starts there, which is skipped unread so that memory
-stays bounded. Plain files are cut at newlines found in a memory map and read in blocks small
-enough to give every parsing thread one; gzip and zstd files are decompressed in
+stays bounded. Plain files are cut at newlines found in a memory map into blocks of about
+equal size, as many as a multiple of the parsing threads; gzip and zstd files are decompressed in
 small steps (which stay in the CPU cache) straight into the block being filled, and blocks grow
 from `FIRST_BLOCK_BYTES` to `block_bytes`, so that parsing starts early and overlaps the
 decompression of what follows.
@@ -35,6 +35,8 @@ from assay.util.files import BOM, open_stream, sniff_compression
 CHUNK_BYTES = 256 << 10
 #: The first block of a gzip or zstd file; each next one is twice as large, up to block_bytes.
 FIRST_BLOCK_BYTES = 4 << 20
+#: How far past its nominal end a block of a plain file may go to end with the line there.
+CUT_SLACK_BYTES = 1 << 20
 
 Block = tuple[int, Any]
 
@@ -121,21 +123,40 @@ def mapped_blocks(
             end = size if stop is None else _line_after(mm, stop, size)
             if pos == 0 and mm[:3] == BOM:
                 pos = 3
-            step = min(block_bytes, max(FIRST_BLOCK_BYTES, -(-(end - pos) // threads)))
+            count = block_count(end - pos, block_bytes, threads)
             released = 0
-            for at, n in _mapped(mm, pos, end, step, max_line):
+            for at, n in _mapped(mm, pos, end, block_bytes, max_line, count):
                 yield at, None if n is None else _pread(f.fileno(), at, n)
                 released = _release(mm, released, at + (n or 0))
 
 
+def block_count(size: int, block_bytes: int, threads: int) -> int:
+    """How many blocks `size` bytes are cut into: blocks of at most `block_bytes`, their number
+    a multiple of `threads` so that the last round of parsing keeps every thread busy (7 blocks
+    on 2 threads leave one idle), but none smaller than `FIRST_BLOCK_BYTES` (unless the whole
+    is)."""
+    n = max(1, -(-size // block_bytes))
+    n = -(-n // threads) * threads
+    return max(1, min(n, size // FIRST_BLOCK_BYTES))
+
+
 def _mapped(
-    mm: mmap.mmap, pos: int, end: int, block_bytes: int, max_line: int | None
+    mm: mmap.mmap, pos: int, end: int, block_bytes: int, max_line: int | None, count: int = 1
 ) -> Iterator[tuple[int, int | None]]:
-    """(start, length) of each block; (start, None) for a line too long to read."""
+    """(start, length) of each block; (start, None) for a line too long to read. Each block is
+    nominally an equal share of what is left for the `count` blocks (at most `block_bytes`),
+    and ends with the line that holds its nominal end when that line ends within
+    `CUT_SLACK_BYTES` (and `block_bytes`) and is not too long to read, else before it: so a
+    file cut for n threads gives n blocks of about equal size, not n and a sliver."""
     while pos < end:
-        cut = min(pos + block_bytes, end)
+        cut = min(pos + min(block_bytes, -(-(end - pos) // count)), end)
+        count = max(1, count - 1)
         if cut < end:
-            nl = mm.rfind(b"\n", pos, cut)
+            prev = mm.rfind(b"\n", pos, cut)
+            reach = min(end, cut + CUT_SLACK_BYTES, pos + block_bytes)  # never past block_bytes
+            nl = mm.find(b"\n", cut - 1, reach) if prev >= 0 else -1
+            if nl < 0 or (max_line is not None and nl - prev > max_line):
+                nl = prev  # the line at the cut starts the next block
             if nl < 0:  # one line longer than the block
                 limit = end if max_line is None else min(end, pos + max_line)
                 nl = mm.find(b"\n", cut, limit) if limit > cut else -1
