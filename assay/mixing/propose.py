@@ -60,7 +60,8 @@ class MixtureProposer:
                 f"whole corpus ({n.sum():,.0f} tokens): no mixture can satisfy the cap"
             )
 
-    def _allowed(self, w: np.ndarray) -> bool:
+    def allowed(self, w: np.ndarray) -> bool:
+        """Whether a mixture satisfies the caps (max_epochs for the budget, else max_ratio)."""
         if self.budget is not None and self.max_epochs is not None:
             if (w * self.budget > self.tokens * self.max_epochs * (1 + 1e-9)).any():
                 return False
@@ -92,7 +93,7 @@ class MixtureProposer:
             s = self.rng.choice(self.strengths)
             w = self.rng.dirichlet(np.maximum(self.prior * s, 1e-6))
             w = self._round(w)
-            if w is None or not self._allowed(w):
+            if w is None or not self.allowed(w):
                 continue
             key = tuple(np.round(w, 10))
             if key in self.seen:
@@ -110,6 +111,6 @@ class MixtureProposer:
             w = np.vstack([self.rng.dirichlet(np.maximum(self.prior * x, 1e-6)) for x in s])
             for row in w:
                 r = self._round(row)
-                if r is not None and self._allowed(r):
+                if r is not None and self.allowed(r):
                     rows.append(r)
         return np.vstack(rows[:n])
