@@ -79,7 +79,7 @@ def regmix_final(
     (`shares`: each domain's share of the tokens, in the order of `domains`), ranked by
     `predictor` (lower is better); the mean of the `top_k` lowest. Draws are made and ranked
     `chunk` at a time, keeping only the running top k, so memory does not grow with
-    `candidates`. `allowed` (a row -> bool test), if given, drops draws before ranking."""
+    `candidates`. `allowed` (rows -> a bool per row), if given, drops draws before ranking."""
     if top_k < 1 or candidates < top_k:
         raise ConfigError(f"top_k={top_k} must be between 1 and candidates={candidates}")
     if not concentration > 0:
@@ -93,7 +93,7 @@ def regmix_final(
         w = rng.dirichlet(alpha, size=min(chunk, candidates - drawn))
         drawn += len(w)
         if allowed is not None:
-            w = w[[bool(allowed(r)) for r in w]]
+            w = w[np.asarray(allowed(w), dtype=bool)]
         # earlier draws first, so that ties keep the order of a single stable sort
         best_w = np.vstack([best_w, w])
         best_p = np.concatenate([best_p, np.asarray(predictor.predict(w), dtype=np.float64)])
@@ -217,13 +217,12 @@ class ClimbSearch:
         kept (the official step has none)."""
         self.fit()
         p = self.proposer
-        capped = p.budget is not None and p.max_epochs is not None
         return regmix_final(
             self.predictor,
             self.domains,
             p.natural,
             seed=self.seed,
-            allowed=p.allowed if capped else None,
+            allowed=p.allowed_by_epochs,
             **final,
         )
 

@@ -163,7 +163,7 @@ def search_mixture(
     write_json(out / "search.json", result.to_dict())
     best.save(out / "mixture.yaml")
     if plot:
-        plot_search(result, out / "predicted_vs_measured.png")
+        plot_search(result, out / "predicted_vs_measured.png", lightgbm=cfg.lightgbm)
     return result
 
 
@@ -238,8 +238,9 @@ def _run_iterations(
     return result_runs
 
 
-def plot_search(result: SearchResult, path: str | os.PathLike) -> None:
-    """The search predictor's out-of-fold predictions against the measured runs, as a PNG."""
+def plot_search(result: SearchResult, path: str | os.PathLike, *, lightgbm: str = "climb") -> None:
+    """The search predictor's out-of-fold predictions against the measured runs, as a PNG
+    (`lightgbm`: the LightGBM preset, when the predictor is LightGBM)."""
     import numpy as np
 
     from assay.common.mixture import Mixture
@@ -249,6 +250,7 @@ def plot_search(result: SearchResult, path: str | os.PathLike) -> None:
     domains = sorted(result.best)
     X = np.vstack([Mixture(r["mixture"]).vector(domains) for r in result.runs])
     y = np.array([r["metric"] for r in result.runs])
-    pred = out_of_fold(result.predictor, X, y, folds=min(5, len(y)))
+    params = {"preset": lightgbm} if result.predictor == "lightgbm" else {}
+    pred = out_of_fold(result.predictor, X, y, folds=min(5, len(y)), **params)
     label = f"{result.predictor} (out-of-fold)"
     plot_predicted_vs_measured({label: (pred, y)}, path, metric=result.objective)

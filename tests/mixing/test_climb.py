@@ -178,3 +178,15 @@ def test_the_climb_paper_values_are_valid_settings() -> None:
     cluster = dict(CLIMB_PAPER["cluster"])
     assert cluster.pop("prune_below") == 3.0
     assert ClusterSettings(**cluster).k_init == 1000
+
+
+def test_the_final_step_keeps_an_epoch_cap() -> None:
+    kw = dict(predictor="linear", candidates=500, seed=0, budget=3e6)
+    searches = [ClimbSearch(COUNTS, **kw), ClimbSearch(COUNTS, max_epochs=1.0, **kw)]
+    for search in searches:
+        for m in search.propose(24):
+            search.observe(m, _loss(m.vector(search.domains)))
+    free, capped = (s.regmix_best(candidates=20_000) for s in searches)
+    assert free["c"] > 1 / 3  # the optimum wants 60% of c: more than one epoch of it
+    assert capped["c"] * 3e6 <= COUNTS["c"] * (1 + 1e-9)  # at most one epoch of each domain
+    assert capped["d"] * 3e6 <= COUNTS["d"] * (1 + 1e-9)
