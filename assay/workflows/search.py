@@ -118,9 +118,10 @@ def search_mixture(
     apply over `settings`) say how: see `SearchSettings`. method 'climb' spends `runs` proxies
     over the iterations of `split`; 'regmix' spends them in one iteration and averages the
     predictor's top `regmix_top_k` candidates (with `final='regmix'`, RegMix's official step:
-    the top 128 of 100,000 Dirichlet draws around the token shares). `proposer` passes further arguments to the
-    `MixtureProposer` (such as max_ratio). `plot` draws the predictor's out-of-fold predictions
-    against the measured runs (`predicted_vs_measured.png`; needs matplotlib).
+    the top 128 of 100,000 Dirichlet draws around the token shares). `proposer` passes further
+    arguments to the `MixtureProposer` (such as max_ratio). `plot` draws the predictor's
+    out-of-fold predictions against the measured runs (`predicted_vs_measured.png`; needs
+    matplotlib).
     """
     from assay.common.tokens import TokenCache
 
