@@ -9,7 +9,14 @@ CLIMB, stage B:
 - the answer is the best candidate under the final predictor.
 
 RegMix: one iteration of proposals, then predict over many candidates and average the top-k
-predicted mixtures (more robust than the single argmin).
+predicted mixtures (more robust than the single argmin). `regmix_final` is RegMix's official
+final step (sail-sg/regmix, regression_fitting/regression.ipynb, "Simulate"): 100,000 draws
+from Dirichlet(token shares x 1), no caps and no rounding, the mean of the 128 with the lowest
+prediction; `ClimbSearch.best` is ours: the proposer's draws (tempered prior, strengths, caps,
+rounding) and the observed runs, the best one (CLIMB) or the mean of the top k.
+
+`CLIMB_PAPER` holds the paper's settings (stage A clustering, stage B budget) for recipes that
+follow it.
 
 `ClimbSearch` is the ask/tell core (`propose(n)`, `observe(mixture, metric)`, `best()`), with no
 training in it. `search_mixture` drives it with real proxies: every run of an iteration is
@@ -31,6 +38,70 @@ from assay.common.mixture import Mixture
 from assay.errors import ConfigError, InputError
 from assay.mixing.predictors import heldout_spearman, make_predictor
 from assay.mixing.propose import MixtureProposer
+
+#: CLIMB's published settings (Diao et al. 2025, Sec. 3 and App. D): K_init = 1,000 k-means
+#: clusters on stella_en_400M_v5 embeddings, clusters of mean quality < 3.0 (of 5) pruned,
+#: centroids closer than 1.5 merged (21 domains), then 3 iterations of 64 / 32 / 16 proxies
+#: (112 in all, 4:2:1) with a LightGBM predictor (max depth 4, >= 5 samples per leaf, L1 and L2
+#: regularisation, early stopping after 20 rounds: the "climb" preset). The candidate pool,
+#: top N and M are not published. The paper clusters its whole corpus; `sample` here is ours,
+#: 200 documents per initial cluster on average. "cluster" are `ClusterSettings` values (with
+#: "prune_below" for `prune.below`, whose score the paper gets from its own quality
+#: classifiers), "search" are `SearchSettings` values.
+CLIMB_PAPER: dict[str, dict[str, Any]] = {
+    "cluster": {"k_init": 1000, "sample": 200_000, "merge_distance": 1.5, "prune_below": 3.0},
+    "search": {
+        "method": "climb",
+        "runs": 112,
+        "split": [64.0, 32.0, 16.0],
+        "predictor": "lightgbm",
+        "lightgbm": "climb",
+    },
+}
+
+#: RegMix's official final step: candidates, top k and the Dirichlet concentration (x shares)
+REGMIX_FINAL = {"candidates": 100_000, "top_k": 128, "concentration": 1.0}
+
+
+def regmix_final(
+    predictor: Any,
+    domains: Sequence[str],
+    shares: np.ndarray,
+    *,
+    candidates: int = REGMIX_FINAL["candidates"],
+    top_k: int = REGMIX_FINAL["top_k"],
+    concentration: float = REGMIX_FINAL["concentration"],
+    seed: int = 0,
+    allowed: Any = None,
+    chunk: int = 50_000,
+) -> Mixture:
+    """RegMix's final step: `candidates` draws from Dirichlet(`shares` x `concentration`)
+    (`shares`: each domain's share of the tokens, in the order of `domains`), ranked by
+    `predictor` (lower is better); the mean of the `top_k` lowest. Draws are made and ranked
+    `chunk` at a time, keeping only the running top k, so memory does not grow with
+    `candidates`. `allowed` (rows -> a bool per row), if given, drops draws before ranking."""
+    if top_k < 1 or candidates < top_k:
+        raise ConfigError(f"top_k={top_k} must be between 1 and candidates={candidates}")
+    if not concentration > 0:
+        raise ConfigError(f"the Dirichlet concentration must be positive, not {concentration}")
+    alpha = np.maximum(np.asarray(shares, dtype=np.float64) * concentration, 1e-12)
+    rng = np.random.default_rng([seed, 2])  # its own stream: not the proposals'
+    best_w = np.empty((0, len(alpha)))
+    best_p = np.empty(0)
+    drawn = 0
+    while drawn < candidates:
+        w = rng.dirichlet(alpha, size=min(chunk, candidates - drawn))
+        drawn += len(w)
+        if allowed is not None:
+            w = w[np.asarray(allowed(w), dtype=bool)]
+        # earlier draws first, so that ties keep the order of a single stable sort
+        best_w = np.vstack([best_w, w])
+        best_p = np.concatenate([best_p, np.asarray(predictor.predict(w), dtype=np.float64)])
+        order = np.argsort(best_p, kind="stable")[:top_k]
+        best_w, best_p = best_w[order], best_p[order]
+    if not len(best_w):
+        raise ConfigError(f"none of {candidates:,} candidates satisfies the caps")
+    return Mixture.from_vector(list(domains), best_w.mean(axis=0))
 
 
 def split_budget(runs: int, split: Sequence[float]) -> list[int]:
@@ -60,6 +131,7 @@ class ClimbSearch:
         candidates: int = 10_000,
         top_n: int | None = None,
         regmix_top_k: int | None = None,
+        lightgbm: str = "climb",
         seed: int = 0,
         **proposer: Any,
     ):
@@ -70,6 +142,7 @@ class ClimbSearch:
         self.proposer = MixtureProposer(tokens_per_domain, seed=seed, **proposer)
         self.domains = self.proposer.domains
         self.predictor_kind = predictor
+        self.lightgbm = lightgbm
         self.n_candidates, self.top_n, self.regmix_top_k = candidates, top_n, regmix_top_k
         self.rng = np.random.default_rng(seed + 1)
         self.seed = seed
@@ -91,9 +164,12 @@ class ClimbSearch:
         if len(self.y) < 3:
             raise ConfigError(f"{len(self.y)} observed runs: the predictor needs at least 3")
         kind = self.chosen_kind()
-        self.predictor = make_predictor(kind, **({"seed": self.seed} if kind == "lightgbm" else {}))
+        self.predictor = make_predictor(kind, **self._params(kind, seed=self.seed))
         self.predictor.fit(np.vstack(self.X), np.asarray(self.y))
         return self.predictor
+
+    def _params(self, kind: str, **extra: Any) -> dict[str, Any]:
+        return {"preset": self.lightgbm, **extra} if kind == "lightgbm" else {}
 
     def chosen_kind(self) -> str:
         """The predictor to use now: the one asked for, or with 'auto' whichever of LightGBM
@@ -135,11 +211,27 @@ class ClimbSearch:
         top = cand[np.argsort(pred, kind="stable")[:k]]
         return Mixture.from_vector(self.domains, top.mean(axis=0))
 
+    def regmix_best(self, **final: Any) -> Mixture:
+        """RegMix's official final step (`regmix_final`) with the predictor fitted on every run
+        so far, over the corpus' token shares; a `max_epochs` cap of the proposals, if set, is
+        kept (the official step has none)."""
+        self.fit()
+        p = self.proposer
+        return regmix_final(
+            self.predictor,
+            self.domains,
+            p.natural,
+            seed=self.seed,
+            allowed=p.allowed_by_epochs,
+            **final,
+        )
+
     def spearman(self, kind: str | None = None) -> float:
         """k-fold held-out Spearman of the predictor on the observed runs."""
         folds = min(5, len(self.y))
         kind = kind or (self.predictor_kind if self.predictor_kind != "auto" else "lightgbm")
-        return heldout_spearman(kind, np.vstack(self.X), np.asarray(self.y), folds=folds)
+        X, y = np.vstack(self.X), np.asarray(self.y)
+        return heldout_spearman(kind, X, y, folds=folds, **self._params(kind))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +246,7 @@ class SearchResult:
     spearman: dict[str, float] = field(default_factory=dict)
     iterations: list[int] = field(default_factory=list)
     predictor: str = ""
+    final: dict[str, Any] = field(default_factory=dict)  # how the answer was picked
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -162,6 +255,7 @@ class SearchResult:
             "iterations": self.iterations,
             "spearman": self.spearman,
             "predictor": self.predictor,
+            "final": self.final,
             "runs": self.runs,
         }
 

@@ -10,6 +10,11 @@
    distance (CLIMB merges centroids closer than 1.5) or, with `n_domains`, Ward agglomeration
    down to that many (average and single linkage leave outlier clusters as their own domains
    and lump the rest together).
+   Then no domain may hold less than `min_domain_share` of the sample (default 1%, so at
+   most 100 domains): the smallest domain under it is folded, cluster by cluster, into the
+   domain of the nearest centroid outside it, until none is under it (or one domain is
+   left). Domains are numbered again in order of their first cluster. So `n_domains` is an
+   upper bound, and k-means clusters of a few documents never become domains of their own.
 6. Assign every document of the corpus to its nearest centroid (through the runner).
 
 Outputs, under `out_dir`:
@@ -193,6 +198,13 @@ class ClusterSettings(Strict):
         description="Clusters with less than this share of the sample join their nearest "
         "larger one.",
     )
+    min_domain_share: float = Field(
+        0.01,
+        ge=0,
+        lt=1,
+        description="After merging, a domain with less than this share of the sample is folded "
+        "into the domains of its clusters' nearest centroids (0: never).",
+    )
     prune: PruneSettings | None = Field(None, description="Drop clusters by a score.")
     seed: int | None = Field(
         None, description="Seed of the sample and k-means (default: the recipe's seed; 0)."
@@ -244,6 +256,7 @@ def cluster_corpus(
         domain_of, small = _cluster_domains(
             centroids, labels, keep, cfg.min_cluster_share, cfg.merge_distance, cfg.n_domains
         )
+        domain_of, folded = fold_small_domains(domain_of, centroids, labels, cfg.min_domain_share)
 
         # the fitted state first, so that held-out or new shards can be assigned the same way
         with atomic_path(out / CENTROIDS_FILE) as tmp, open(tmp, "wb") as f:
@@ -255,6 +268,7 @@ def cluster_corpus(
         sidecars = [sidecar_file(out / "domains", s) for s in corpus.shards]
         report = _report(out, sidecars, frame, labels, domain_of, k, kept, seed)
         report["absorbed_clusters"] = [int(c) for c in np.flatnonzero(small)]
+        report["folded_clusters"] = folded
         write_json(out / "_clusters.json", report)
         return ClusterResult(
             str(out), k, report["domains"], [int(c) for c in np.flatnonzero(~keep)], frame.height
@@ -314,6 +328,38 @@ def _cluster_domains(
     for c in np.flatnonzero(small):
         domain_of[c] = domain_of[big[np.argmin(((centroids[big] - centroids[c]) ** 2).sum(1))]]
     return domain_of, small
+
+
+def fold_small_domains(
+    domain_of: list[str], centroids: np.ndarray, labels: np.ndarray, min_share: float
+) -> tuple[list[str], list[int]]:
+    """Fold every domain holding less than `min_share` of the sample (`labels`: the sampled
+    documents' clusters) into others, smallest first: each of its clusters joins the domain of
+    the nearest centroid outside it. Returns the domains, numbered again in order of their
+    first cluster, and the clusters that moved."""
+    names = np.asarray(domain_of, dtype=object)
+    kept = names != PRUNED
+    sizes = np.bincount(labels, minlength=len(names))
+    floor = min_share * len(labels)
+    moved: list[int] = []
+    while True:
+        live = sorted(set(names[kept]))
+        docs = {d: int(sizes[names == d].sum()) for d in live}
+        small = [d for d in live if docs[d] < floor]
+        if not small or len(live) < 2:
+            break
+        d = min(small, key=lambda x: (docs[x], x))
+        inside = np.flatnonzero(names == d)
+        outside = np.flatnonzero(kept & (names != d))
+        for c in inside:
+            near = outside[np.argmin(((centroids[outside] - centroids[c]) ** 2).sum(1))]
+            names[c] = names[near]
+            moved.append(int(c))
+    if not moved:
+        return list(domain_of), []
+    order = {d: i for i, d in enumerate(dict.fromkeys(n for n in names if n != PRUNED))}
+    renamed = [n if n == PRUNED else f"cluster_{order[n]:02d}" for n in names]
+    return renamed, sorted(moved)
 
 
 def _report(

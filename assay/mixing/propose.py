@@ -60,13 +60,26 @@ class MixtureProposer:
                 f"whole corpus ({n.sum():,.0f} tokens): no mixture can satisfy the cap"
             )
 
-    def _allowed(self, w: np.ndarray) -> bool:
+    def allowed(self, w: np.ndarray) -> bool:
+        """Whether a mixture satisfies the caps (max_epochs for the budget, else max_ratio)."""
+        return bool(self.allowed_rows(w[None, :])[0])
+
+    def allowed_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Per row of `rows` (mixtures), whether it satisfies the caps."""
         if self.budget is not None and self.max_epochs is not None:
-            if (w * self.budget > self.tokens * self.max_epochs * (1 + 1e-9)).any():
-                return False
-        elif self.max_ratio is not None and (w > self.natural * self.max_ratio).any():
-            return False
-        return True
+            cap = self.tokens * self.max_epochs * (1 + 1e-9)
+            return (rows * self.budget <= cap).all(axis=1)
+        if self.max_ratio is not None:
+            limit = self.natural * self.max_ratio
+            return (rows <= limit).all(axis=1)
+        return np.ones(len(rows), dtype=bool)
+
+    def allowed_by_epochs(self, rows: np.ndarray) -> np.ndarray:
+        """Per row of `rows`, whether it keeps the `max_epochs` cap for the budget (all rows when
+        either is unset)."""
+        if self.budget is None or self.max_epochs is None:
+            return np.ones(len(rows), dtype=bool)
+        return self.allowed_rows(rows)
 
     def _round(self, w: np.ndarray) -> np.ndarray | None:
         if self.floor > 0:
@@ -92,7 +105,7 @@ class MixtureProposer:
             s = self.rng.choice(self.strengths)
             w = self.rng.dirichlet(np.maximum(self.prior * s, 1e-6))
             w = self._round(w)
-            if w is None or not self._allowed(w):
+            if w is None or not self.allowed(w):
                 continue
             key = tuple(np.round(w, 10))
             if key in self.seen:
@@ -110,6 +123,6 @@ class MixtureProposer:
             w = np.vstack([self.rng.dirichlet(np.maximum(self.prior * x, 1e-6)) for x in s])
             for row in w:
                 r = self._round(row)
-                if r is not None and self._allowed(r):
+                if r is not None and self.allowed(r):
                     rows.append(r)
         return np.vstack(rows[:n])

@@ -7,10 +7,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from assay.errors import ConfigError
-from assay.mixing.climb import ClimbSearch, SearchResult, objective_value, split_budget
+from assay.mixing.climb import (
+    REGMIX_FINAL,
+    ClimbSearch,
+    SearchResult,
+    objective_value,
+    split_budget,
+)
 from assay.util.files import write_json
 from assay.util.guard import check_output
 from assay.workflows.proxy_batch import ProxyOptions, heldout_paths, settings_with, train_mixtures
@@ -39,8 +45,32 @@ class SearchSettings(ProxyOptions):
         description="'lightgbm' (CLIMB/RegMix), 'linear', or 'auto': whichever ranks the runs "
         "so far better (k-fold Spearman).",
     )
+    lightgbm: Literal["climb", "regmix"] = Field(
+        "climb",
+        description="LightGBM settings: 'climb' (depth 4, >= 5 runs per leaf, L1/L2, early "
+        "stop 20; splits on a dozen runs) or 'regmix' (the official notebook's: 31 leaves, "
+        ">= 20 runs per leaf, early stop 3, seed 42; needs some 50+ runs).",
+    )
     candidates: int = Field(10_000, ge=10, description="Mixtures the predictor ranks.")
-    regmix_top_k: int = Field(16, ge=1, description="RegMix: average the predictor's top k.")
+    final: Literal["proposals", "regmix"] = Field(
+        "proposals",
+        description="The answer: 'proposals' ranks `candidates` proposer draws and the runs "
+        "(the best one for climb, the mean of the top regmix_top_k for regmix); 'regmix' is "
+        "RegMix's official step: final_candidates draws from Dirichlet(token shares x "
+        "final_concentration), the mean of the predicted top regmix_top_k (default 128).",
+    )
+    regmix_top_k: int | None = Field(
+        None,
+        ge=1,
+        description="Average the predictor's top k: default 16 for method regmix, 128 with "
+        "final regmix (method climb with final proposals takes the single best).",
+    )
+    final_candidates: int = Field(
+        100_000, ge=1, description="final regmix: Dirichlet draws ranked (RegMix: 100,000)."
+    )
+    final_concentration: float = Field(
+        1.0, gt=0, description="final regmix: Dirichlet concentration x token shares (RegMix: 1)."
+    )
     temperature: float = Field(
         0.5, gt=0, description="Prior of the proposals: token counts ** temperature."
     )
@@ -51,6 +81,23 @@ class SearchSettings(ProxyOptions):
         None, gt=0, description="No proposal repeats a domain more than this."
     )
     floor: float = Field(2e-4, ge=0, lt=1, description="Least share of a domain in a proposal.")
+
+    @model_validator(mode="after")
+    def _top_k_fits(self) -> SearchSettings:
+        if self.final == "regmix" and self.top_k > self.final_candidates:
+            raise ConfigError(
+                f"regmix_top_k={self.top_k} is more than final_candidates={self.final_candidates}"
+            )
+        return self
+
+    @property
+    def top_k(self) -> int:
+        """How many of the predictor's best candidates the answer averages."""
+        if self.final == "regmix":
+            return self.regmix_top_k or REGMIX_FINAL["top_k"]
+        if self.method == "climb":
+            return 1
+        return self.regmix_top_k or 16
 
 
 def search_mixture(
@@ -70,9 +117,11 @@ def search_mixture(
     `settings` (or keyword arguments such as tokens=, runs=, method=, objective=; those given
     apply over `settings`) say how: see `SearchSettings`. method 'climb' spends `runs` proxies
     over the iterations of `split`; 'regmix' spends them in one iteration and averages the
-    predictor's top `regmix_top_k` candidates. `proposer` passes further arguments to the
-    `MixtureProposer` (such as max_ratio). `plot` draws the predictor's out-of-fold predictions
-    against the measured runs (`predicted_vs_measured.png`; needs matplotlib).
+    predictor's top `regmix_top_k` candidates (with `final='regmix'`, RegMix's official step:
+    the top 128 of 100,000 Dirichlet draws around the token shares). `proposer` passes further
+    arguments to the `MixtureProposer` (such as max_ratio). `plot` draws the predictor's
+    out-of-fold predictions against the measured runs (`predicted_vs_measured.png`; needs
+    matplotlib).
     """
     from assay.common.tokens import TokenCache
 
@@ -84,6 +133,7 @@ def search_mixture(
     search = ClimbSearch(
         counts,
         predictor=cfg.predictor,
+        lightgbm=cfg.lightgbm,
         candidates=cfg.candidates,
         seed=seed,
         budget=cfg.tokens,
@@ -106,16 +156,33 @@ def search_mixture(
         heldout=heldout,
         runner=runner,
     )
-    best = search.best(average_top_k=cfg.regmix_top_k if cfg.method == "regmix" else None)
+    best, final = _final_mixture(search, cfg)
     spearman = {"lightgbm": search.spearman("lightgbm"), "linear": search.spearman("linear")}
     result = SearchResult(
-        best, cfg.objective, result_runs, spearman, per_iter, search.chosen_kind()
+        best, cfg.objective, result_runs, spearman, per_iter, search.chosen_kind(), final
     )
     write_json(out / "search.json", result.to_dict())
     best.save(out / "mixture.yaml")
     if plot:
-        plot_search(result, out / "predicted_vs_measured.png")
+        plot_search(result, out / "predicted_vs_measured.png", lightgbm=cfg.lightgbm)
     return result
+
+
+def _final_mixture(search: ClimbSearch, cfg: SearchSettings) -> tuple[Any, dict[str, Any]]:
+    """The answer, and how it was picked (recorded in search.json)."""
+    if cfg.final == "regmix":
+        final = {
+            "final": "regmix",
+            "candidates": cfg.final_candidates,
+            "top_k": cfg.top_k,
+            "concentration": cfg.final_concentration,
+        }
+        best = search.regmix_best(
+            candidates=cfg.final_candidates, top_k=cfg.top_k, concentration=cfg.final_concentration
+        )
+        return best, final
+    final = {"final": "proposals", "candidates": cfg.candidates, "top_k": cfg.top_k}
+    return search.best(average_top_k=cfg.top_k), final
 
 
 def _runs_per_iteration(method: str, runs: int, split: Sequence[float]) -> list[int]:
@@ -172,8 +239,9 @@ def _run_iterations(
     return result_runs
 
 
-def plot_search(result: SearchResult, path: str | os.PathLike) -> None:
-    """The search predictor's out-of-fold predictions against the measured runs, as a PNG."""
+def plot_search(result: SearchResult, path: str | os.PathLike, *, lightgbm: str = "climb") -> None:
+    """The search predictor's out-of-fold predictions against the measured runs, as a PNG
+    (`lightgbm`: the LightGBM preset, when the predictor is LightGBM)."""
     import numpy as np
 
     from assay.common.mixture import Mixture
@@ -183,6 +251,7 @@ def plot_search(result: SearchResult, path: str | os.PathLike) -> None:
     domains = sorted(result.best)
     X = np.vstack([Mixture(r["mixture"]).vector(domains) for r in result.runs])
     y = np.array([r["metric"] for r in result.runs])
-    pred = out_of_fold(result.predictor, X, y, folds=min(5, len(y)))
+    params = {"preset": lightgbm} if result.predictor == "lightgbm" else {}
+    pred = out_of_fold(result.predictor, X, y, folds=min(5, len(y)), **params)
     label = f"{result.predictor} (out-of-fold)"
     plot_predicted_vs_measured({label: (pred, y)}, path, metric=result.objective)

@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assay.mixing.climb import ClimbSearch, split_budget
-from assay.workflows.search import search_mixture
+from assay.mixing.climb import CLIMB_PAPER, ClimbSearch, regmix_final, split_budget
+from assay.workflows.search import SearchSettings, _final_mixture, search_mixture
 
 COUNTS = {"a": 4e6, "b": 2e6, "c": 1e6, "d": 5e5}
 OPTIMUM = np.array([0.1, 0.2, 0.6, 0.1])  # domains in sorted order
@@ -90,3 +90,103 @@ def test_auto_predictor_takes_the_one_that_ranks_better() -> None:
     assert int(np.argmax(best)) == 1  # the domain whose weight lowers the objective most
     with pytest.raises(ValueError, match="predictor must be"):
         ClimbSearch(COUNTS, predictor="forest")
+
+
+class _Recording:
+    """A fitted predictor that remembers every row it ranked."""
+
+    def __init__(self, model) -> None:
+        self.model, self.rows = model, []
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        self.rows.append(np.array(X))
+        return self.model.predict(X)
+
+
+class _Quadratic:
+    """A toy predictor: least squares on the weights and their squares (fast on 100k rows)."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> _Quadratic:
+        self.coef = np.linalg.lstsq(np.hstack([X, X**2]), y, rcond=None)[0]
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.hstack([X, X**2]) @ self.coef
+
+
+def _toy_predictor() -> _Quadratic:
+    rng = np.random.default_rng(0)
+    X = rng.dirichlet(np.ones(4), size=200)
+    return _Quadratic().fit(X, np.array([_loss(w) for w in X]))
+
+
+def test_regmix_final_is_the_mean_of_the_top_128_of_dirichlet_draws() -> None:
+    domains = sorted(COUNTS)
+    shares = np.array([COUNTS[d] for d in domains]) / sum(COUNTS.values())
+    rec = _Recording(_toy_predictor())
+    mix = regmix_final(rec, domains, shares, candidates=100_000, seed=3, chunk=30_000)
+    rows = np.vstack(rec.rows)
+    assert len(rec.rows) == 4 and len(rows) == 100_000  # every candidate ranked, once
+    assert np.allclose(rows.sum(axis=1), 1.0)
+    # Dirichlet(shares x 1): the draws' mean is the token shares
+    np.testing.assert_allclose(rows.mean(axis=0), shares, atol=0.01)
+    top = rows[np.argsort(rec.model.predict(rows), kind="stable")[:128]]
+    np.testing.assert_allclose(mix.vector(domains), top.mean(axis=0), atol=1e-9)
+    assert _loss(mix.vector(domains)) < _loss(shares) / 2  # towards the optimum
+    again = regmix_final(_toy_predictor(), domains, shares, candidates=100_000, seed=3)
+    assert again == mix  # same seed, same answer, whatever the chunk size
+    other = regmix_final(_toy_predictor(), domains, shares, candidates=100_000, seed=4)
+    assert other != mix
+    small = _Recording(_toy_predictor())
+    regmix_final(small, domains, shares, candidates=500, top_k=5, concentration=10.0)
+    assert sum(len(r) for r in small.rows) == 500
+    with pytest.raises(ValueError, match="top_k=600 must be between"):
+        regmix_final(small, domains, shares, candidates=500, top_k=600)
+    with pytest.raises(ValueError, match="concentration must be positive"):
+        regmix_final(small, domains, shares, concentration=0.0)
+
+
+def test_a_search_ends_with_regmix_final_step_and_preset() -> None:
+    search = ClimbSearch(COUNTS, predictor="lightgbm", lightgbm="regmix", candidates=500, seed=0)
+    for m in search.propose(48):
+        search.observe(m, _loss(m.vector(search.domains)))
+    cfg = SearchSettings(tokens=1000, method="regmix", final="regmix", lightgbm="regmix")
+    best, final = _final_mixture(search, cfg)
+    assert final == {"final": "regmix", "candidates": 100_000, "top_k": 128, "concentration": 1.0}
+    assert search.predictor.preset == "regmix" and search.predictor.params["num_leaves"] == 31
+    assert sum(best.values()) == pytest.approx(1.0)
+    assert _final_mixture(search, cfg)[0] == best  # deterministic
+    # the defaults are unchanged: our proposals' top 16 for regmix, the single best for climb
+    assert SearchSettings(tokens=1, method="regmix").top_k == 16
+    assert SearchSettings(tokens=1).top_k == 1
+    assert SearchSettings(tokens=1, method="regmix", regmix_top_k=4).top_k == 4
+    old = _final_mixture(search, SearchSettings(tokens=1000, method="regmix", candidates=500))
+    assert old[1] == {"final": "proposals", "candidates": 500, "top_k": 16}
+    with pytest.raises(ValueError, match="regmix_top_k=200 is more than"):
+        SearchSettings(tokens=1, final="regmix", regmix_top_k=200, final_candidates=100)
+    with pytest.raises(ValueError, match="final"):
+        SearchSettings(tokens=1, final="best")
+    with pytest.raises(ValueError, match="lightgbm"):
+        SearchSettings(tokens=1, lightgbm="xgboost")
+
+
+def test_the_climb_paper_values_are_valid_settings() -> None:
+    from assay.mixing.cluster import ClusterSettings
+
+    search = SearchSettings(tokens=1, **CLIMB_PAPER["search"])
+    assert split_budget(search.runs, search.split) == [64, 32, 16] and search.top_k == 1
+    cluster = dict(CLIMB_PAPER["cluster"])
+    assert cluster.pop("prune_below") == 3.0
+    assert ClusterSettings(**cluster).k_init == 1000
+
+
+def test_the_final_step_keeps_an_epoch_cap() -> None:
+    kw = dict(predictor="linear", candidates=500, seed=0, budget=3e6)
+    searches = [ClimbSearch(COUNTS, **kw), ClimbSearch(COUNTS, max_epochs=1.0, **kw)]
+    for search in searches:
+        for m in search.propose(24):
+            search.observe(m, _loss(m.vector(search.domains)))
+    free, capped = (s.regmix_best(candidates=20_000) for s in searches)
+    assert free["c"] > 1 / 3  # the optimum wants 60% of c: more than one epoch of it
+    assert capped["c"] * 3e6 <= COUNTS["c"] * (1 + 1e-9)  # at most one epoch of each domain
+    assert capped["d"] * 3e6 <= COUNTS["d"] * (1 + 1e-9)

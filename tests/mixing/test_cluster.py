@@ -16,6 +16,7 @@ from assay.mixing.cluster import (
     ClusterSettings,
     assign_domains,
     cluster_corpus,
+    fold_small_domains,
     merge_centroids,
 )
 from assay.selection.doc_stats import DocStatsScorer
@@ -150,3 +151,40 @@ def test_small_clusters_join_a_neighbour(clustered, demo_dir: Path, tmp_path: Pa
     assert min(d["docs"] for d in result.domains.values()) >= 0.04 * 360
     with pytest.raises(ValueError, match="every cluster holds less than"):
         cluster_corpus(corpus, tmp_path / "d", embedder=embedder, k_init=4, min_cluster_share=0.9, seed=0)  # fmt: skip
+
+
+def test_no_domain_is_under_the_default_floor(clustered, demo_dir: Path, tmp_path: Path) -> None:
+    _, _, embedder = clustered
+    corpus = Corpus(demo_dir / "train")  # 360 documents, all in the sample
+    kw = dict(embedder=embedder, k_init=60, seed=0)
+    # without the floor, 60 clusters of 360 documents leave domains of a document or two
+    bare = cluster_corpus(corpus, tmp_path / "bare", min_domain_share=0, **kw)
+    assert min(d["docs"] for d in bare.domains.values()) < 0.01 * 360
+    result = cluster_corpus(corpus, tmp_path / "c", **kw)  # the default: 1%
+    report = json.loads((tmp_path / "c" / "_clusters.json").read_text())
+    assert report["folded_clusters"] and len(result.domains) < len(bare.domains)
+    assert min(d["docs"] for d in result.domains.values()) >= 0.01 * 360
+    side = _side(tmp_path / "c")  # every document keeps a domain, numbered without gaps
+    assert side.height == 360 and side.get_column("domain").null_count() == 0
+    assert sorted(result.domains) == [f"cluster_{i:02d}" for i in range(len(result.domains))]
+    assert sum(d["docs"] for d in result.domains.values()) == 360
+    # a higher floor, through the settings model
+    settings = ClusterSettings(min_domain_share=0.05, **kw)
+    higher = cluster_corpus(corpus, tmp_path / "h", settings)
+    assert min(d["docs"] for d in higher.domains.values()) >= 0.05 * 360
+    with pytest.raises(ValueError, match="min_domain_share"):
+        ClusterSettings(min_domain_share=1.0)
+    with pytest.raises(ValueError, match="min_domain_share"):
+        ClusterSettings(min_domain_share=-0.1)
+
+
+def test_folding_small_domains_into_the_nearest() -> None:
+    c = np.array([[0, 0], [1, 0], [10, 0], [11, 0], [10.4, 0]], dtype=np.float64)
+    labels = np.array([0] * 40 + [1] * 40 + [2] * 30 + [3] * 2 + [4] * 1)
+    names = ["cluster_00", "cluster_01", "cluster_02", "cluster_03", PRUNED]
+    folded, moved = fold_small_domains(names, c, labels, 0.05)  # floor: 5.65 documents
+    assert folded == ["cluster_00", "cluster_01", "cluster_02", "cluster_02", PRUNED]
+    assert moved == [3]  # the pruned cluster stays pruned, and no one joins it
+    # a floor nobody meets leaves one domain; 0 changes nothing
+    assert set(fold_small_domains(names, c, labels, 0.9)[0]) == {"cluster_00", PRUNED}
+    assert fold_small_domains(names, c, labels, 0.0) == (names, [])

@@ -35,3 +35,32 @@ def test_bad_fit_data() -> None:
         LinearPredictor().fit(np.ones((1, 3)), np.ones(1))
     with pytest.raises(ValueError, match="finite"):
         LinearPredictor().fit(np.ones((3, 2)), np.array([1.0, np.nan, 2.0]))
+
+
+def test_lightgbm_presets() -> None:
+    climb = LightGBMPredictor()  # the default: CLIMB's settings, as before the presets
+    assert climb.early_stopping == 20 and climb.seed == 0
+    expected = {
+        "learning_rate": 0.01, "n_estimators": 1000, "max_depth": 4, "num_leaves": 16,
+        "min_child_samples": 5, "reg_alpha": 0.1, "reg_lambda": 0.1,
+    }  # fmt: skip
+    assert {k: climb.params[k] for k in expected} == expected
+    assert LightGBMPredictor(max_depth=3).params["num_leaves"] == 8
+    # RegMix's regression notebook (sail-sg/regmix), with LightGBM's defaults written out
+    X, y = _data(120)
+    regmix = LightGBMPredictor(preset="regmix").fit(X, y)
+    assert regmix.early_stopping == 3 and regmix.seed == 42
+    fitted = regmix.model.get_params()
+    expected = {
+        "boosting_type": "gbdt", "objective": "regression", "metric": ["l1", "l2"],
+        "learning_rate": 0.01, "n_estimators": 1000, "num_leaves": 31, "max_depth": -1,
+        "min_child_samples": 20, "reg_alpha": 0.0, "reg_lambda": 0.0, "random_state": 42,
+    }  # fmt: skip
+    assert {k: fitted[k] for k in expected} == expected
+    assert 0 < regmix.best_rounds < 1000  # stopped early, after 3 rounds without progress
+    assert spearman(regmix.predict(_data(200, seed=1)[0]), _data(200, seed=1)[1]) > 0.7
+    over = LightGBMPredictor(preset="regmix", rounds=50, seed=1, min_child_samples=4)
+    assert (over.params["n_estimators"], over.seed, over.params["min_child_samples"]) == (50, 1, 4)
+    assert over.params["num_leaves"] == 31
+    with pytest.raises(ValueError, match="LightGBM preset must be one of"):
+        LightGBMPredictor(preset="doremi")
