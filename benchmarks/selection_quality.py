@@ -45,6 +45,7 @@ Resumable: finished scores, selections and proxy runs under the work folder are 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 import warnings
@@ -237,6 +238,60 @@ def composition(selected: Path) -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# Contamination: how much benchmark text a selection holds, and a decontaminated pool
+
+#: what a selection is checked against: `eval`, the held-out target documents the proxies are
+#: measured on; `champ`, the benchmark examples the target-driven scorers see
+CONTAM_SOURCES = ("eval", "champ")
+
+
+def contamination_indexes(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A word 13-gram index (`DecontamScorer`) of each source of benchmark text."""
+    from assay.selection.decontam import fit_decontam
+
+    eval_file = Path(manifest["targets"]) / f"{TARGET}.jsonl.gz"
+    return {"eval": fit_decontam(str(eval_file)), "champ": fit_decontam("assay_champ")}
+
+
+def contamination(selected: Path, indexes: dict[str, Any]) -> dict[str, int]:
+    """How many selected documents share a word 13-gram with each source's text."""
+    counts = dict.fromkeys(indexes, 0)
+    for batch in Corpus(selected).iter_batches():
+        texts = batch.get_column("text").to_list()
+        for name, scorer in indexes.items():
+            counts[name] += int((scorer.score(texts) > 0).sum())
+    return {f"contaminated_{name}": n for name, n in counts.items()}
+
+
+def decontaminated_pool(
+    pool: Corpus, manifest: dict[str, Any], sources: list[str], work: Path
+) -> tuple[Corpus, dict[str, Any]]:
+    """The pool without the documents that share a word 13-gram with the chosen sources' text
+    (`eval`, `champ`), written once under `work`; and what was removed."""
+    from assay.selection.decontam import NGRAMS_COLUMN, contamination_report, fit_decontam
+
+    unknown = sorted(set(sources) - set(CONTAM_SOURCES))
+    if unknown:
+        raise SystemExit(f"--decontaminate: unknown {unknown}; choose from {CONTAM_SOURCES}")
+    files = {"eval": str(Path(manifest["targets"]) / f"{TARGET}.jsonl.gz"), "champ": "assay_champ"}
+    first, *rest = [files[s] for s in sources]
+    folder = work / "decontaminate"
+    scorer = fit_decontam(first, also=rest)
+    score_corpus(scorer, pool, folder / "scores")
+    cfg = SelectConfig(
+        column=NGRAMS_COLUMN, policy="threshold", threshold=0, mode="bottom", group_by=None
+    )
+    result = select(pool, folder / "scores", folder / "pool", cfg)
+    report = contamination_report(folder / "scores", scorer)
+    info = {
+        "sources": sources,
+        "removed_docs": result.docs - result.kept_docs,
+        "overlapped_items": len(report["items"]),
+    }
+    return Corpus(folder / "pool"), info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1")
@@ -257,6 +312,13 @@ def main() -> None:
         action="store_true",
         help="score the pool again with scorers whose scores were reused, to time them",
     )
+    ap.add_argument(
+        "--decontaminate",
+        default="",
+        help="first drop the pool documents sharing a word 13-gram with these, comma-separated: "
+        "eval (the held-out target documents), champ (the benchmark examples); results go to "
+        "a subfolder of --work",
+    )
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
@@ -274,6 +336,16 @@ def main() -> None:
     if not (tok / "tokenizer.json").exists():
         train_tokenizer(pool, get_preset("tiny").vocab_size, tok, seed=0)
     runner = LocalRunner(workers=1, progress=False)
+    indexes = contamination_indexes(manifest)
+    decontaminated = None
+    if args.decontaminate:
+        sources = args.decontaminate.split(",")
+        work = work / f"decontaminated-{'+'.join(sources)}"
+        pool, decontaminated = decontaminated_pool(pool, manifest, sources, work)
+        if not (work / "tokenizer").exists():  # the same tokenizer as the whole pool's runs
+            shutil.copytree(tok, work / "tokenizer")
+        tok = work / "tokenizer"
+        print(f"# decontaminated: {decontaminated}", flush=True)
 
     results: dict[str, Any] = {}
     for method in methods:
@@ -323,6 +395,7 @@ def main() -> None:
                     "champ_logprob": round(float(run.tasks["assay_champ"]["logprob"]), 4),
                     "champ_acc": round(float(run.tasks["assay_champ"]["acc"]), 4),
                     "selection": composition(selected),
+                    "contamination": contamination(selected, indexes),
                     "epochs_note": run.data.get("cap_note"),
                 }
             )
@@ -343,6 +416,7 @@ def main() -> None:
             "proxy": {"preset": "tiny", "tokens": args.tokens, "seeds": seeds},
             "betr_embedder": args.embedder or "all-MiniLM-L6-v2",
             "mass_embedder": args.mass_embedder or "all-MiniLM-L6-v2",
+            "decontaminated": decontaminated,
             "results": results,
         }
     )

@@ -24,6 +24,11 @@ it at all. Here it contributes its whole word sequence as one shorter "n-gram", 
 the document's windows of that length, when it has at least `min_words` words (8, the GPT-3
 paper's smallest n); `min_words=n` gives datatrove's behaviour.
 
+An n-gram of one word repeated is left out of the index (`skip_repeats`; datatrove keeps it):
+after digit runs become "0", a solution that lists 18 numbers holds "0 0 ... 0", which matches
+every table of numbers in a corpus (in the demo pool, 67 sympy docstrings and CPython files
+"overlapped" one competition-math solution that way, and nothing else of it).
+
 The fitted index is a sorted array of unique uint64 n-gram hashes and, for each hash, the
 target examples it came from (`item_ptr`/`item_ids`, CSR). Scoring is vectorised per batch:
 the batch' normalised text is one byte array, each word's 64-bit hash is read off its prefix
@@ -35,8 +40,8 @@ for the few windows that pass it.
 from __future__ import annotations
 
 import json
+import os
 import re
-import sys
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,6 +83,12 @@ class DecontamSettings(Strict):
         description="A target example shorter than n words is matched whole when it has at "
         "least this many words; set it to n to skip short examples, as datatrove does.",
     )
+    skip_repeats: bool = Field(
+        True,
+        description="Leave out of the index the n-grams of one word repeated (a run of numbers, "
+        "which the normalisation makes all 0): they match any table of numbers; false indexes "
+        "them, as datatrove does.",
+    )
 
 
 _DEFAULT = DecontamSettings()
@@ -91,12 +102,18 @@ class DecontamScorer(Scorer):
     >>> scorer = DecontamScorer().fit(load_targets("assay_mmlu_dev"))
     """
 
-    def __init__(self, n: int = _DEFAULT.n, min_words: int = _DEFAULT.min_words):
+    def __init__(
+        self,
+        n: int = _DEFAULT.n,
+        min_words: int = _DEFAULT.min_words,
+        skip_repeats: bool = _DEFAULT.skip_repeats,
+    ):
         super().__init__(NGRAMS_COLUMN)
         if n < 1 or min_words < 1:
             raise ConfigError(f"n and min_words must be at least 1, not {n} and {min_words}")
         self.n = n
         self.min_words = min_words
+        self.skip_repeats = skip_repeats
         self.hashes: np.ndarray | None = None  # sorted unique uint64 n-gram hashes
         self.item_ptr = np.zeros(1, dtype=np.int64)  # CSR: hash i -> item_ids[ptr[i]:ptr[i+1]]
         self.item_ids = np.zeros(0, dtype=np.int64)
@@ -122,12 +139,16 @@ class DecontamScorer(Scorer):
         wh, lens = position_hashes(targets)
         short = lens[(lens >= self.min_words) & (lens < self.n)]
         self.lengths = np.unique(np.append(short, self.n)).astype(np.int64)
-        hashes, items = [], []
+        hashes, items, repeats = [], [], 0
         for length in self.lengths.tolist():
             # an example gives its n-grams, or its whole sequence when shorter than n
             owner = lens >= self.n if length == self.n else lens == length
             h, doc = window_hashes(wh, lens, length)
             keep = owner[doc]
+            if self.skip_repeats and length > 1:
+                one_word = keep & one_word_windows(wh, lens, length)
+                repeats += int(one_word.sum())
+                keep &= ~one_word
             hashes.append(h[keep])
             items.append(doc[keep])
         h, it = np.concatenate(hashes), np.concatenate(items)
@@ -149,6 +170,7 @@ class DecontamScorer(Scorer):
             "n": self.n,
             "short_targets_whole": len(short),
             "short_targets_skipped": int((lens < min(self.min_words, self.n)).sum()),
+            "repeat_ngrams_skipped": repeats,
         }
         return self
 
@@ -251,22 +273,25 @@ def char_chunks(texts: Sequence[str], chars: int = CHUNK_CHARS) -> list[tuple[in
     return out
 
 
-def _combining_marks() -> dict[int, None]:
-    return {c: None for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Mn"}
+class _StripMarks(dict):
+    """`str.translate`'s table deleting combining marks (category Mn), filled per character as
+    text meets it (building it for every code point costs seconds per process)."""
+
+    def __missing__(self, code: int) -> int | None:
+        value = None if unicodedata.category(chr(code)) == "Mn" else code
+        self[code] = value
+        return value
 
 
-_STRIP_MARKS: dict[int, None] | None = None
+_STRIP_MARKS = _StripMarks()
 
 
 def normalize(text: str) -> str:
     """datatrove's `simplify_text` with its defaults: lower-case, whitespace to spaces,
     punctuation deleted, diacritics stripped, digit runs to "0" (runs of spaces are left to
     `split()`)."""
-    global _STRIP_MARKS
     text = text.lower().translate(_DELETE_PUNCT)
     if not text.isascii():
-        if _STRIP_MARKS is None:
-            _STRIP_MARKS = _combining_marks()
         text = unicodedata.normalize("NFD", text).translate(_STRIP_MARKS)
     return _NUMBERS.sub("0", text)
 
@@ -350,6 +375,18 @@ def window_hashes(wh: np.ndarray, lens: np.ndarray, k: int) -> tuple[np.ndarray,
     return mix64(acc[inside], k), doc[:m][inside]
 
 
+def one_word_windows(wh: np.ndarray, lens: np.ndarray, k: int) -> np.ndarray:
+    """For each window of `window_hashes(wh, lens, k)`, in its order: whether its k words are
+    one word repeated (k > 1)."""
+    m = len(wh) - k + 1
+    if m <= 0:
+        return np.zeros(0, dtype=bool)
+    same = np.concatenate([[0], np.cumsum(wh[1:] == wh[:-1])])  # equal neighbours so far
+    repeated = same[k - 1 : m + k - 1] - same[:m] == k - 1
+    doc = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+    return repeated[doc[:m] == doc[k - 1 :]]
+
+
 # ---------------------------------------------------------------------------------------------
 # Fitting from a source of targets, and the report
 
@@ -361,17 +398,38 @@ def fit_decontam(
     fields: Sequence[str] | None = None,
     max_targets: int | None = None,
     seed: int = 0,
+    also: Sequence[str | os.PathLike] = (),
     **options: Any,
 ) -> DecontamScorer:
     """The decontamination index of `targets` (a built-in benchmark name, a JSONL/JSON/parquet
-    file of records, or a list of texts; see `load_targets`). `settings` or keyword arguments
-    (n=, min_words=) are `DecontamSettings`."""
+    file of records, or a list of texts; see `load_targets`), and of every example of each
+    source in `also` (more benchmarks, e.g. the evaluation set, read with their default fields),
+    indexed after them in order. `settings` or keyword arguments (n=, min_words=) are
+    `DecontamSettings`. The fit report's `sources` says which examples came from which source."""
     from assay.common.targets import load_targets
 
     base = settings.model_dump(exclude_unset=True) if settings is not None else {}
     cfg = DecontamSettings.model_validate({**base, **options})
     examples = load_targets(targets, fields, max_items=max_targets, seed=seed)
-    return DecontamScorer(n=cfg.n, min_words=cfg.min_words).fit(examples)
+    name = str(targets) if isinstance(targets, str | os.PathLike) else "texts"
+    sources = [{"source": name, "targets": len(examples)}]
+    for source in also:
+        more = load_targets(source)
+        sources.append({"source": str(source), "targets": len(more)})
+        examples = examples + more
+    scorer = DecontamScorer(**cfg.model_dump()).fit(examples)
+    scorer.report["sources"] = sources
+    return scorer
+
+
+def _item_source(scorer: DecontamScorer | None, item: int) -> dict[str, Any]:
+    """Which source an indexed example came from, and its index there (none if unknown)."""
+    start = 0
+    for entry in scorer.report.get("sources", []) if scorer is not None else []:
+        if item < start + entry["targets"]:
+            return {"source": entry["source"], "source_item": item - start}
+        start += entry["targets"]
+    return {}
 
 
 def _score_files(scores_dir: Path) -> list[Path]:
@@ -388,7 +446,8 @@ def contamination_report(
     """How many scored documents overlap the targets, and with which target examples: per
     example (by `contam_item`, the one each document overlaps most) the number of documents and
     of matched n-grams, most documents first. Reads the two columns of one score file at a time.
-    With the fitted `scorer`, each example's text is shown (its first `preview` characters)."""
+    With the fitted `scorer`, each example's source (and index there, when it was fitted on
+    several) and text (its first `preview` characters) are shown."""
     import polars as pl
 
     folder = Path(scores_dir)
@@ -411,7 +470,8 @@ def contamination_report(
             acc[1] += int(n_grams)
     items = []
     for item, (n_docs, n_grams) in sorted(per_item.items(), key=lambda kv: (-kv[1][0], kv[0])):
-        row: dict[str, Any] = {"item": item, "documents": n_docs, "ngrams": n_grams}
+        row: dict[str, Any] = {"item": item, **_item_source(scorer, item)}
+        row.update(documents=n_docs, ngrams=n_grams)
         if scorer is not None and 0 <= item < len(scorer.targets):
             row["text"] = scorer.targets[item][:preview]
         items.append(row)

@@ -235,3 +235,21 @@ def test_the_report_takes_a_bracketed_folder_literally(planted, tmp_path: Path) 
     report = contamination_report(tmp_path / "scores[1]", scorer)
     assert report["documents"] == 360 and report["contaminated"] == len(plants)
     assert {row["item"] for row in report["items"]} == set(plants.values())
+
+
+def test_an_ngram_of_one_word_repeated_matches_no_table_of_numbers() -> None:
+    # a solution listing numbers normalises to "0 0 ... 0": that 13-gram is in every table
+    item = (
+        "Count the strings of length six over the digits one two and three whose adjacent "
+        "digits differ by at most one: the counts are 1, 3, 7, 17, 41, 99, 239, 577, 1393, "
+        "3363, 8119, 19601, 47321, 114243 and so on."
+    )
+    table = "timings: " + " ".join(str(100 + 7 * i) for i in range(20)) + " done"
+    copy = f"As a forum post: {item} Thanks!"
+    scorer = DecontamScorer().fit([item])
+    assert scorer.report["repeat_ngrams_skipped"] > 0
+    assert scorer.score_table([table, copy])["contam_ngrams"].tolist()[0] == 0.0
+    assert scorer.score_table([copy])["contam_item"].tolist() == [0.0]
+    # datatrove's behaviour on request: the table then "overlaps" the item
+    keep_all = DecontamScorer(skip_repeats=False).fit([item])
+    assert keep_all.score_table([table])["contam_ngrams"].tolist()[0] > 0
