@@ -109,7 +109,8 @@ def plot_bimix_fits(points: Mapping[str, Sequence[Any]], law: Any, path: str | o
             f"{d}: alpha={law.laws[d].alpha:.3f}, beta={law.laws[d].beta:.2f}", fontsize="small"
         )
         ax.set_xlabel("tokens")
-        ax.set_ylabel("held-out bits per byte")
+        unit = getattr(law, "unit", "bpb")
+        ax.set_ylabel("held-out bits per byte" if unit == "bpb" else "held-out loss per token")
         ax.legend(fontsize="x-small")
     for ax in axes.ravel()[len(names) :]:
         ax.axis("off")

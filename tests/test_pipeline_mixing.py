@@ -24,7 +24,9 @@ def _mixing(demo_dir: Path, static_model: Path) -> dict:
     search = {"method": "regmix", "tokens": 4 * 8 * 128, "runs": 4, "candidates": 300}
     search["regmix_top_k"] = 4
     bimix = {"tokens": 8 * 8 * 128, "runs": 3, "evals": 4, "budget": 12 * 8 * 128}
+    bimix["min_share"] = 0.01  # a floor (none by default)
     entropy = {"name": "entropy", "method": "entropy", "corpus": CLUSTERED}
+    entropy.update(entropy="von_neumann", embedder=str(static_model), max_docs=200)
     proxies = [
         {"name": f"proxy_{m}", "mixture": m, "tokens": 4 * 8 * 128, **fitting}
         for m in ("search", "bimix", "entropy", "natural")
@@ -67,6 +69,8 @@ def test_mixing_recipe_end_to_end(demo_dir: Path, static_model: Path, tmp_path: 
     assert len(fit["runs"]) == 3 and len(fit["budget_curve"]) == 6
     entropy = outcome.step("entropy").summary
     assert set(entropy["entropies"]) == domains
+    assert all(v["von_neumann"] > 0 for v in entropy["entropies"].values())
+    assert bimix["unit"] == "loss" and fit["unit"] == "loss"
 
     # each proxy trained on the mixture its step chose, evaluated on the clustered held-out set
     for m in ("search", "bimix", "entropy"):

@@ -6,11 +6,13 @@
   RegMix's prior 0.5)
 - UniMax (Chung et al. 2023): as uniform as possible for a token budget, with no domain
   repeated more than `max_epochs` times; a capped domain's leftover goes to the others
-- entropy (BiMix, Ge et al.): softmax over each domain's token entropy, unigram (Shannon),
-  joint or conditional entropy of token bigrams; conditional is the paper's recommendation
-  (lowest perplexity of its four training-free mixtures)
+- entropy (BiMix, Ge et al.): softmax over each domain's entropy: unigram (Shannon), joint
+  or conditional entropy of token bigrams, or the von Neumann entropy of the domain's document
+  embeddings (the paper's four measures); conditional is the paper's recommendation (lowest
+  perplexity of its four training-free mixtures)
 
-All take token counts (or a TokenCache) and return a `Mixture`.
+All take token counts (or a TokenCache) and return a `Mixture`; the von Neumann entropy also
+reads the corpus' documents and embeds them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 from assay.common.mixture import Mixture
 from assay.errors import ConfigError, InputError
 
-ENTROPIES = ("unigram", "joint", "conditional")
+TOKEN_ENTROPIES = ("unigram", "joint", "conditional")
+ENTROPIES = (*TOKEN_ENTROPIES, "von_neumann")
 
 
 def _counts(tokens_per_domain: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
@@ -114,21 +117,92 @@ def bigram_entropies(tokens: np.ndarray, vocab_size: int, *, chunk: int = 1024) 
     return {"unigram": h_uni, "joint": h_joint, "conditional": h_joint - h_first}
 
 
+def von_neumann_entropy(embeddings: np.ndarray) -> float:
+    """Von Neumann entropy, in nats, of a set of document embeddings: S = -tr(rho log rho),
+    with rho = K / tr(K) the trace-normalised cosine kernel K = X X^T of the unit-length rows
+    of X (n documents by d dimensions). Ranges from 0 (every document the same direction) to
+    log(min(n, d)) (spread evenly over as many directions as there are).
+
+    The nonzero eigenvalues of X X^T (n x n) are those of X^T X (d x d), so the cost is
+    linear in n: `gram_entropy` of the d x d Gram matrix, which can be summed over batches.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or not len(x):
+        raise InputError("embeddings must be a non-empty (documents, dimensions) matrix")
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x[norm[:, 0] > 0] / norm[norm[:, 0] > 0]
+    return gram_entropy(x.T @ x)
+
+
+def gram_entropy(gram: np.ndarray) -> float:
+    """-sum lambda log lambda over the eigenvalues of `gram` / trace(`gram`) (a symmetric
+    positive semi-definite matrix: X^T X of unit-length rows, summed over batches)."""
+    g = np.asarray(gram, dtype=np.float64)
+    trace = float(np.trace(g))
+    if not trace > 0:
+        raise InputError("the embeddings are all zero; their entropy is undefined")
+    lam = np.linalg.eigvalsh((g + g.T) / (2 * trace))
+    lam = lam[lam > 1e-12]  # round-off around the zero eigenvalues
+    return float(-(lam * np.log(lam)).sum())
+
+
+def embedding_entropies(
+    corpus: Any,
+    embedder: Any,
+    *,
+    max_docs: int = 2000,
+    domain_column: str = "domain",
+) -> dict[str, float]:
+    """Every domain's von Neumann entropy (`von_neumann_entropy`) over the embeddings of its
+    first `max_docs` documents in corpus order, in one streaming pass (memory: one d x d Gram
+    matrix per domain). Domains are named as the token cache names them (`(none)` for a
+    missing label; `ALL_DOMAINS` without a domain column)."""
+    import polars as pl
+
+    from assay.common.tokens import ALL_DOMAINS
+
+    grams: dict[str, np.ndarray] = {}
+    seen: dict[str, int] = {}
+    for batch in corpus.iter_batches():
+        texts = batch.get_column("text").to_list()
+        if domain_column in batch.columns:
+            labels = batch.get_column(domain_column).cast(pl.String).fill_null("(none)").to_list()
+        else:
+            labels = [ALL_DOMAINS] * len(texts)
+        take: dict[str, list[str]] = {}
+        for text, d in zip(texts, labels, strict=True):
+            if seen.get(d, 0) + len(take.get(d, [])) < max_docs:
+                take.setdefault(d, []).append(text)
+        for d, chosen in take.items():
+            x = np.asarray(embedder.embed(chosen), dtype=np.float64)
+            norm = np.linalg.norm(x, axis=1, keepdims=True)
+            x = x / np.where(norm > 0, norm, 1.0)
+            grams[d] = grams.get(d, 0) + x.T @ x
+            seen[d] = seen.get(d, 0) + len(chosen)
+    return {d: gram_entropy(g) for d, g in sorted(grams.items()) if np.trace(g) > 0}
+
+
 def entropy_mixture(
     cache: Any,
     kind: str = "conditional",
     *,
     max_tokens: int | None = 5_000_000,
     seed: int = 0,
+    corpus: Any = None,
+    embedder: Any = None,
+    max_docs: int = 2000,
 ) -> tuple[Mixture, dict[str, dict[str, float]]]:
     """BiMix's training-free mixture: r_i = softmax(H_i) over the domains of a TokenCache.
 
     `max_tokens` caps the tokens counted per domain (evenly spaced 1,024-token windows), so a
-    large domain costs no more than a small one. Returns the mixture and every domain's
-    entropies.
+    large domain costs no more than a small one. `kind="von_neumann"` also needs the `corpus`
+    the cache was built from and an `embedder` (see `embedding_entropies`; `max_docs` per
+    domain). Returns the mixture and every domain's entropies.
     """
     if kind not in ENTROPIES:
         raise ConfigError(f"kind must be one of {ENTROPIES}, not {kind!r}")
+    if kind == "von_neumann" and (corpus is None or embedder is None):
+        raise ConfigError("the von Neumann entropy embeds documents: give corpus and embedder")
     rng = np.random.default_rng(seed)
     entropies: dict[str, dict[str, float]] = {}
     for name, dom in sorted(cache.domains.items()):
@@ -142,6 +216,13 @@ def entropy_mixture(
         entropies[name] = bigram_entropies(tokens, cache.vocab_size)
     if not entropies:
         raise InputError("no domain has enough tokens to measure its entropy")
+    if kind == "von_neumann":
+        vne = embedding_entropies(corpus, embedder, max_docs=max_docs)
+        missing = sorted(set(entropies) - set(vne))
+        if missing:
+            raise InputError(f"domains {missing} have no documents with an embedding")
+        for d in entropies:
+            entropies[d]["von_neumann"] = vne[d]
     h = np.array([entropies[d][kind] for d in sorted(entropies)])
     w = np.exp(h - h.max())
     return Mixture.from_vector(sorted(entropies), w), entropies
@@ -159,6 +240,9 @@ def baseline_mixture(
     max_epochs: float = 1.0,
     entropy: str = "conditional",
     seed: int = 0,
+    corpus: Any = None,
+    embedder: Any = None,
+    max_docs: int = 2000,
 ) -> tuple[Mixture, dict[str, Any]]:
     """One of the training-free mixtures for the domains of a TokenCache, by name, with what
     it was computed from (token counts, or entropies)."""
@@ -177,7 +261,9 @@ def baseline_mixture(
         mix = unimax(counts, budget, max_epochs)
         info.update(budget=budget, max_epochs=max_epochs)
     elif method == "entropy":
-        mix, info["entropies"] = entropy_mixture(cache, entropy, seed=seed)
+        mix, info["entropies"] = entropy_mixture(
+            cache, entropy, seed=seed, corpus=corpus, embedder=embedder, max_docs=max_docs
+        )
         info["kind"] = entropy
     else:
         raise ConfigError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")

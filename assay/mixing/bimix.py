@@ -17,11 +17,24 @@ Optimal proportions for a budget s minimise sum_i w_i L_i(r_i, s) on the simplex
 gradient to zero gives r_i = (w_i alpha_i A_i K_i(s) / lambda)^(1 / (1 + alpha_i)) with
 K_i(s) = B_i s^-beta_i + C_i; lambda is found by a 1-D root find on sum_i r_i = 1, and the
 result is checked against a numerical optimiser.
+
+The unit of L. The paper fits and sums per-token validation loss (nats per token). Summing
+bits per byte instead is not the same objective: a domain's bits per byte is its loss per token
+times (tokens per byte) / ln 2, so sum_i bpb_i = sum_i (t_i / (b_i ln 2)) L_i weights each
+domain by its tokens per byte under the proxy's tokenizer (code, numbers and languages the
+tokenizer splits finely count more), which moves the optimum. The law is fitted on either unit
+(`points_from_runs(unit=...)`): "loss" (the paper's) or "bpb", and says which (`BiMix.unit`).
+
+A fitted alpha near 0 (below `ALPHA_NEAR_ZERO`) means the domain's loss barely depends on its
+share at the proxies' scale; the unconstrained optimum then gives that domain almost nothing
+(its share grows like alpha), which the law cannot see but a real run would. `optimal_mixture`
+warns then; `min_share` (0 by default, as in the paper) is the remedy.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,6 +45,10 @@ from assay.common.mixture import Mixture
 from assay.errors import ConfigError, InputError
 
 MIN_POINTS = 5  # five coefficients (four free)
+UNITS = ("loss", "bpb")  # per-token loss (nats, the paper's) or bits per byte
+# "alpha near 0": halving the domain's share then raises its loss by under 2^0.01 - 1 = 0.7%,
+# within what the proxies' noise and the fit's extrapolation error (0.4-2% here) can tell apart
+ALPHA_NEAR_ZERO = 0.01
 
 
 @dataclass
@@ -99,8 +116,9 @@ def _fit_domain(r: np.ndarray, s: np.ndarray, loss: np.ndarray, name: str) -> Do
 class BiMix:
     """The fitted law for every domain: `fit(points)`, `predict`, `optimal_mixture`."""
 
-    def __init__(self, laws: Mapping[str, DomainLaw] | None = None):
+    def __init__(self, laws: Mapping[str, DomainLaw] | None = None, *, unit: str = "loss"):
         self.laws: dict[str, DomainLaw] = dict(laws or {})
+        self.unit = _check_unit(unit)
 
     @property
     def domains(self) -> list[str]:
@@ -140,9 +158,11 @@ class BiMix:
         *,
         min_share: float = 0.0,
         check: bool = True,
+        warn: bool = True,
     ) -> Mixture:
         """Proportions minimising the (weighted) sum of domain losses at budget `s`, each at
-        least `min_share`.
+        least `min_share`. With `warn`, a `UserWarning` names the domains whose fitted alpha is
+        below `ALPHA_NEAR_ZERO` when no floor is set.
 
         With the floor, the KKT conditions give r_i = max(min_share, (g_i / lambda)^(1/(1+alpha_i)))
         and the same 1-D root find applies (the sum is monotone in lambda). A floor matters
@@ -170,6 +190,8 @@ class BiMix:
         active = g > 0
         if not active.any():
             raise InputError("no domain's loss depends on its proportion (all alpha = 0)")
+        if warn and min_share == 0:
+            self._warn_flat_domains()
 
         def shares(log_lam: float) -> np.ndarray:
             r = np.full(len(d), min_share)
@@ -193,6 +215,23 @@ class BiMix:
             if self.total_loss(numeric, s, wd) < self.total_loss(mix, s, wd) - 1e-6:
                 raise RuntimeError("the closed-form optimum is worse than the numerical one")
         return mix
+
+    def flat_domains(self) -> list[str]:
+        """Domains whose fitted alpha is below `ALPHA_NEAR_ZERO` (their share barely matters
+        to the law, so the unconstrained optimum starves them)."""
+        return [d for d in self.domains if self.laws[d].alpha < ALPHA_NEAR_ZERO]
+
+    def _warn_flat_domains(self) -> None:
+        flat = self.flat_domains()
+        if flat:
+            alphas = ", ".join(f"{d} {self.laws[d].alpha:.2g}" for d in flat)
+            warnings.warn(
+                f"fitted alpha below {ALPHA_NEAR_ZERO} ({alphas}): the law sees almost no "
+                "effect of these domains' shares, so the optimum gives them almost nothing; "
+                "set min_share to keep a floor",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _numeric_optimum(self, s: float, w: np.ndarray, min_share: float = 0.0) -> Mixture:
         from scipy.optimize import minimize
@@ -226,7 +265,7 @@ class BiMix:
         """Optimal mixture and its predicted losses at each budget (to choose a budget)."""
         rows = []
         for s in budgets:
-            mix = self.optimal_mixture(s, weights, min_share=min_share, check=False)
+            mix = self.optimal_mixture(s, weights, min_share=min_share, check=False, warn=False)
             pred = self.predict(mix, s)
             rows.append(
                 {
@@ -244,13 +283,21 @@ class BiMix:
     def save(self, path: Any) -> None:
         from assay.util.files import write_json
 
-        write_json(path, {"law": "bimix", "domains": self.to_dict()})
+        write_json(path, {"law": "bimix", "unit": self.unit, "domains": self.to_dict()})
 
     @classmethod
     def load(cls, path: Any) -> BiMix:
         from assay.util.files import read_json
 
-        return cls({d: DomainLaw(**v) for d, v in read_json(path)["domains"].items()})
+        data = read_json(path)
+        laws = {d: DomainLaw(**v) for d, v in data["domains"].items()}
+        return cls(laws, unit=data.get("unit", "bpb"))  # laws saved before units were: bpb
+
+
+def _check_unit(unit: str) -> str:
+    if unit not in UNITS:
+        raise ConfigError(f"unit must be one of {UNITS}, not {unit!r}")
+    return unit
 
 
 def _columns(points: Any) -> dict[str, Any]:
@@ -266,10 +313,12 @@ def _columns(points: Any) -> dict[str, Any]:
 
 
 def points_from_runs(
-    runs: Any, *, x: str = "tokens", mixture_prefix: str = "ew."
+    runs: Any, *, x: str = "tokens", mixture_prefix: str = "ew.", unit: str = "loss"
 ) -> dict[str, list]:
     """(domain, r, s, loss) fit points from a runs table: every evaluated step of each run's
-    curve, with the run's effective mixture (`ew.<domain>`) as r and bits per byte as loss."""
+    curve, with the run's effective mixture (`ew.<domain>`) as r and, as loss, the held-out
+    loss per token (`unit="loss"`, nats) or bits per byte (`unit="bpb"`)."""
+    _check_unit(unit)
     frame = runs.read() if hasattr(runs, "read") else runs
     out: dict[str, list] = {"domain": [], "r": [], "s": [], "loss": [], "run": []}
     for row in frame.iter_rows(named=True):
@@ -279,7 +328,12 @@ def points_from_runs(
             else row.get("curve") or []
         )
         for point in curve:
-            for d, loss in point.get("bpb", {}).items():
+            if unit not in point and "bpb" in point:
+                raise InputError(
+                    f"run {row.get('run_id')!r} has no per-token losses in its curve (a runs "
+                    "table written before they were recorded): fit with unit='bpb' or retrain"
+                )
+            for d, loss in point.get(unit, {}).items():
                 r = row.get(f"{mixture_prefix}{d}")
                 if r is None or not r > 0:
                     continue
@@ -362,6 +416,7 @@ class BiMixFit:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "unit": self.law.unit,
             "law": self.law.to_dict(),
             "quality": self.quality,
             "mixture": self.mixture.to_dict(),

@@ -7,8 +7,11 @@ Columns (flat, so that any table tool reads them):
 - `w.<domain>`: the requested mixture weight; `ew.<domain>`: the effective one (after caps)
 - `bpb.<domain>`, `bpb.mean` (byte-weighted) and `bpb.domain_mean` (unweighted): held-out
   bits per byte
+- `loss.<domain>`: held-out loss per token (mean token cross-entropy, nats, under the proxy's
+  tokenizer)
 - `task.<task>.<metric>`: lm-eval task metrics
-- `curve`: the evaluation curve as JSON (per-domain bpb at each evaluated step, for BiMix)
+- `curve`: the evaluation curve as JSON (per-domain bpb and loss per token at each evaluated
+  step, for BiMix)
 
 The table is a parquet file (rewritten atomically on each append, with a CSV copy beside it); a
 run already in it (same `run_id`) is replaced, not duplicated, so a resumed search stays clean.
@@ -48,6 +51,8 @@ def run_row(run: Any) -> dict[str, Any]:
         row[f"ew.{d}"] = w
     for d, b in sorted(r["bpb"].items()):
         row[f"bpb.{d}"] = b
+    for d, v in sorted((r.get("loss") or {}).items()):
+        row[f"loss.{d}"] = v
     curve_points = [c for c in r.get("curve", []) if "bpb" in c]
     if r["bpb"] and curve_points:
         last = curve_points[-1]["bpb"]
@@ -65,6 +70,11 @@ def run_row(run: Any) -> dict[str, Any]:
                 "step": c["step"],
                 "tokens": c["tokens"],
                 "bpb": {d: v["bpb"] for d, v in c["bpb"].items()},
+                **(
+                    {"loss": {d: v["loss"] for d, v in c["bpb"].items()}}
+                    if all("loss" in v for v in c["bpb"].values())
+                    else {}
+                ),
             }
             for c in curve_points
         ]

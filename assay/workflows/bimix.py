@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -29,7 +29,19 @@ class BiMixSettings(ProxyOptions):
     concentration: tuple[float, float] = Field(
         (2.0, 10.0), description="Dirichlet strength range of the fitting mixtures (per domain)."
     )
-    min_share: float = Field(0.01, ge=0, lt=1, description="Floor of every domain in the optimum.")
+    min_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Floor of every domain in the optimum (0: none, as in the paper; a fitted "
+        "alpha near 0 is warned about).",
+    )
+    unit: Literal["loss", "bpb"] = Field(
+        "loss",
+        description="What the law fits and the optimum sums per domain: loss (held-out loss "
+        "per token, the paper's) or bpb (bits per byte, which weights domains by tokens per "
+        "byte).",
+    )
 
 
 def fit_bimix(
@@ -91,9 +103,9 @@ def fit_bimix(
         runner=runner,
         runs_table=out / "runs.parquet",
     )
-    points = _fit_points(out, done, counts)
+    points = _fit_points(out, done, counts, cfg.unit)
     target = float(cfg.budget or tokens)
-    result = _fit_law(points, done, target, cfg.budgets, cfg.weights, cfg.min_share)
+    result = _fit_law(points, done, target, cfg)
     _save_fit(out, result, points, plot)
     return result
 
@@ -127,7 +139,7 @@ def _proposed_mixtures(
 
 
 def _fit_points(
-    out: Path, done: list[dict[str, Any]], counts: Mapping[str, int]
+    out: Path, done: list[dict[str, Any]], counts: Mapping[str, int], unit: str
 ) -> dict[str, list]:
     """The fit points of the runs `done` (from `out/runs.parquet`), written to
     `out/points.parquet`; every domain of the cache must have some."""
@@ -137,7 +149,7 @@ def _fit_points(
 
     table = RunsTable(out / "runs.parquet").read()
     table = table.filter(pl.col("run_id").is_in([r["run_id"] for r in done]))
-    points = points_from_runs(table)
+    points = points_from_runs(table, unit=unit)
     missing = sorted(set(counts) - set(points["domain"]))
     if missing:
         raise InputError(
@@ -149,26 +161,29 @@ def _fit_points(
 
 
 def _fit_law(
-    points: dict[str, list],
-    done: list[dict[str, Any]],
-    target: float,
-    budgets: Sequence[float] | None,
-    weights: Mapping[str, float] | None,
-    min_share: float,
+    points: dict[str, list], done: list[dict[str, Any]], target: float, cfg: BiMixSettings
 ) -> BiMixFit:
     """The law fitted on `points`, its quality, and the optimal mixture at `target` tokens."""
-    law = BiMix().fit(points)
+    law = BiMix(unit=cfg.unit).fit(points)
     quality = evaluate_fit(points)
-    mixture = law.optimal_mixture(target, weights, min_share=min_share)
-    grid = budgets or [target * f for f in (0.25, 0.5, 1, 2, 4, 8)]
+    mixture = law.optimal_mixture(target, cfg.weights, min_share=cfg.min_share)
+    grid = cfg.budgets or [target * f for f in (0.25, 0.5, 1, 2, 4, 8)]
     return BiMixFit(
         law,
         quality,
         mixture,
         target,
         law.predict(mixture, target),
-        law.budget_curve(grid, weights, min_share=min_share),
-        [{"run": r["out_dir"], "mixture": r["mixture"], "bpb": r["bpb"]} for r in done],
+        law.budget_curve(grid, cfg.weights, min_share=cfg.min_share),
+        [
+            {
+                "run": r["out_dir"],
+                "mixture": r["mixture"],
+                "bpb": r["bpb"],
+                "loss": r.get("loss", {}),
+            }
+            for r in done
+        ],
     )
 
 

@@ -13,7 +13,7 @@ from assay.workflows.bimix import BiMixSettings
 @register_step
 class BiMixStep(ProxyInputs, BiMixSettings):
     """Fit BiMix's law L_i(r_i, s) per domain on the evaluation curves of a few proxies; the
-    proportions minimising the summed loss at a token budget."""
+    proportions minimising the summed loss (per token, or bits per byte) at a token budget."""
 
     outputs = ("mixture", "law", "fit", "tokenizer")
     verb = "bimix"
@@ -46,6 +46,7 @@ class BiMixStep(ProxyInputs, BiMixSettings):
             )
             q = fit.quality
             summary = {
+                "unit": fit.law.unit,
                 "mixture": fit.mixture.to_dict(),
                 "budget": fit.budget,
                 "predicted": fit.predicted,
@@ -72,7 +73,8 @@ class BiMixStep(ProxyInputs, BiMixSettings):
         from rich.table import Table
 
         r = summary
-        t = Table(title=f"BiMix law, optimum at {r['budget']:,.0f} tokens")
+        unit = r.get("unit", "bpb")
+        t = Table(title=f"BiMix law ({unit}), optimum at {r['budget']:,.0f} tokens")
         for c in ("domain", "alpha", "beta", "B", "C", "extrap. error", "held-out R2", "share"):
             t.add_column(c)
         r2s = r.get("heldout_r2") or {}
@@ -90,5 +92,5 @@ class BiMixStep(ProxyInputs, BiMixSettings):
             )
         console.print(t)
         curve = ", ".join(f"{c['tokens']:,.0f}: {c['total']:.3f}" for c in r["budget_curve"])
-        console.print(f"predicted total loss by budget: {curve}")
+        console.print(f"predicted total {unit} by budget: {curve}")
         console.print(f"mixture: {outputs['mixture']}", highlight=False)
