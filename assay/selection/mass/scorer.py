@@ -63,8 +63,9 @@ class MassSettings(Strict):
     background_docs: int = Field(
         2000,
         ge=0,
-        description="Corpus documents sampled as the background keyphrases must be more "
-        "frequent in the targets than in (0: none, plain TF-IDF over the targets).",
+        description="Corpus documents sampled as the keyphrases' background: a keyphrase skill "
+        "is at least twice as frequent in the targets as there (0: none, TF-IDF over the "
+        "targets alone).",
     )
     tags_field: str | None = Field(None, description="Record field holding each example's tags.")
     embedder: str | dict[str, Any] | None = Field(None, description=EMBEDDER_HELP)
