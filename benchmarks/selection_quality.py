@@ -40,6 +40,11 @@ Resumable: finished scores, selections and proxy runs under the work folder are 
 
     python benchmarks/selection_quality.py [--seeds 0,1] [--keep 0.1] [--tokens 400000]
         [--methods random,fasttext,perplexity,betr,preselect] [--embedder static]
+
+`--target tech` is a second, non-math target (benchmarks/_news_target.py): BBC technology news,
+half of it taken out of the pool; 100 of those articles are the examples the scorers see (MASS
+takes keyphrase skills from them, against a sample of the pool), the rest the held-out domain
+`bbc_tech`. Its own work folder; staged methods (MATES) stay math-only.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def fit_scorer(method: str, pool: Corpus, work: Path, tok: str, args: Any) -> tu
     mode = "low" if method in ("perplexity", "ngram_lm") else "top"
     if (folder / "scorer.json").exists():
         return load_scorer(folder), mode
-    targets = load_targets("assay_champ")
+    targets = args.examples or load_targets("assay_champ")
     if method == "fasttext":
         from assay.selection.fasttext import DEFAULT_PARAMS, FastTextScorer, adapt_to_sample
 
@@ -124,10 +129,11 @@ def fit_scorer(method: str, pool: Corpus, work: Path, tok: str, args: Any) -> tu
     elif method == "mass":
         from assay.selection.mass import fit_mass
 
-        # the reference's skills are the CHAMP concepts its problems are annotated with
+        # the reference's skills are the CHAMP concepts its problems are annotated with; on the
+        # news target, keyphrases of the examples more frequent there than in the pool
         scorer = fit_mass(
-            "assay_champ", skills="tags", seed=0, column=method,
-            embedder={"model": args.mass_embedder},
+            args.examples or "assay_champ", skills="keyphrase" if args.examples else "tags",
+            seed=0, column=method, embedder={"model": args.mass_embedder}, background=pool,
         )  # fmt: skip
     elif method == "ngram_lm":
         from assay.selection.ngram_lm import fit_ngram_lm
@@ -306,7 +312,8 @@ def main() -> None:
     ap.add_argument("--mass-embedder", default="static", help="MASS embedder (static or MiniLM)")
     ap.add_argument("--calibration", type=int, default=1500)
     ap.add_argument("--family-tokens", type=int, default=150_000)
-    ap.add_argument("--work", default=str(CACHE / "selection-quality"))
+    ap.add_argument("--target", default="math", choices=("math", "tech"))
+    ap.add_argument("--work", default=None, help="default: CACHE/selection-quality[-tech]")
     ap.add_argument(
         "--measure-throughput",
         action="store_true",
@@ -331,12 +338,23 @@ def main() -> None:
     manifest = build_demo_corpus(root, size="full")
     pool = Corpus(manifest["train"])
     heldout = Corpus([manifest["heldout"], manifest["targets"]])
-    work = Path(args.work)
+    work = Path(args.work or CACHE / "selection-quality")
+    target, args.examples, share = TARGET, None, composition
+    if args.target == "tech":
+        from _news_target import target_share, tech_target
+
+        if set(methods) & set(STAGED):
+            raise SystemExit("the tech target does not run the staged methods (MATES)")
+        work = Path(args.work or CACHE / "selection-quality-tech")
+        news = tech_target(manifest, work)
+        pool, heldout, args.examples, target = news.pool, news.heldout, news.examples, news.domain
+        share = target_share
     tok = work / "tokenizer"
     if not (tok / "tokenizer.json").exists():
         train_tokenizer(pool, get_preset("tiny").vocab_size, tok, seed=0)
     runner = LocalRunner(workers=1, progress=False)
-    indexes = contamination_indexes(manifest)
+    # contamination is counted against the math target's texts (eval, assay_champ)
+    indexes = contamination_indexes(manifest) if args.target != "tech" else {}
     decontaminated = None
     if args.decontaminate:
         sources = args.decontaminate.split(",")
@@ -386,15 +404,15 @@ def main() -> None:
                 out_dir=work / "proxies" / f"{method}-{seed}", tokenizer=str(tok),
                 heldout=heldout, eval_docs=None, tasks=["assay_champ"], progress=False,
             )  # fmt: skip
-            general = [v for d, v in run.bpb.items() if d != TARGET]
+            general = [v for d, v in run.bpb.items() if d != target]
             entry["runs"].append(
                 {
                     "seed": seed,
-                    "target_bpb": round(run.bpb[TARGET], 4),
+                    "target_bpb": round(run.bpb[target], 4),
                     "general_bpb": round(float(np.mean(general)), 4),
                     "champ_logprob": round(float(run.tasks["assay_champ"]["logprob"]), 4),
                     "champ_acc": round(float(run.tasks["assay_champ"]["acc"]), 4),
-                    "selection": composition(selected),
+                    "selection": share(selected),
                     "contamination": contamination(selected, indexes),
                     "epochs_note": run.data.get("cap_note"),
                 }
@@ -411,7 +429,7 @@ def main() -> None:
     emit(
         {
             "benchmark": "selection_quality",
-            "target": TARGET,
+            "target": target,
             "keep_chars": args.keep,
             "proxy": {"preset": "tiny", "tokens": args.tokens, "seeds": seeds},
             "betr_embedder": args.embedder or "all-MiniLM-L6-v2",

@@ -15,7 +15,9 @@ from assay.selection.mass.scorer import MassSettings
 @register_step
 class MassStep(Step, MassSettings):
     """Fit MASS: skills from target examples (tags, keyphrases or sentence clusters) merged by
-    similarity into a graph; a document scores by the skills it covers. Score the corpus."""
+    similarity into a graph; a document scores by the skills it covers. Score the corpus.
+    Keyphrase skills are the phrases more frequent in the targets than in a sample of the
+    corpus (`background_docs`), each embedded from the target sentences it occurs in."""
 
     outputs = ("scores", "model")
     verb = "mass"
@@ -49,6 +51,7 @@ class MassStep(Step, MassSettings):
                 self.settings(ctx.seed(self.seed)),
                 fields=self.targets.fields,
                 max_items=self.targets.max_items,
+                background=corpus,
                 progress=ctx.runner.progress,
             )
 

@@ -110,7 +110,8 @@ def build_skill_graph(
     raw: RawSkills, *, merge_threshold: float = 0.9, min_cooccurrence: int = 1
 ) -> SkillGraph:
     """Merge near-duplicate skills, then weight nodes by frequency and edges by co-occurrence."""
-    labels, names = merge_skills(raw.names, raw.embeddings, raw.frequency, merge_threshold)
+    by = raw.embeddings if raw.name_embeddings is None else raw.name_embeddings
+    labels, names = merge_skills(raw.names, by, raw.frequency, merge_threshold)
     k = len(names)
     member_of = sp.csr_matrix(
         (np.ones(len(labels), dtype=np.int64), (np.arange(len(labels)), labels)),

@@ -20,6 +20,7 @@ from assay.selection.base import (
     embedder_runs_on,
     embedder_settings,
     register_scorer,
+    sample_texts,
 )
 from assay.selection.mass.graph import SkillGraph, build_skill_graph, skill_rows, top_edges
 from assay.selection.mass.reference import load_reference
@@ -32,6 +33,7 @@ from assay.selection.mass.scoring import (
 from assay.selection.mass.skills import (
     RawSkills,
     cluster_skills,
+    context_skills,
     keyphrase_skills,
     named_skills,
     normalize_tags,
@@ -57,6 +59,13 @@ class MassSettings(Strict):
         "auto",
         description="Where skills come from: 'auto' (tags when the targets have them, e.g. the "
         "CHAMP concepts, else keyphrases), 'tags', 'keyphrase' or 'cluster'.",
+    )
+    background_docs: int = Field(
+        2000,
+        ge=0,
+        description="Corpus documents sampled as the keyphrases' background: a keyphrase skill "
+        "is at least twice as frequent in the targets as there (0: none, TF-IDF over the "
+        "targets alone).",
     )
     tags_field: str | None = Field(None, description="Record field holding each example's tags.")
     embedder: str | dict[str, Any] | None = Field(None, description=EMBEDDER_HELP)
@@ -93,7 +102,7 @@ class MassScorer(Scorer):
     min_cooccurrence: examples a pair must share to become an edge.
     top_k: skills a document keeps (None = all); aggregation: "quadratic" or "linear";
     edge_weight: lambda in `diag(w) + lambda E`.
-    keyphrase: options of `keyphrase_skills` (max_words, min_df, max_df).
+    keyphrase: options of `keyphrase_skills` (max_words, min_df, max_df, min_lift).
     n_clusters: k of the cluster skills (default ~sqrt(sentences / 2)).
     """
 
@@ -164,11 +173,15 @@ class MassScorer(Scorer):
         reference_texts: Sequence[str],
         tags: Sequence[Sequence[str]] | None = None,
         *,
+        background: Sequence[str] | None = None,
         seed: int = 0,
         progress: bool = False,
     ) -> MassScorer:
         """Build the skill graph of a reference set (`tags`: one list of skill names per
-        example, required for skills="tags" and used by "auto" when given)."""
+        example, required for skills="tags" and used by "auto" when given).
+
+        `background`: texts of the pool to rank (a sample); keyphrase skills are then the
+        phrases more frequent in the reference than in it (see `keyphrase_skills`)."""
         texts = [str(t) for t in reference_texts]
         if not texts:
             raise InputError("MASS needs a reference set: it is empty")
@@ -180,7 +193,8 @@ class MassScorer(Scorer):
         if source != "tags" and tags is not None:
             raise ConfigError(f"tags were given but skills={self.skills!r}; use skills='tags'")
         embedder = self.make_embedder()
-        raw = self._raw_skills(source, texts, tags, embedder, seed, progress)
+        bg = None if background is None or source != "keyphrase" else [str(t) for t in background]
+        raw = self._raw_skills(source, texts, tags, bg, embedder, seed, progress)
         if not raw.names:
             raise InputError(_no_skills_message(source, len(texts)))
         graph = build_skill_graph(
@@ -188,6 +202,7 @@ class MassScorer(Scorer):
         )
         self._set_graph(graph, model_fingerprint(embedder.model_path))
         self.report = self._fit_report(source, raw, graph, len(texts), describe(embedder))
+        self.report["background_docs"] = len(bg) if bg else 0
         return self
 
     def _raw_skills(
@@ -195,6 +210,7 @@ class MassScorer(Scorer):
         source: str,
         texts: list[str],
         tags: Sequence[Sequence[str]] | None,
+        background: list[str] | None,
         embedder: Embedder,
         seed: int,
         progress: bool,
@@ -203,8 +219,11 @@ class MassScorer(Scorer):
             lists = normalize_tags(tags, len(texts))
             return named_skills(lists, embedder, progress=progress)
         if source == "keyphrase":
-            lists = keyphrase_skills(texts, max_skills=self.max_skills, **self.keyphrase)
-            return named_skills(lists, embedder, progress=progress)
+            lists = keyphrase_skills(
+                texts, max_skills=self.max_skills, background=background, **self.keyphrase
+            )
+            max_words = self.keyphrase.get("max_words", 3)
+            return context_skills(lists, texts, embedder, max_words=max_words, progress=progress)
         return cluster_skills(
             texts,
             embedder,
@@ -357,8 +376,8 @@ class MassScorer(Scorer):
 def _no_skills_message(source: str, n: int) -> str:
     hint = {
         "tags": "every example's tag list is empty",
-        "keyphrase": "no keyphrase is shared by enough examples (lower keyphrase={'min_df': 1}, "
-        "or give tags)",
+        "keyphrase": "no keyphrase is shared by enough examples and more frequent there than "
+        "in the background (lower keyphrase={'min_df': 1} or {'min_lift': 1.2}, or give tags)",
         "cluster": "the examples have fewer than two sentences to cluster",
     }[source]
     return f"no skills found in the {n} reference examples: {hint}"
@@ -371,12 +390,15 @@ def fit_mass(
     fields: Sequence[str] | None = None,
     max_items: int | None = None,
     tags: Sequence[Sequence[str]] | None = None,
+    background: Any = None,
     progress: bool = False,
     **options: Any,
 ) -> MassScorer:
     """Fit a MASS scorer on target examples (a file, a built-in benchmark name or texts; see
     `load_reference`); skills="auto" uses tags where the targets have them (CHAMP concepts for
     "assay_champ") and keyphrases otherwise. `tags` gives one list of skill names per example.
+    `background` (a Corpus or texts: the pool to rank) gives keyphrases a baseline: a seeded
+    sample of `background_docs` of it (unused with tags).
 
     `settings` (or keyword arguments such as skills=, embedder=, top_k=, aggregation=; they
     override `settings`) are `MassSettings`; a seed of None is 0.
@@ -408,4 +430,13 @@ def fit_mass(
         top_k=cfg.top_k,
         aggregation=cfg.aggregation,
     )
-    return scorer.fit(texts, found if want else None, seed=seed, progress=progress)
+    tags_found = found if want else None
+    bg = None  # only keyphrases use a background: tags and clusters do not sample one
+    if (
+        background is not None
+        and cfg.background_docs
+        and cfg.skills != "cluster"
+        and not tags_found
+    ):
+        bg = [str(t) for t in sample_texts(background, cfg.background_docs, seed)]
+    return scorer.fit(texts, tags_found, background=bg, seed=seed, progress=progress)

@@ -43,11 +43,14 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
 @dataclass
 class RawSkills:
-    """Skills before merging: names (unique), which examples have them, and their embeddings."""
+    """Skills before merging: names (unique), which examples have them, and their embeddings
+    (what documents are scored against); `name_embeddings`, when the embeddings are not of
+    the names (keyphrases in context), are what near-duplicate names are merged by."""
 
     names: list[str]
     incidence: sp.csr_matrix  # examples x skills, 1 where the example has the skill
     embeddings: np.ndarray  # skills x dim, unit rows
+    name_embeddings: np.ndarray | None = None  # skills x dim; None: `embeddings`
 
     @property
     def frequency(self) -> np.ndarray:
@@ -119,14 +122,29 @@ def keyphrase_skills(
     max_words: int = 3,
     min_df: int | float = 2,
     max_df: int | float = 0.5,
+    background: Sequence[str] | None = None,
+    min_lift: float = 2.0,
 ) -> list[list[str]]:
-    """Per example, its `max_skills` best keyphrases by TF-IDF over the reference set.
+    """Per example, its `max_skills` best keyphrases.
 
     `min_df=2` keeps phrases shared by at least two examples (a skill is something problems
     have in common); `max_df` drops phrases in most examples (boilerplate, not skills). Among
     equal scores the longer phrase goes first, and a phrase inside an already chosen one
     ("equation" after "quadratic equation") is redundant and skipped.
+
+    Without `background` a phrase's weight is its TF-IDF over the reference set alone, so a
+    word common to every text of the target's kind ("game", "names", "data") ranks as high as
+    a real skill. With `background` (texts of the pool the scorer will rank: a sample of it)
+    the weight is the phrase's lift, `log(df_ref / df_background)` with add-one smoothing of
+    the background's document frequency: a skill is what the target has *more often than the
+    pool*. Phrases below `min_lift` (twice as frequent) are dropped, and an example's phrases
+    rank by `(1 + log tf) * lift`.
     """
+    background = None if background is None else [str(t) for t in background]
+    if background:  # an empty background is none
+        return _distinct_keyphrases(
+            texts, background, max_skills, max_words, min_df, max_df, min_lift
+        )
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vec = TfidfVectorizer(
@@ -139,11 +157,69 @@ def keyphrase_skills(
         tfidf = vec.fit_transform(list(texts)).tocsr()
     except ValueError:  # sklearn: "empty vocabulary" or "no terms remain"
         return [[] for _ in texts]
+    return _best_per_row(tfidf, vec.get_feature_names_out(), max_skills)
+
+
+def phrase_lift(
+    texts: Sequence[str],
+    background: Sequence[str],
+    *,
+    max_words: int = 3,
+    min_df: int | float = 2,
+    max_df: int | float = 0.5,
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Phrase counts of the reference (examples x phrases), the phrases, and each phrase's
+    lift `log((df_ref / n_ref) / ((df_bg + 1) / (n_bg + 1)))` over the background texts.
+
+    The background is streamed once, keeping only the reference's phrases (memory: the
+    reference vocabulary)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    vec = CountVectorizer(
+        analyzer=lambda t: phrase_candidates(t, max_words), min_df=min_df, max_df=max_df
+    )
+    try:
+        counts = vec.fit_transform(list(texts)).tocsr()
+    except ValueError:  # sklearn: "empty vocabulary" or "no terms remain"
+        return sp.csr_matrix((len(texts), 0)), np.zeros(0, dtype=object), np.zeros(0)
     vocab = vec.get_feature_names_out()
+    index = {str(p): j for j, p in enumerate(vocab)}
+    bg_df = np.zeros(len(vocab))
+    n_bg = 0
+    for text in background:
+        n_bg += 1
+        hits = [index[p] for p in set(phrase_candidates(str(text), max_words)) if p in index]
+        bg_df[hits] += 1
+    ref_df = np.asarray((counts > 0).sum(axis=0), dtype=np.float64).ravel()
+    lift = np.log((ref_df / counts.shape[0]) / ((bg_df + 1) / (n_bg + 1)))
+    return counts, vocab, lift
+
+
+def _distinct_keyphrases(
+    texts: Sequence[str],
+    background: Sequence[str],
+    max_skills: int,
+    max_words: int,
+    min_df: int | float,
+    max_df: int | float,
+    min_lift: float,
+) -> list[list[str]]:
+    counts, vocab, lift = phrase_lift(
+        texts, background, max_words=max_words, min_df=min_df, max_df=max_df
+    )
+    weight = np.where(lift >= np.log(min_lift), lift, 0.0)
+    scores = counts.astype(np.float64).tocsr()
+    scores.data = (1.0 + np.log(scores.data)) * weight[scores.indices]
+    scores.eliminate_zeros()
+    return _best_per_row(scores, vocab, max_skills)
+
+
+def _best_per_row(scores: sp.csr_matrix, vocab: np.ndarray, max_skills: int) -> list[list[str]]:
+    """Per row, the `max_skills` best-scoring phrases, skipping one inside a chosen one."""
     out = []
-    for i in range(tfidf.shape[0]):
-        cols = tfidf.indices[tfidf.indptr[i] : tfidf.indptr[i + 1]]
-        vals = tfidf.data[tfidf.indptr[i] : tfidf.indptr[i + 1]]
+    for i in range(scores.shape[0]):
+        cols = scores.indices[scores.indptr[i] : scores.indptr[i + 1]]
+        vals = scores.data[scores.indptr[i] : scores.indptr[i + 1]]
         names = vocab[cols]
         chosen: list[str] = []
         words = np.char.count(names.astype(str), " ")
@@ -191,6 +267,54 @@ def named_skills(
     vecs = embedder.embed(names, progress=progress) if names else np.zeros((0, 1), np.float32)
     check_finite(vecs, "skill-name embeddings")
     return RawSkills(names, incidence, vecs)
+
+
+def context_skills(
+    skills: list[list[str]],
+    texts: Sequence[str],
+    embedder: Embedder,
+    *,
+    max_words: int = 3,
+    min_chars: int = 20,
+    progress: bool = False,
+) -> RawSkills:
+    """Keyphrase skills embedded in context: a skill's embedding is the mean embedding of the
+    reference sentences it occurs in (sentences of the examples that have it), renormalised;
+    a skill found in no sentence of `min_chars` is embedded from its name.
+
+    A bare phrase ("users", "mobile phones") embeds far from any document, and the documents
+    nearest to it need not be the target's: with a static embedder, code chunks are closer to
+    "e-mail" or "security" than news about them. Its sentences place it where text about it
+    lies, as a cluster centroid is. Near-duplicates still merge by their names' embeddings
+    (`name_embeddings`): sentences of one target are all alike, their names are not."""
+    names, incidence = incidence_from_lists(skills)
+    if not names:
+        return named_skills(skills, embedder, progress=progress)
+    index = {n: j for j, n in enumerate(names)}
+    sentences, owner = split_sentences(texts, min_chars)
+    rows, cols = [], []
+    for i, sentence in enumerate(sentences):
+        have = set(skills[owner[i]])
+        for p in set(phrase_candidates(sentence, max_words)) & have:
+            rows.append(i)
+            cols.append(index[p])
+    used = np.unique(np.asarray(rows, dtype=np.int64))
+    vecs = np.zeros((len(names), 1), dtype=np.float32)
+    if len(used):
+        sent_vecs = embedder.embed([sentences[i] for i in used], progress=progress)
+        check_finite(sent_vecs, "sentence embeddings")
+        where = {int(s): k for k, s in enumerate(used)}
+        member = sp.csr_matrix(
+            (np.ones(len(rows)), ([where[r] for r in rows], cols)), shape=(len(used), len(names))
+        )
+        vecs = np.asarray(member.T @ sent_vecs.astype(np.float64))
+    by_name = named_skills(skills, embedder).embeddings
+    found = np.abs(vecs).sum(axis=1) > 0
+    if not found.all():
+        if not len(used):
+            vecs = np.zeros_like(by_name)
+        vecs[~found] = by_name[~found]
+    return RawSkills(names, incidence, unit_rows(vecs), by_name)
 
 
 def cluster_skills(
