@@ -52,7 +52,27 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size < 65500 else np.dtype(np.int32)
 
 
-class IndexedWriter:
+class TokenFileWriter:
+    """A writer of token files as a context manager: `close()` (publish the finished files)
+    when the block succeeds, `abort()` (remove the temporary ones) when it raises."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class IndexedWriter(TokenFileWriter):
     """Writes one `.bin`/`.idx` pair a document at a time (memory: 4 bytes per document).
 
     Both files are written under temporary names and renamed into place by `close()` (`.bin`
@@ -108,15 +128,6 @@ class IndexedWriter:
         self._bin.close()
         for p in (self._bin_tmp, self._idx_tmp):
             p.unlink(missing_ok=True)
-
-    def __enter__(self) -> IndexedWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class IndexedFile:

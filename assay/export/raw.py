@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from assay.errors import ConfigError, InputError
+from assay.export.indexed import TokenFileWriter
 from assay.util.files import temp_path_for
 from assay.util.remote import publish
 
 
-class DatatroveWriter:
+class DatatroveWriter(TokenFileWriter):
     """One `.ds` file and its index and metadata, a batch of documents at a time; the files
     are renamed into place on `close()` (the `.ds` last)."""
 
@@ -66,15 +67,6 @@ class DatatroveWriter:
         self._index.close()
         for tmp in self.temps:
             tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> DatatroveWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 SIDECARS = (".index", ".metadata")
