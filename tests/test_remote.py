@@ -229,4 +229,9 @@ def test_any_fsspec_store_memory(tmp_path: Path, demo_dir: Path, monkeypatch) ->
         p.rsplit("/", 1)[1] for p in mem.find("/m/stats")
     }
     assert read_scores("memory://m/stats", corpus).height == len(_texts(corpus))
+    # an object that exists is read as it is, even with glob characters in its name
+    mem.pipe_file("/m/odd/a[1].jsonl", b'{"id": "x", "text": "A real sentence."}\n')
+    mem.pipe_file("/m/odd/a1.jsonl", b'{"id": "y", "text": "Another sentence."}\n')
+    assert list(_texts(Corpus("memory://m/odd/a[1].jsonl"))) == ["x"]
+    assert list(_texts(Corpus("memory://m/odd/a[0-9].jsonl"))) == ["y"]  # absent: a glob
     mem.rm("/m", recursive=True)

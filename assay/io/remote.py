@@ -113,21 +113,21 @@ def remote_inputs(url: str) -> tuple[list[Shard], list[str]]:
     fs, path = filesystem(url)
     fs.invalidate_cache()  # list what is there now, not what an earlier listing saw
     protocol = url.split("://", 1)[0]
-    if any(ch in path for ch in "*?["):
-        infos = fs.glob(path, detail=True)
-        root = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
-        found = _listed(fs, root, infos)
-        if not found:
-            raise MissingError(f"no corpus files match {url!r}")
-    elif fs.isdir(path):
+    if fs.isdir(path):
         root = path.rstrip("/")
         found = _saved_dataset(fs, root) or _listed(fs, root, fs.find(root, detail=True))
         if not found:
             suffixes = ", ".join(FOLDER_SUFFIXES)
             raise MissingError(f"no corpus files ({suffixes}) under {url!r}")
-    elif fs.exists(path):
+    elif fs.exists(path):  # an object that exists is taken as it is, even with '[' in its name
         root = path.rsplit("/", 1)[0]
         found = [(path, fs.info(path))]
+    elif any(ch in path for ch in "*?["):  # only a path that does not exist is a glob
+        infos = fs.glob(path, detail=True)
+        root = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+        found = _listed(fs, root, infos)
+        if not found:
+            raise MissingError(f"no corpus files match {url!r}")
     else:
         raise MissingError(f"corpus file not found: {url!r}")
     shards: list[Shard] = []
