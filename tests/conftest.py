@@ -14,6 +14,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+#: fastText's default 2M hash buckets make every saved classifier ~800 MB; the suite's small
+#: fixtures have far fewer distinct n-grams, so tests train with 200k (80 MB) unless marked
+#: `fasttext_defaults`. Workers started by spawn still see the real default.
+TEST_FASTTEXT_BUCKETS = 200_000
+
+
+@pytest.fixture(autouse=True)
+def _small_fasttext_models(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("fasttext_defaults") is None:
+        from assay.selection.fasttext import DEFAULT_PARAMS
+
+        monkeypatch.setitem(DEFAULT_PARAMS, "bucket", TEST_FASTTEXT_BUCKETS)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small demo corpus (90 train + 10 held-out real documents per domain)."""

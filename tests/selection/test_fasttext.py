@@ -166,6 +166,7 @@ def test_divergence_retries_at_lower_rates_then_explains(
         )
 
 
+@pytest.mark.fasttext_defaults
 def test_defaults_are_fasttexts_own_where_preselect_relies_on_them() -> None:
     from fasttext.FastText import unsupervised_default
 
