@@ -32,9 +32,18 @@ MARKER = re.compile(r"^<!-- assay:(\w[\w-]*) (.+?) -->$", re.MULTILINE)
 
 
 # -- settings tables ------------------------------------------------------------------------------
+def prose(text: Any) -> str:
+    """Text from the code made safe for markdown: `<` and `>` outside code spans escaped (a
+    help text's `<shard>:<line>` is not an HTML tag)."""
+    parts = str(text).split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)
+
+
 def _cell(text: Any) -> str:
-    """Text for a cell of a markdown table: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """Text for a cell of a markdown table: one line, pipes and tags escaped."""
+    return prose(" ".join(str(text).split()).replace("|", "\\|"))
 
 
 def type_name(annotation: Any) -> str:
@@ -117,7 +126,7 @@ def step_table(kind: str) -> str:
     positional = getattr(cls, "positional", None)
     if positional:
         flags[(positional,)] = positional.upper()
-    doc = inspect.cleandoc(cls.__doc__ or "")
+    doc = prose(inspect.cleandoc(cls.__doc__ or ""))
     verb = f"`assay {cls.verb}`" if cls.verb else "recipes only (no verb)"
     head = [
         f"**Step `{kind}`** ({verb}). {doc}",
@@ -149,7 +158,7 @@ def scorer_table(name: str) -> str:
     signature = inspect.signature(cls.__init__)
     doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
     lines = [
-        f"**Scorer `{name}`** (`{cls.__module__}.{cls.__name__}`). {' '.join(doc.split())}",
+        f"**Scorer `{name}`** (`{cls.__module__}.{cls.__name__}`). {prose(' '.join(doc.split()))}",
         "",
         f"`assay score --scorer {name} --params KEY=VALUE`, or `scorer: {name}` and `params:` "
         "in a recipe's `score` step:",
@@ -201,7 +210,14 @@ def readme_section(title: str, start: str | None = None, until: str | None = Non
     if until is not None:
         body = body[: _paragraph(body, until, title)]
     shift = min((len(m.group(1)) for ln in body if (m := HEADING.match(ln))), default=2) - 2
-    return "\n".join(_raise_heading(ln, shift) for ln in body).strip()
+    out, fenced = [], False
+    for line in body:
+        fenced ^= line.startswith("```")
+        if not fenced:
+            # a list nested by two spaces (GitHub's markdown) needs four in Python-Markdown
+            line = re.sub(r"^  (?=[-*] )", "    ", _raise_heading(line, shift))
+        out.append(line)
+    return "\n".join(out).strip()
 
 
 def _paragraph(body: list[str], prefix: str, title: str) -> int:
@@ -359,13 +375,13 @@ def cli_page() -> str:
         app.get_usage(root),
         "```",
         "",
-        inspect.cleandoc(app.help or ""),
+        prose(inspect.cleandoc(app.help or "")),
         "",
         *_params_table(app, root),
     ]
     for path, cmd, ctx in _commands(app, root, "assay"):
         parts += ["", f"## {path}", "", "```text", cmd.get_usage(ctx), "```", ""]
-        parts += [inspect.cleandoc(cmd.help or cmd.short_help or ""), ""]
+        parts += [prose(inspect.cleandoc(cmd.help or cmd.short_help or "")), ""]
         parts += _params_table(cmd, ctx)
     return "\n".join(parts) + "\n"
 
