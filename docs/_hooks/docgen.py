@@ -296,12 +296,8 @@ def recipes_page(step_pages: dict[str, str] | None = None) -> str:
     for folder, title in (("recipes", "CPU-scale recipes"), ("recipes/paper", "Paper scale")):
         parts += ["", f"## {title}", ""]
         if folder == "recipes/paper":
-            parts += [
-                "For GPUs: each follows its paper's scale and settings, says what data it "
-                "expects and where assay departs from the paper. `assay run --dry-run FILE` "
-                "prints the plan and its compute.",
-                "",
-            ]
+            section = readme_section("Paper-scale recipes and dry runs")
+            parts += [relink(section, "recipes.md"), ""]
         for path in sorted((ROOT / folder).glob("*.yaml")):
             rel = path.relative_to(ROOT).as_posix()
             header = recipe_header(path)
