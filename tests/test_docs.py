@@ -74,3 +74,15 @@ def test_readme_links_are_made_site_links(docgen):
     assert docgen.relink(text, "methods/dsir.md") == (
         "see [Guarantees](../guarantees.md), `x` and [a](../architecture.md)"
     )
+
+
+def test_doctest_examples_of_docstrings_become_code_blocks():
+    pytest.importorskip("griffe")
+    spec = importlib.util.spec_from_file_location("gd", DOCS / "_hooks" / "griffe_doctest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    doc = "A corpus.\n    >>> c = Corpus('x')\n    >>> c.sample(2)\n    out\n\nMore text."
+    assert module.fence_examples(doc) == (
+        "A corpus.\n\n    ```python\n    >>> c = Corpus('x')\n    >>> c.sample(2)\n    out\n"
+        "    ```\n\nMore text."
+    )
