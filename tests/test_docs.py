@@ -50,10 +50,10 @@ def test_a_step_table_lists_every_setting_with_its_flag(docgen):
 
     table = docgen.step_table("select")
     for name in SelectConfig.model_fields:
-        assert f"| `{name}` | `--{name.replace('_', '-')}` |" in table
-    assert "| `scores` | `--scores` |" in table
+        assert f"| `{name}`<br>`--{name.replace('_', '-')}` |" in table
+    assert "| `scores`<br>`--scores` |" in table
     train = docgen.step_table("train_proxy")  # nested settings are dotted keys, flags joined
-    assert "| `train.lr` | `--train-lr` |" in train
+    assert "| `train.lr`<br>`--train-lr` |" in train
     assert set(docgen.step_pages(DOCS)) == set(STEPS)
 
 

@@ -136,13 +136,13 @@ def step_table(kind: str) -> str:
             f" A later step reads `{cls.corpus_output}` as its corpus." if cls.corpus_output else ""
         ),
         "",
-        "| recipe key | flag | type | default | description |",
-        "|---|---|---|---|---|",
+        "| recipe key, flag | type | default | description |",
+        "|---|---|---|---|",
     ]
     for path, field in model_rows(cls):
-        flag = f"`{flags[path]}`" if path in flags else ""
+        flag = f"<br>`{flags[path]}`" if path in flags else ""
         head.append(
-            f"| `{'.'.join(path)}` | {flag} | {_cell(type_name(field.annotation))} | "
+            f"| `{'.'.join(path)}`{flag} | {_cell(type_name(field.annotation))} | "
             f"{_cell(default_text(field))} | {_cell(field.description or '')} |"
         )
     return "\n".join(head)
@@ -343,7 +343,8 @@ def _params_table(cmd: Any, ctx: Any) -> list[str]:
     rows = []
     for p in cmd.get_params(ctx):
         if isinstance(p, click.Argument):
-            rows.append(f"| `{p.make_metavar(ctx)}` | argument{'s' if p.nargs != 1 else ''} |")
+            many = "one or more" if p.nargs == -1 else f"{p.nargs}" if p.nargs > 1 else "one"
+            rows.append(f"| `{p.make_metavar(ctx)}` | positional: {many} |")
             continue
         record = p.get_help_record(ctx)
         if record is not None:
