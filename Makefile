@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.assay-installed
 PIP    := $(BIN)/python -m pip
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test docs lint format bench clean
 
 install: $(STAMP)
 
@@ -31,20 +31,26 @@ demo: $(STAMP)
 	$(BIN)/assay run recipes/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/ruff check assay tests benchmarks
-	$(BIN)/ruff format --check assay tests benchmarks
+	$(BIN)/ruff check assay tests benchmarks docs/_hooks
+	$(BIN)/ruff format --check assay tests benchmarks docs/_hooks
 	$(BIN)/lint-imports
+	$(MAKE) docs
 	ASSAY_PROGRESS=0 $(BIN)/python -m pytest -q
 
+# The documentation site, into site/ (open site/index.html); warnings are errors, and a step,
+# scorer or verb without a documentation entry fails it (docs/_hooks/).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: $(STAMP)
-	$(BIN)/ruff check assay tests benchmarks
+	$(BIN)/ruff check assay tests benchmarks docs/_hooks
 
 format: $(STAMP)
-	$(BIN)/ruff format assay tests benchmarks
-	$(BIN)/ruff check --fix assay tests benchmarks
+	$(BIN)/ruff format assay tests benchmarks docs/_hooks
+	$(BIN)/ruff check --fix assay tests benchmarks docs/_hooks
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf runs data .pytest_cache .ruff_cache
+	rm -rf runs data site .pytest_cache .ruff_cache
