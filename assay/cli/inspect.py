@@ -21,7 +21,10 @@ BAR = 40  # characters of the longest histogram bar
     "--column", "columns", multiple=True, help="Score column to show (repeatable; default: all)."
 )
 @click.option(
-    "--corpus", help="The corpus the texts come from (default: the one the scores record)."
+    "--corpus",
+    multiple=True,
+    help="The corpus the texts come from, as given to `assay score` (repeatable; default: the "
+    "one the scores record).",
 )
 @click.option(
     "--group-by",
@@ -41,7 +44,7 @@ BAR = 40  # characters of the longest histogram bar
 def inspect_command(
     path: Path,
     columns: tuple[str, ...],
-    corpus: str | None,
+    corpus: tuple[str, ...],
     group_by: str,
     bins: int,
     examples: int,
@@ -59,7 +62,7 @@ def inspect_command(
     result = inspect_scores(
         target,
         columns=list(columns) or None,
-        corpus=Corpus(corpus) if corpus else None,
+        corpus=Corpus(list(corpus)) if corpus else None,
         group_by=None if group_by.lower() in ("none", "") else group_by,
         bins=bins,
         examples=examples,

@@ -160,7 +160,14 @@ def _inspect_selection(
         raise ConfigError(
             f"{folder} selected by {column!r}: inspect its scores folder for other columns"
         )
-    corpus = corpus or recorded_corpus([d for d in config["scores"] if Path(d).is_dir()])
+    if corpus is None:
+        found = [d for d in config["scores"] if Path(d).is_dir()]
+        if not found:
+            raise MissingError(
+                f"the scores folders {folder} was selected by ({', '.join(config['scores'])}) "
+                "are not found from here: give the corpus (--corpus)"
+            )
+        corpus = recorded_corpus(found)
     files = list(dict.fromkeys(s.file_name for s in corpus.shards))
     if sorted(files) != sorted(config["corpus"]):
         raise StateError(
