@@ -88,8 +88,13 @@ class _Docs:
                     acc[i] += float(v or 0)
 
     def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, Any]:
+        """The arrays whole, each joined and its batches let go before the next (the peak is
+        the arrays plus one of them, not twice them)."""
+
         def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-            return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+            whole = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+            parts.clear()
+            return whole
 
         scores = {c: cat(self.scores.get(c, []), np.float64) for c in self.columns}
         kept = cat(self.kept, bool) if self.kept else None
@@ -266,8 +271,10 @@ def _report(
     out: dict[str, Any] = {}
     picks: dict[str, dict[str, dict[str, list[int]]]] = {}
     for c, values in scores.items():
-        out[c] = _column(values, group, names, cutoffs[c], kept, docs, config, bins)
-        picks[c] = _examples(values, group, names, cutoffs[c], config, examples)
+        order, bounds = _sort(values, group, len(names))
+        out[c] = _column(values, group, order, bounds, names, cutoffs[c], kept, docs, config, bins)
+        picks[c] = _examples(values, order, bounds, names, cutoffs[c], config, examples)
+        del order
     chosen = sorted(
         {i for p in picks.values() for g in p.values() for ix in g.values() for i in ix}
     )
@@ -290,9 +297,25 @@ def _report(
     }
 
 
+def _sort(values: np.ndarray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the documents with a score, by group, then score, then position (a
+    stable sort), and where each group's run starts and ends in it (n_groups + 1 bounds)."""
+    finite = np.isfinite(values)
+    if finite.all():
+        order = np.lexsort((values, group))
+    else:
+        present = np.flatnonzero(finite)
+        order = present[np.lexsort((values[present], group[present]))]
+    del finite
+    bounds = np.searchsorted(group[order], np.arange(n_groups + 1))
+    return order, bounds
+
+
 def _column(
     values: np.ndarray,
     group: np.ndarray,
+    order: np.ndarray,
+    bounds: np.ndarray,
     names: list[str],
     cutoff: float | None,
     kept: np.ndarray | None,
@@ -300,15 +323,15 @@ def _column(
     config: dict[str, Any] | None,
     bins: int,
 ) -> dict[str, Any]:
-    finite = np.isfinite(values)
-    present = values[finite]
-    counts, edges = np.histogram(present, bins=bins) if present.size else ([], [])
+    n = len(order)
+    present = values if n == len(values) else values[order]  # (only the scored ones)
+    counts, edges = np.histogram(present, bins=bins) if n else ([], [])
     column: dict[str, Any] = {
-        "count": int(present.size),
-        "missing": int(len(values) - present.size),
-        "min": float(present.min()) if present.size else None,
-        "max": float(present.max()) if present.size else None,
-        "mean": float(present.mean()) if present.size else None,
+        "count": n,
+        "missing": len(values) - n,
+        "min": float(present.min()) if n else None,
+        "max": float(present.max()) if n else None,
+        "mean": float(present.mean()) if n else None,
         "cutoff": cutoff,
         "mode": config["mode"] if config else None,
         "by": config["by"] if config else None,
@@ -319,10 +342,12 @@ def _column(
     if kept is not None:
         totals = np.array(list(docs.sums.values())).sum(axis=0)
         column["kept"] = _share(totals)
+    del present
+    per_group = np.bincount(group, minlength=len(names))
     for code, g in enumerate(names):
-        mine = values[(group == code) & finite]
+        mine = values[order[bounds[code] : bounds[code + 1]]]
         entry: dict[str, Any] = {
-            "docs": int((group == code).sum()),
+            "docs": int(per_group[code]),
             "count": int(mine.size),
             "mean": float(mine.mean()) if mine.size else None,
         }
@@ -343,7 +368,8 @@ def _share(sums: Sequence[float]) -> dict[str, Any]:
 
 def _examples(
     values: np.ndarray,
-    group: np.ndarray,
+    order: np.ndarray,
+    bounds: np.ndarray,
     names: list[str],
     cutoff: float | None,
     config: dict[str, Any] | None,
@@ -352,14 +378,9 @@ def _examples(
     """Per group, the documents (positions in pass 1's arrays) with the highest scores (first
     the highest), the lowest (first the lowest) and, with a cutoff, the nearest to it (by
     score, highest first). Equal scores are ordered by position in the corpus."""
-    present = np.flatnonzero(np.isfinite(values))
-    # by group, then score, then position (a stable sort of positions in corpus order)
-    order = present[np.lexsort((values[present], group[present]))]
-    sorted_groups = group[order]
     out: dict[str, dict[str, list[int]]] = {}
     for code, g in enumerate(names):
-        lo, hi = np.searchsorted(sorted_groups, [code, code + 1])
-        run = order[lo:hi]
+        run = order[bounds[code] : bounds[code + 1]]
         top = _top(run, values, n)
         picks = {"top": top, "bottom": [int(i) for i in run[:n]]}
         if cutoff is not None and config is not None:

@@ -208,3 +208,17 @@ def test_cli_list(kind: str, names: set[str]) -> None:
     assert all(e["description"] and "\n" not in e["description"] for e in listed)
     if kind == "scorers":  # the older verb still lists the names, one a line
         assert set(cli.invoke(app, ["scorers"]).output.split()) == {e["name"] for e in listed}
+
+
+def test_documents_without_a_score_are_counted_missing(
+    scored: dict[str, Path], tmp_path: Path
+) -> None:
+    partial = tmp_path / "scores"
+    shutil.copytree(scored["scores"], partial)
+    table = next(iter(sorted(partial.glob("*.parquet"))))
+    pl.read_parquet(table).slice(5).write_parquet(table)  # its first 5 documents lose their scores
+    result = inspect_scores(partial, columns=["n_chars"], examples=1)
+    column = result["columns"]["n_chars"]
+    assert column["missing"] == 5 and column["count"] == sum(column["histogram"]["counts"]) == 355
+    assert sum(g["docs"] for g in column["groups"].values()) == 360
+    assert sum(g["count"] for g in column["groups"].values()) == 355
