@@ -136,12 +136,17 @@ def _groups(c: dict[str, Any], console: Console) -> None:
     weighted = kept and c["by"] != "docs"
     if weighted:
         t.add_column(f"kept % {c['by']}", justify="right")
+    cut = any(e.get("cutoff") is not None for e in c["groups"].values())
+    if cut:
+        t.add_column("last kept", justify="right")
     for g, e in c["groups"].items():
         row = [escape(g), f"{e['docs']:,}", "-" if e["mean"] is None else f"{e['mean']:.4g}"]
         if kept:
             row += [f"{e['kept_docs']:,}", f"{e['kept_share']:.1%}"]
         if weighted:
             row.append(f"{e['kept_weight_share']:.1%}")
+        if cut:
+            row.append("-" if e.get("cutoff") is None else f"{e['cutoff']:.4g}")
         t.add_row(*row)
     console.print(t)
 

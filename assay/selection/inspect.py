@@ -273,7 +273,11 @@ def _report(
     for c, values in scores.items():
         order, bounds = _sort(values, group, len(names))
         out[c] = _column(values, group, order, bounds, names, cutoffs[c], kept, docs, config, bins)
-        picks[c] = _examples(values, order, bounds, names, cutoffs[c], config, examples)
+        near = {  # a stratified selection has a cutoff per group
+            g: e.get("cutoff") if config and config.get("stratify") else cutoffs[c]
+            for g, e in out[c]["groups"].items()
+        }
+        picks[c] = _examples(values, order, bounds, names, near, examples)
         del order
     chosen = sorted(
         {i for p in picks.values() for g in p.values() for ix in g.values() for i in ix}
@@ -353,8 +357,23 @@ def _column(
         }
         if kept is not None:
             entry.update(_share(docs.sums[g]))
+            run = order[bounds[code] : bounds[code + 1]]
+            entry["cutoff"] = _group_cutoff(values[run], kept[run], config)
         column["groups"][g] = entry
     return column
+
+
+def _group_cutoff(
+    values: np.ndarray, kept: np.ndarray, config: dict[str, Any] | None
+) -> float | None:
+    """The score of a group's last kept document, from a run sorted by score: the lowest kept
+    (mode top) or the highest (bottom); None for a Gumbel or middle selection, or none kept."""
+    if config is None or config["policy"] == "gumbel" or config["mode"] not in ("top", "bottom"):
+        return None
+    at = np.flatnonzero(kept)
+    if not at.size:
+        return None
+    return float(values[at[0]] if config["mode"] == "top" else values[at[-1]])
 
 
 def _share(sums: Sequence[float]) -> dict[str, Any]:
@@ -371,19 +390,18 @@ def _examples(
     order: np.ndarray,
     bounds: np.ndarray,
     names: list[str],
-    cutoff: float | None,
-    config: dict[str, Any] | None,
+    cutoffs: dict[str, float | None],
     n: int,
 ) -> dict[str, dict[str, list[int]]]:
     """Per group, the documents (positions in pass 1's arrays) with the highest scores (first
-    the highest), the lowest (first the lowest) and, with a cutoff, the nearest to it (by
-    score, highest first). Equal scores are ordered by position in the corpus."""
+    the highest), the lowest (first the lowest) and, where the group has a cutoff, the nearest
+    to it (by score, highest first). Equal scores are ordered by position in the corpus."""
     out: dict[str, dict[str, list[int]]] = {}
     for code, g in enumerate(names):
         run = order[bounds[code] : bounds[code + 1]]
         top = _top(run, values, n)
         picks = {"top": top, "bottom": [int(i) for i in run[:n]]}
-        if cutoff is not None and config is not None:
+        if (cutoff := cutoffs[g]) is not None:
             picks["near_cutoff"] = _near(run, values, cutoff, n)
         out[g] = picks
     return out

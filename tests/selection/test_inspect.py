@@ -30,7 +30,15 @@ def scored(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> dict[str
     score_corpus(DocStatsScorer(stat="alpha_frac"), corpus, root / "scores")
     select(corpus, root / "scores", root / "sel", column="alpha_frac", keep=0.3, by="chars")
     select(corpus, root / "scores", root / "all", column="n_chars", keep=0.5, group_by=None)
-    return {"scores": root / "scores", "sel": root / "sel", "all": root / "all"}
+    select(
+        corpus, root / "scores", root / "strat", column="unique_word_frac", keep=0.3, stratify=True
+    )
+    return {
+        "scores": root / "scores",
+        "sel": root / "sel",
+        "all": root / "all",
+        "strat": root / "strat",
+    }
 
 
 def _truth(demo_records: list[dict], scores: Path, column: str) -> pl.DataFrame:
@@ -222,3 +230,28 @@ def test_documents_without_a_score_are_counted_missing(
     assert column["missing"] == 5 and column["count"] == sum(column["histogram"]["counts"]) == 355
     assert sum(g["docs"] for g in column["groups"].values()) == 360
     assert sum(g["count"] for g in column["groups"].values()) == 355
+
+
+def test_stratified_selection_has_a_cutoff_per_group(
+    scored: dict[str, Path], demo_records: list[dict]
+) -> None:
+    n = 2
+    result = inspect_scores(scored["strat"], examples=n)
+    summary = json.loads((scored["strat"] / "_selection.json").read_text())
+    column = result["columns"]["unique_word_frac"]
+    truth = _truth(demo_records, scored["scores"], "unique_word_frac")
+    keep = pl.concat(
+        [pl.read_parquet(f) for f in (scored["strat"] / "_select" / "keep").glob("*.parquet")]
+    )
+    kept = truth.filter(pl.col("id").is_in(keep["id"].implode()))
+    cutoffs = []
+    for g, entry in column["groups"].items():
+        assert entry["kept_docs"] == summary["groups"][g]["kept_docs"] == 27  # 30% of 90
+        lowest_kept = float(kept.filter(pl.col("domain") == g)["unique_word_frac"].min())
+        assert entry["cutoff"] == pytest.approx(lowest_kept)
+        cutoffs.append(entry["cutoff"])
+        values = truth.filter(pl.col("domain") == g)["unique_word_frac"].to_list()
+        nearest = sorted(abs(v - entry["cutoff"]) for v in values)[:n]
+        got = sorted(abs(d["score"] - entry["cutoff"]) for d in entry["near_cutoff"])
+        assert got == pytest.approx(nearest)
+    assert column["cutoff"] == pytest.approx(summary["score_cutoff"]) == pytest.approx(min(cutoffs))
