@@ -4,7 +4,6 @@ rendering of what it returns (the histogram, the kept share per group, the examp
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
@@ -16,7 +15,7 @@ BAR = 40  # characters of the longest histogram bar
 
 
 @click.command("inspect")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
 @click.option(
     "--column", "columns", multiple=True, help="Score column to show (repeatable; default: all)."
 )
@@ -42,7 +41,7 @@ BAR = 40  # characters of the longest histogram bar
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def inspect_command(
-    path: Path,
+    path: str,
     columns: tuple[str, ...],
     corpus: tuple[str, ...],
     group_by: str,
@@ -58,7 +57,7 @@ def inspect_command(
     from assay.recipe.pipeline import step_output
     from assay.selection.inspect import inspect_scores
 
-    target = step_output(path, "selected") or step_output(path, "scores") or str(path)
+    target = step_output(path, "selected") or step_output(path, "scores") or path
     result = inspect_scores(
         target,
         columns=list(columns) or None,

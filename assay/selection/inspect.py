@@ -35,6 +35,7 @@ from assay.io.corpus import Corpus
 from assay.io.scores import SCORES_META, ScoreSet
 from assay.selection.select import SELECT_DIR, SELECTION_FILE
 from assay.util.files import iter_parquet, read_json, read_parquet
+from assay.util.remote import local_path
 
 #: the version of the structure `inspect_scores` returns (bumped when a key changes meaning)
 INSPECT_VERSION = 1
@@ -126,7 +127,7 @@ def inspect_scores(
     become one space)."""
     if bins < 1 or examples < 0 or width < 1:
         raise ConfigError("inspect: bins and width must be at least 1, examples at least 0")
-    folder = Path(path)
+    folder = Path(local_path(path, must_exist=True))  # a remote folder: its local mirror
     if (folder / SELECTION_FILE).exists() and (folder / SELECT_DIR).is_dir():
         return _inspect_selection(folder, columns, corpus, bins, examples, width)
     if (folder / SCORES_META).exists():

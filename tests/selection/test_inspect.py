@@ -255,3 +255,26 @@ def test_stratified_selection_has_a_cutoff_per_group(
         got = sorted(abs(d["score"] - entry["cutoff"]) for d in entry["near_cutoff"])
         assert got == pytest.approx(nearest)
     assert column["cutoff"] == pytest.approx(summary["score_cutoff"]) == pytest.approx(min(cutoffs))
+
+
+def test_a_remote_selection_and_its_remote_corpus(
+    tmp_path: Path, demo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scores and a selection in a store (fsspec's memory store), of a corpus there too."""
+    import fsspec
+
+    monkeypatch.setenv("ASSAY_REMOTE_CACHE", str(tmp_path / "mirrors"))
+    mem = fsspec.filesystem("memory")
+    for f in sorted((demo_dir / "train").glob("*")):
+        mem.pipe_file(f"/insp/train/{f.name}", f.read_bytes())
+    try:
+        corpus = Corpus("memory://insp/train")
+        score_corpus(DocStatsScorer(), corpus, "memory://insp/stats")
+        select(corpus, "memory://insp/stats", "memory://insp/sel", column="n_words", keep=0.5)
+        result = inspect_scores("memory://insp/sel", examples=1)
+        assert result["corpus"] == ["memory://insp/train"]
+        column = result["columns"]["n_words"]
+        assert column["kept"]["kept_docs"] == 180 and sum(column["histogram"]["counts"]) == 360
+        assert all(len(e["top"]) == 1 for e in column["groups"].values())
+    finally:
+        mem.rm("/insp", recursive=True)
