@@ -68,7 +68,10 @@ class _Docs:
         for c in self.columns:
             self.scores.setdefault(c, []).append(scores[c].astype(np.float64))
         codes = groups.replace_strict(
-            {g: self.codes.setdefault(g, len(self.codes)) for g in groups.unique().to_list()},
+            {
+                g: self.codes.setdefault(g, len(self.codes))
+                for g in groups.unique(maintain_order=True).to_list()
+            },
             return_dtype=pl.Int32,
         )
         self.group.append(codes.to_numpy())
@@ -183,6 +186,11 @@ def _inspect_selection(
     docs = _Docs([column])
     keys, keep = folder / SELECT_DIR / "keys", folder / SELECT_DIR / "keep"
     for i, shard in enumerate(corpus.shards):
+        if not (keys / f"{shard.stem}.parquet").exists():
+            raise StateError(
+                f"{folder} holds no keys for shard {shard.name}: the corpus was cut into other "
+                "parts when selected (give it with the read options it was selected with)"
+            )
         kept_rows = read_parquet(keep / f"{shard.stem}.parquet", columns=["row"])["row"]
         for part in iter_parquet(
             keys / f"{shard.stem}.parquet", ["row", "score", "weight", "group"]
@@ -361,6 +369,7 @@ def _column(
             run = order[bounds[code] : bounds[code + 1]]
             entry["cutoff"] = _group_cutoff(values[run], kept[run], config)
         column["groups"][g] = entry
+    column["groups"] = dict(sorted(column["groups"].items()))  # by name, whatever came first
     return column
 
 
