@@ -12,6 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from assay.cli.inspect import inspect_command
+from assay.cli.listing import list_command
 from assay.cli.steps import step_command, step_verbs
 from assay.recipe.costs import Hardware
 from assay.recipe.spec import Scale
@@ -135,9 +137,13 @@ def dry_run_recipes(
             out.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
+app.add_command(inspect_command)
+app.add_command(list_command)
+
+
 @app.command()
 def scorers() -> None:
-    """List the registered scorers."""
+    """List the registered scorers' names, one a line (`assay list scorers` describes them)."""
     from assay.selection.base import available_scorers
 
     for name in available_scorers():

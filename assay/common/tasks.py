@@ -26,6 +26,12 @@ from assay.errors import DependencyError
 from assay.util.files import atomic_path
 
 TASKS = ("assay_mmlu_dev", "assay_champ")
+#: one line per task (`assay list tasks`)
+TASK_DESCRIPTIONS = {
+    "assay_mmlu_dev": "MMLU's dev exemplars (57 subjects, four options) as shipped inside lm-eval.",
+    "assay_champ": "Competition math problems of champ-dataset; the wrong options are answers "
+    "of other problems of the same category.",
+}
 LETTERS = "ABCD"
 
 # lm-eval imports this file (next to the YAML files) for `process_results`.

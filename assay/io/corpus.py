@@ -24,6 +24,7 @@ import polars as pl
 
 from assay.errors import ConfigError
 from assay.io.discover import discover_inputs
+from assay.io.hub import is_hf_dataset
 from assay.io.sample import sample_shards
 from assay.io.shards import (
     DEFAULT_MAX_CHARS,
@@ -38,7 +39,7 @@ from assay.io.shards import (
 from assay.io.split import split_shards, whole_files
 from assay.io.write import ShardWriter, finish_outputs, output_name
 from assay.util.guard import check_output, folder_lock, mark_output
-from assay.util.remote import local_path
+from assay.util.remote import is_remote, local_path
 
 # ---------------------------------------------------------------------------------------------
 # Shards
@@ -81,6 +82,10 @@ class Corpus:
             max_chars=max_chars,
             **read_options,
         )
+        #: the paths as given (what reopens this corpus; `corpus_record`)
+        self.given = [
+            os.fspath(p) for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)
+        ]
         shards, self.inputs = discover_inputs(paths)
         #: the units of work: a file each, or the parts of a large one (`assay.io.split`)
         self.shards: list[Shard] = split_shards(shards, self.options)
@@ -96,12 +101,29 @@ class Corpus:
         corpus.options = options or ReadOptions()
         corpus.shards = split_shards(shards, corpus.options)
         corpus.inputs = list(inputs) if inputs is not None else []
+        corpus.given = []
         return corpus
 
     def input_paths(self) -> list[str]:
         """Every local place this corpus reads: the folders, files and glob matches it was
         given, and each shard's file. No output may equal, contain or lie inside one."""
         return [*self.inputs, *(s.path for s in self.shards if isinstance(s, FileShard))]
+
+    def record(self) -> dict[str, Any] | None:
+        """Where this corpus is and how it is read, as JSON (None for one made of shards): the
+        paths as given (local ones absolute) and the read options that differ from the
+        defaults. `Corpus.from_record` opens it again."""
+        if not self.given:
+            return None
+        paths = [p if is_remote(p) or is_hf_dataset(p) else os.path.abspath(p) for p in self.given]
+        defaults = ReadOptions().model_dump()
+        options = {k: v for k, v in self.options.model_dump().items() if v != defaults[k]}
+        return {"paths": paths, "options": options}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Corpus:
+        """The corpus a `record()` describes."""
+        return cls(record["paths"], **record.get("options", {}))
 
     def check_output(self, out: str | os.PathLike, what: str = "output") -> None:
         """Refuse `out` if it equals, contains or lies inside any input of this corpus."""
@@ -139,7 +161,9 @@ class Corpus:
 
     def with_options(self, **changes: Any) -> Corpus:
         options = ReadOptions.model_validate({**self.options.model_dump(), **changes})
-        return Corpus.from_shards(self.shards, options, self.inputs)
+        corpus = Corpus.from_shards(self.shards, options, self.inputs)
+        corpus.given = self.given
+        return corpus
 
     def __repr__(self) -> str:
         return f"Corpus({len(self.shards)} shards, text_field={self.options.text_field!r})"

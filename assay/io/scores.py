@@ -4,7 +4,8 @@ This is dolma's "attributes" idea. Scoring a corpus writes, per input shard, one
 `<scores_dir>/<shard stem>.parquet` with an `id` column and one float32 column per score (a
 large file read in parts writes one per part, `<stem>.part-00001-of-00004.parquet`: see
 `assay.io.split`; a reader finds a shard's rows whichever way its file was split when scored). A
-scores folder also holds `_scores.json` (which scorer, which columns) and the runner's stats.
+scores folder also holds `_scores.json` (which scorer, which columns, and the corpus scored: its paths
+and read options, `Corpus.record`) and the runner's stats.
 Several folders (one per scorer) combine by joining on `id`, so that selecting or mixing again
 never re-scores anything.
 """

@@ -118,6 +118,8 @@ def score_corpus(
             "columns": scorer.columns,
             "scorer": {"type": scorer.kind, "config": scorer.get_config(), "path": scorer.path},
         }
+        if (where := corpus.record()) is not None:  # what `assay inspect` reads texts from
+            meta["corpus"] = where
         if meta_path.exists() and not overwrite:
             old = read_json(meta_path)
             if (
