@@ -82,14 +82,16 @@ def test_flops_match_a_hand_computation(tmp_path: Path, monkeypatch: pytest.Monk
 def test_mates_probes_and_embedding_by_hand() -> None:
     # 5 stages of 5.24B tokens (and the random twin's); 80K probes in each of 4 later stages:
     # one step on a 1,024-token sequence, then the loss on 1,024 targets of <= 1,024 tokens;
-    # the influence model (110M) embeds 4 of the 5 pools of C4's 156B tokens.
+    # the influence model (110M) is fine-tuned on 4 x 80K probes of <= 1,024 tokens for 5
+    # epochs, then scores 4 of the 5 pools of C4's 156B tokens.
     n = _llama_params(50304, 1024, 24, 2816)
     stage = 10_000 * 512 * 1024
     train = 2 * 6 * n * 5 * stage
     probes = 6 * n * 4 * 80_000 * 1024 + 2 * n * 4 * 80_000 * 1024 * 1024
+    finetune = 6 * 110_000_000 * 4 * 80_000 * 1024 * 5
     embed = 2 * 110_000_000 * 156_000_000_000 * 4 / 5
     plan = plan_recipe(load_recipe(RECIPES / "paper/mates.yaml"))
-    assert math.isclose(plan.total_flops, train + probes + embed, rel_tol=1e-12)
+    assert math.isclose(plan.total_flops, train + probes + finetune + embed, rel_tol=1e-12)
 
 
 def test_hardware_flags_several_recipes_and_overrides(

@@ -212,9 +212,29 @@ def _mates(step: Any, env: Env) -> list[Cost]:
         )
         tokens = corpus_tokens(step, env)  # split into `stages` pools; all but the first scored
         pool = tokens * probed / step.stages if tokens else None
-        what = f"influence model: embed {probed} of {step.stages} stage pools"
-        costs.append(embed(what, step.embedder, pool, env, "scale.corpus_tokens"))
+        if step.influence_model == "finetune":
+            costs += _finetuned_influence(step, env, step.probes * probed, pool)
+        else:
+            what = f"influence model: embed {probed} of {step.stages} stage pools"
+            costs.append(embed(what, step.embedder, pool, env, "scale.corpus_tokens"))
     return costs
+
+
+def _finetuned_influence(step: Any, env: Env, probes: int, pool: float | None) -> list[Cost]:
+    """The fine-tuned influence model: training on the probes (at most `max_length` tokens
+    each, every epoch; held-out evaluations not counted), then a forward pass over the pools."""
+    ft = step.finetune
+    path = ft.encoder or DEFAULT_EMBEDDER
+    model, key = named_lm(path, env, "encoder"), f"scale.params[{path}]"
+    tokens = probes * ft.max_length * ft.epochs
+    what = f"influence model: fine-tune on {probes:,} probes x {ft.epochs} epochs (upper bound)"
+    fit = (
+        train(what, model, tokens, env)
+        if model
+        else Cost(what, None, tokens, f"6 x N x tokens; unknown: {key}")
+    )
+    what = "influence model: score the probed stage pools (upper bound: documents truncated)"
+    return [fit, forward(what, model, pool, env, key, "scale.corpus_tokens")]
 
 
 def _preselect(step: Any, env: Env) -> list[Cost]:

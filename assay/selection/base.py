@@ -54,6 +54,7 @@ _BUILTIN_MODULES = {
     "preselect": "assay.selection.preselect",
     "mass": "assay.selection.mass",
     "mates": "assay.selection.mates",
+    "mates_finetune": "assay.selection.mates_finetune",
     "dsir": "assay.selection.dsir",
     "decontam": "assay.selection.decontam",
     "ngram_lm": "assay.selection.ngram_lm",

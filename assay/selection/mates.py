@@ -15,7 +15,9 @@ proxy is *probed* and its preferences choose the next stage's data:
    frozen sentence embeddings (the bundled MiniLM, or its static distillation) and a head chosen
    among ridge regressions (several alphas) and a small MLP by Spearman correlation on a
    held-out split of the probes (the paper keeps the best checkpoint by Spearman too), then
-   refitted on all probes. `score()` is minus the predicted influence: higher = keep.
+   refitted on all probes. `score()` is minus the predicted influence: higher = keep. The
+   paper's own model, an encoder fine-tuned end to end on 1,024 tokens in two mean-pooled
+   chunks, is `MatesFinetunedScorer` (`assay.selection.mates_finetune`).
 3. **Selection** (`gumbel_topk`, `assay.selection.select`). The stage's candidate pool is scored
    through `score_corpus` and a fraction (20%: the paper's |pool| // 5) is kept by Gumbel top-k
    on the predicted benefit, `argtopk(-pred / tau + G)` with tau = 0.5. That samples documents
@@ -57,8 +59,6 @@ trained one after another), and selection is greedy within embedding clusters, u
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from assay.common.numerics import spearman
-from assay.errors import ConfigError, InputError
+from assay.errors import ConfigError, InputError, StateError
 from assay.selection.base import (
     NotFittedError,
     Scorer,
@@ -74,9 +74,8 @@ from assay.selection.base import (
     embedder_settings,
     register_scorer,
 )
-from assay.util.files import atomic_path, host_name, read_json, write_json
+from assay.util.files import atomic_path, read_json, write_json
 from assay.util.hashing import stable_hash64
-from assay.util.remote import publish
 
 #: Fewest probes to fit an influence model and check it on a held-out split.
 MIN_PROBES = 12
@@ -192,6 +191,32 @@ def _influence_stats(y_raw: np.ndarray, n: int) -> tuple[float, float]:
     return mean, std
 
 
+def holdout_split(keys: Sequence[str], holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) row indices, each sorted: a share `holdout` (at least `MIN_HOLDOUT`)
+    chosen by a seeded hash of the id, so the same probes are held out whatever their order."""
+    order = np.argsort(stable_hash64(list(keys), seed), kind="stable")
+    n_val = max(MIN_HOLDOUT, round(holdout * len(keys)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def write_probe_table(folder: Path, table: dict[str, np.ndarray]) -> None:
+    """`probes.parquet`: each probe's id, oracle influence, z-score, split and held-out
+    prediction (NaN for the training probes)."""
+    import polars as pl
+
+    frame = pl.DataFrame(
+        {
+            "id": [str(i) for i in table["id"]],
+            "influence": table["influence"],
+            "z": table["z"],
+            "split": [str(s) for s in table["split"]],
+            "holdout_prediction": table["holdout_prediction"],
+        }
+    )
+    with atomic_path(folder / "probes.parquet") as tmp:
+        frame.write_parquet(tmp)
+
+
 @register_scorer("mates")
 class MatesScorer(Scorer):
     """The MATES data influence model: embeddings -> z-scored oracle influence.
@@ -202,12 +227,8 @@ class MatesScorer(Scorer):
     `predict` is the z-scored predicted influence (lower = better for the target); `score` is
     its negative, so that higher = keep, as for every scorer.
 
-    `finetune=True` trains the encoder too, as the paper does with BERT: a sentence-transformers
-    model (the default MiniLM) with a linear head on its unit-length mean-pooled embedding, MSE
-    on the z-scored influence, AdamW (lr 5e-5, weight decay 0.01), keeping the epoch with the
-    best held-out Spearman (no refit). It needs a CUDA GPU unless `finetune_device` names
-    another device explicitly (e.g. "cpu" for a small test); the fine-tuned encoder is saved
-    with the scorer (safetensors).
+    The paper's model, an encoder fine-tuned end to end, is `MatesFinetunedScorer`
+    (`assay.selection.mates_finetune`, the scorer `mates_finetune`).
 
     >>> scorer = MatesScorer(embedder="static").fit(probe_texts, oracle_influence)
     >>> scorer.report["spearman"], scorer.report["head"]
@@ -224,25 +245,11 @@ class MatesScorer(Scorer):
         epochs: int = 100,
         mlp_lr: float = 3e-3,
         refit: bool = True,
-        finetune: bool = False,
-        finetune_device: str | None = None,
-        finetune_epochs: int = 5,
-        finetune_lr: float = 5e-5,
-        finetune_batch: int = 32,
     ):
         super().__init__(column)
         if not 0 < holdout < 0.5:
             raise ConfigError(f"holdout must be a fraction in (0, 0.5), not {holdout}")
         _candidates(heads, alphas)  # validates
-        if finetune and finetune_device is None:
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigError(
-                    "fine-tuning the encoder of the influence model (finetune=True) needs a CUDA "
-                    "GPU; without one, use the frozen embeddings and a trained head (the default), "
-                    "or force another device with finetune_device='cpu' (slow)"
-                )
         self.embedder = embedder_settings(embedder)
         self.heads = list(heads)
         self.alphas = [float(a) for a in alphas]
@@ -251,12 +258,6 @@ class MatesScorer(Scorer):
         self.epochs = epochs
         self.mlp_lr = mlp_lr
         self.refit = refit
-        self.finetune = finetune
-        self.finetune_device = finetune_device
-        self.finetune_epochs = finetune_epochs
-        self.finetune_lr = finetune_lr
-        self.finetune_batch = finetune_batch
-        self._encoder: Any = None  # the fine-tuned SentenceTransformer, when finetune=True
         self._embedder: Any = None  # the frozen Embedder, built on first use (never pickled)
         self.head: dict[str, Any] | None = None  # {"head": kind, "alpha"?: ...}
         self.weights: dict[str, np.ndarray] = {}
@@ -268,17 +269,9 @@ class MatesScorer(Scorer):
         return self.head is not None
 
     @property
-    def portable(self) -> bool:
-        return self._encoder is None
-
-    @property
     def runs_on(self) -> str:
-        """Where its encoder runs: the fine-tuned one's device, the CPU for a static embedder,
-        else the embedder's device ("auto": a GPU when there is one)."""
-        from assay.common.lm import check_device
-
-        if self.finetune:
-            return check_device(self.finetune_device or "cuda")
+        """Where its embedder runs: the CPU for a static one, else the embedder's device
+        ("auto": a GPU when there is one)."""
         return embedder_runs_on(self.embedder)
 
     def make_embedder(self) -> Any:
@@ -317,19 +310,13 @@ class MatesScorer(Scorer):
         mean, std = _influence_stats(y_raw, len(texts))
         y = (y_raw - mean) / std
         keys = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-        # seeded split by a hash of the id: the same probes are held out whatever their order
-        order = np.argsort(stable_hash64(keys, seed), kind="stable")
-        n_val = max(MIN_HOLDOUT, round(self.holdout * len(texts)))
-        val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-        if self.finetune:
-            best, results = self._fit_finetuned(texts, y, train, val, seed, progress)
-        else:
-            x = (
-                embeddings
-                if embeddings is not None
-                else self.embedding_model().embed(texts, progress=progress)
-            )
-            best, results = self._fit_heads(np.asarray(x, dtype=np.float32), y, train, val, seed)
+        train, val = holdout_split(keys, self.holdout, seed)
+        x = (
+            embeddings
+            if embeddings is not None
+            else self.embedding_model().embed(texts, progress=progress)
+        )
+        best, results = self._fit_heads(np.asarray(x, dtype=np.float32), y, train, val, seed)
         held_pred = np.full(len(texts), np.nan)
         held_pred[val] = best["_pred"]
         split = np.array(["train"] * len(texts), dtype=object)
@@ -350,7 +337,7 @@ class MatesScorer(Scorer):
             "head": self.head,
             "spearman": best["spearman"],
             "candidates": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
-            "refit_on_all": self.refit and not self.finetune,
+            "refit_on_all": self.refit,
             "embedder": self.embedder,
         }
         return self
@@ -373,124 +360,13 @@ class MatesScorer(Scorer):
         self.weights = self._fit_one(self.head, x, y, seed + best_i) if self.refit else best["_w"]
         return best, results
 
-    def _fit_finetuned(
-        self,
-        texts: list[str],
-        y: np.ndarray,
-        train: np.ndarray,
-        val: np.ndarray,
-        seed: int,
-        progress: bool,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Fine-tune encoder + linear head; keep the epoch with the best held-out Spearman."""
-        import copy
-
-        import torch
-
-        st, head, opt, device = self._finetune_model(seed)
-        rng = np.random.default_rng(seed)
-        yt = torch.tensor(y, dtype=torch.float32, device=device)
-        results: list[dict[str, Any]] = []
-        best: dict[str, Any] | None = None
-        self._encoder = st
-        for epoch in range(1, self.finetune_epochs + 1):
-            self._finetune_epoch(st, head, opt, texts, yt, train[rng.permutation(len(train))])
-            w = {
-                "w": head.weight.detach().cpu().numpy()[0].astype(np.float32),
-                "b": head.bias.detach().cpu().numpy().astype(np.float32),
-            }
-            pred_val = _predict_head("ridge", w, self._encode([texts[i] for i in val]))
-            rho = spearman(pred_val, y[val])
-            mse = float(np.mean((pred_val - y[val]) ** 2))
-            results.append({"head": "finetune", "epoch": epoch, "spearman": rho, "mse": mse})
-            if best is None or _rank_key(rho) > _rank_key(best["spearman"]):
-                best = {
-                    **results[-1],
-                    "_w": w,
-                    "_pred": pred_val,
-                    "_state": copy.deepcopy(st.state_dict()),
-                }
-        assert best is not None
-        st.load_state_dict(best["_state"])
-        st.eval()
-        self.head = {"head": "ridge", "finetuned": True, "epoch": best["epoch"]}
-        self.weights = best["_w"]
-        return best, results
-
-    def _finetune_model(self, seed: int) -> tuple[Any, Any, Any, str]:
-        """The encoder to fine-tune (seeded), its linear head, their optimizer and the device."""
-        import torch
-
-        emb = self.make_embedder()
-        if emb.kind != "sentence-transformers":
-            raise ConfigError(
-                "finetune=True needs a sentence-transformers encoder (the default MiniLM or a "
-                f"local folder), not the {emb.kind} model {emb.model_path}"
-            )
-        from sentence_transformers import SentenceTransformer
-
-        from assay.common.embed import quiet_transformers
-
-        quiet_transformers()
-        device = self.finetune_device or "cuda"
-        torch.manual_seed(seed)
-        st = SentenceTransformer(emb.model_path, device=device)
-        st.max_seq_length = min(emb.max_tokens, st.max_seq_length or emb.max_tokens)
-        dim_fn = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
-        head = torch.nn.Linear(int(dim_fn()), 1).to(device)
-        opt = torch.optim.AdamW(
-            [*st.parameters(), *head.parameters()], lr=self.finetune_lr, weight_decay=0.01
-        )
-        return st, head, opt, device
-
-    def _finetune_epoch(
-        self, st: Any, head: Any, opt: Any, texts: list[str], yt: Any, order: np.ndarray
-    ) -> None:
-        """One pass over the training probes in `order`: MSE of the head on the unit-length
-        embedding (dropout 0.1) against the z-scored influence."""
-        import torch
-        import torch.nn.functional as F
-
-        device = yt.device
-        preprocess = getattr(st, "preprocess", None) or st.tokenize
-        dropout = torch.nn.Dropout(0.1)
-        st.train()
-        for a in range(0, len(order), self.finetune_batch):
-            batch = order[a : a + self.finetune_batch]
-            feats = preprocess([texts[i] for i in batch])
-            feats = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in feats.items()}
-            vec = F.normalize(st(feats)["sentence_embedding"], dim=-1)
-            pred = head(dropout(vec))[:, 0]
-            loss = F.mse_loss(pred, yt[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        """Unit-length embeddings from the fine-tuned encoder (eval mode, no gradients)."""
-        import torch
-
-        from assay.common.embed import unit_rows
-
-        self._encoder.eval()
-        with torch.inference_mode():
-            vecs = self._encoder.encode(
-                texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False
-            )
-        return unit_rows(np.asarray(vecs, dtype=np.float32))
-
     def predict(self, texts: Sequence[str], *, embeddings: np.ndarray | None = None) -> np.ndarray:
         """Predicted z-scored oracle influence (lower = better for the target)."""
         if self.head is None:
             raise NotFittedError("MatesScorer is not fitted: call fit() or load a saved one")
         if len(texts) == 0:
             return np.zeros(0, dtype=np.float64)
-        if embeddings is not None:
-            x = embeddings
-        elif self._encoder is not None:
-            x = self._encode(list(texts))
-        else:
-            x = self.embedding_model().embed(list(texts))
+        x = embeddings if embeddings is not None else self.embedding_model().embed(list(texts))
         return _predict_head(self.head["head"], self.weights, x)
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
@@ -504,28 +380,8 @@ class MatesScorer(Scorer):
             save_file({k: np.ascontiguousarray(v) for k, v in self.weights.items()}, str(tmp))
         write_json(folder / "head.json", self.head)
         write_json(folder / "fit_report.json", self.report)
-        if self._encoder is not None:
-            tmp = folder / f".encoder.tmp-{host_name()}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self._encoder.save(str(tmp), create_model_card=False, safe_serialization=True)
-            shutil.rmtree(folder / "encoder", ignore_errors=True)
-            tmp.rename(folder / "encoder")
-            publish(folder / "encoder")
         if self.probe_table:
-            import polars as pl
-
-            t = self.probe_table
-            frame = pl.DataFrame(
-                {
-                    "id": [str(i) for i in t["id"]],
-                    "influence": t["influence"],
-                    "z": t["z"],
-                    "split": [str(s) for s in t["split"]],
-                    "holdout_prediction": t["holdout_prediction"],
-                }
-            )
-            with atomic_path(folder / "probes.parquet") as tmp:
-                frame.write_parquet(tmp)
+            write_probe_table(folder, self.probe_table)
 
     def _load_state(self, folder: Path) -> None:
         from safetensors.numpy import load_file
@@ -533,17 +389,11 @@ class MatesScorer(Scorer):
         self.weights = dict(load_file(str(folder / "head.safetensors")))
         self.head = read_json(folder / "head.json")
         if self.head.get("finetuned"):
-            from sentence_transformers import SentenceTransformer
-
-            from assay.common.embed import quiet_transformers
-            from assay.common.lm import resolve_device
-
-            quiet_transformers()
-            self._encoder = SentenceTransformer(
-                str(folder / "encoder"), device=resolve_device(self.finetune_device)
-            )
-            self._encoder.max_seq_length = min(
-                self.make_embedder().max_tokens, self._encoder.max_seq_length or 1 << 30
+            raise StateError(
+                f"{folder} holds an influence model whose sentence-transformers encoder was "
+                "fine-tuned by an earlier assay (MatesScorer(finetune=True)), which is no longer "
+                "read; fit the paper's fine-tuned model again (the scorer mates_finetune, or "
+                "influence_model: finetune in a mates step)"
             )
         if (folder / "fit_report.json").exists():
             self.report = read_json(folder / "fit_report.json")

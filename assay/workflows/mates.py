@@ -244,6 +244,11 @@ def _claim_folder(run: _MatesRun, corpus: Any, tok: Any, ref_texts: list[str]) -
         "heads": list(s.heads),
         "alphas": [float(a) for a in s.alphas],
         "holdout": s.holdout,
+        **(
+            {"influence_model": "finetune", "finetune": s.finetune.model_dump()}
+            if s.influence_model == "finetune"
+            else {}
+        ),
         "method": s.method,
         "group": s.group,
         **(

@@ -31,6 +31,7 @@ import numpy as np
 from assay.common.tokens import backend_tokenizer
 from assay.selection.group_mates import RelationalInfluenceModel, group_select
 from assay.selection.mates import MatesScorer
+from assay.selection.mates_finetune import MatesFinetunedScorer
 from assay.util.files import atomic_path, host_name, read_json, read_parquet, write_json
 from assay.util.hashing import stable_hash64
 from assay.util.remote import publish
@@ -240,10 +241,10 @@ def fit_stage_scorer(
     seed: int,
     runner: Any,
     progress: bool,
-) -> tuple[MatesScorer, dict[str, Any]]:
+) -> tuple[MatesScorer | MatesFinetunedScorer, dict[str, Any]]:
     """MATES' influence model of a stage, fitted on the settings' oracle probes (or read back);
     the probes run on their `device` in their `dtype`, and so does the embedder unless its own
-    settings name a device."""
+    settings name a device (the fine-tuned model, `influence_model: finetune`, always)."""
     from assay.selection.base import load_scorer
 
     ids, texts, influence, info = _oracle(
@@ -253,14 +254,20 @@ def fit_stage_scorer(
     folder = stage_dir / "scorer"
     if (folder / "scorer.json").exists():
         scorer = load_scorer(folder)
-        assert isinstance(scorer, MatesScorer)
+        assert isinstance(scorer, (MatesScorer, MatesFinetunedScorer))
         return scorer, info
-    scorer = MatesScorer(
-        embedder=placed_embedder(settings.embedder, settings.device),
-        heads=settings.heads,
-        alphas=settings.alphas,
-        holdout=settings.holdout,
-    )
+    scorer: MatesScorer | MatesFinetunedScorer
+    if settings.influence_model == "finetune":
+        scorer = MatesFinetunedScorer(
+            **settings.finetune.model_dump(), device=settings.device, dtype=settings.dtype
+        )
+    else:
+        scorer = MatesScorer(
+            embedder=placed_embedder(settings.embedder, settings.device),
+            heads=settings.heads,
+            alphas=settings.alphas,
+            holdout=settings.holdout,
+        )
     scorer.fit(texts, influence, ids=ids, seed=seed, progress=progress)
     tmp = stage_dir / f".scorer.tmp-{host_name()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

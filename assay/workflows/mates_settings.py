@@ -12,6 +12,7 @@ from assay.common.embed import EMBEDDER_HELP
 from assay.common.lm import DeviceSettings
 from assay.proxies.train import TrainConfig
 from assay.selection.mates import DEFAULT_ALPHAS, HEADS
+from assay.selection.mates_finetune import MatesFinetuneSettings
 from assay.workflows.proxy_batch import ProxyOptions
 
 
@@ -65,6 +66,29 @@ class MatesSettings(ProxyOptions, DeviceSettings):
         description="Share of the probes held out to choose the influence model.",
         exclude_if=_unless(0.2),
     )
+    influence_model: Literal["frozen", "finetune"] = Field(
+        "frozen",
+        description="The influence model: 'frozen' (heads on frozen embeddings) or 'finetune' "
+        "(the paper's: an encoder fine-tuned end to end, see finetune).",
+        exclude_if=_unless("frozen"),
+    )
+    finetune: MatesFinetuneSettings = Field(
+        default_factory=MatesFinetuneSettings,
+        description="The fine-tuned influence model (influence_model: finetune); it runs on "
+        "device in dtype.",
+        exclude_if=_unless(MatesFinetuneSettings()),
+    )
+
+    @field_validator("influence_model")
+    @classmethod
+    def _finetune_is_individual(cls, v: str, info: Any) -> str:
+        if v == "finetune" and info.data.get("group"):
+            raise ValueError(
+                "'finetune' is MATES' individual influence model; Group-MATES (group: true) "
+                "fits its relational model on embeddings"
+            )
+        return v
+
     ref_batch_size: int | None = Field(
         None,
         description="Target examples per forward pass (default: 8 on a CPU, 32 on a GPU).",

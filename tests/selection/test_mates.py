@@ -1,7 +1,7 @@
 """MATES: staged training continues optimizer and schedule, probing restores exactly and equals
 reloading, influence has the right sign, Gumbel top-k samples the right distribution (and the
-official variant does not), the influence model is chosen by Spearman and reloads exactly (also
-with a fine-tuned encoder), the staged loop runs, resumes, refuses bad input and is
+official variant does not), the influence model is chosen by Spearman and reloads exactly, the
+staged loop runs, resumes, refuses bad input and is
 deterministic; Group-MATES rollouts, relational model and greedy selection."""
 
 from __future__ import annotations
@@ -495,22 +495,3 @@ def test_run_group_mates(
     assert abs(s1.kept_docs - 0.3 * s1.pool_docs) <= 3  # rounded per cluster
     oracle = pl.read_parquet(tmp_path / "g" / "stage-1" / "oracle.parquet")
     assert oracle.get_column("position").to_list() == [0, 1] * 8
-
-
-def test_finetuned_encoder_saves_and_reloads(tmp_path: Path, real_texts: list[str]) -> None:
-    """The fine-tuning path (meant for a GPU) forced onto the CPU with a few short texts."""
-    texts = real_texts[:16]
-    y = -np.log([len(t) for t in texts])
-    scorer = MatesScorer(
-        embedder={"model": None, "max_tokens": 32, "cache": False},
-        finetune=True, finetune_device="cpu", finetune_epochs=1, finetune_batch=8,
-    ).fit(texts, y, seed=0)  # fmt: skip
-    assert scorer.head["finetuned"] and scorer.report["candidates"][0]["head"] == "finetune"
-    assert not scorer.portable  # an unsaved fine-tuned encoder does not pickle
-    scorer.save(tmp_path / "ft")
-    assert (tmp_path / "ft" / "encoder" / "model.safetensors").exists()
-    loaded = load_scorer(tmp_path / "ft")
-    assert np.array_equal(loaded.score(real_texts[16:24]), scorer.score(real_texts[16:24]))
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-            MatesScorer(finetune=True)

@@ -31,6 +31,8 @@ class MatesStep(ProxyInputs, MatesSettings):
         from assay.workflows.mates import run_mates
 
         corpus, heldout, identity = self.mixing_inputs(ctx)
+        if self.influence_model == "finetune":  # the encoder's content, as the embedder's
+            identity["encoder"] = embedder_id(self.finetune.encoder)
         identity["reference"] = targets_identity(self.targets)  # the key it had: same hashes
         identity["embedder"] = embedder_id(self.embedder)
 
