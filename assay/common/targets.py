@@ -9,6 +9,13 @@ then any supporting text). Sources:
 - a built-in benchmark: `assay_champ` (competition math) or `assay_mmlu_dev` (MMLU dev items),
   the items of assay's local lm-eval tasks. An `answer` that is an index into `choices` is
   replaced by the chosen text.
+
+A target set may also say which part of an example is *context* (the prompt) and which is the
+*continuation* (what a model should produce): `load_target_pairs`, with `context_fields` and
+`continuation_fields`. MATES' reference loss scores only the continuation, as the official code
+does (lm-eval's doc_to_text as context, doc_to_target as continuation). The built-in benchmarks
+declare their split (`BUILTIN_SPLIT`: the question as context, the answer as continuation); a file
+has one only when its fields are named.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from assay.errors import InputError, MissingError
+from assay.errors import ConfigError, InputError, MissingError
 from assay.util.files import read_parquet
 
 BUILTIN = ("assay_champ", "assay_mmlu_dev")
+#: each built-in benchmark's (context fields, continuation fields): problem, then its answer
+BUILTIN_SPLIT = {name: (("question",), ("answer",)) for name in BUILTIN}
 
 
 def builtin_records(name: str) -> list[dict[str, Any]]:
@@ -111,3 +120,71 @@ def load_targets(
         keep = np.sort(np.random.default_rng(seed).choice(len(texts), max_items, replace=False))
         texts = [texts[i] for i in keep]
     return texts
+
+
+def target_split(
+    source: str | os.PathLike | Sequence[str],
+    context_fields: Sequence[str] | None = None,
+    continuation_fields: Sequence[str] | None = None,
+) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The (context, continuation) fields of a target set: those given (both or neither), else
+    a built-in benchmark's own (`BUILTIN_SPLIT`), else None (no split: the whole text)."""
+    if (context_fields is None) != (continuation_fields is None):
+        raise ConfigError("give both context_fields and continuation_fields, or neither")
+    if continuation_fields is not None:
+        assert context_fields is not None
+        if not continuation_fields:
+            raise ConfigError("continuation_fields is empty: name the fields that are scored")
+        if isinstance(source, str | os.PathLike) or not source:
+            return tuple(context_fields), tuple(continuation_fields)
+        raise ConfigError("a list of texts has no fields to split into context and continuation")
+    if isinstance(source, str | os.PathLike) and str(source) in BUILTIN_SPLIT:
+        return BUILTIN_SPLIT[str(source)]
+    return None
+
+
+def load_target_pairs(
+    source: str | os.PathLike,
+    context_fields: Sequence[str],
+    continuation_fields: Sequence[str],
+    *,
+    max_items: int | None = None,
+    seed: int = 0,
+) -> list[tuple[str, str]]:
+    """Target examples as (context, continuation) pairs: each side its fields joined as
+    `example_text` joins them, except that the white space a continuation begins with is kept
+    (lm-eval's doc_to_target, e.g. LAMBADA's " word"). Their `pair_text` is the text
+    `load_targets` gives for `fields = context_fields + continuation_fields` when the
+    continuation does not begin with white space. Examples with an empty continuation (nothing
+    to score) are left out; a seeded subset when `max_items` is given."""
+    if str(source) in BUILTIN:
+        records = list(enumerate(builtin_records(str(source)), start=1))
+        where = str(source)
+    else:
+        records = file_records(Path(source))
+        where = str(source)
+    pairs = []
+    for n, r in records:
+        at = f"{where}[{n}]" if str(source) in BUILTIN else f"{where}: line {n}"
+        context = example_text(r, context_fields, at)
+        continuation = example_text(r, continuation_fields, at)
+        first = r.get(continuation_fields[0]) if isinstance(r, dict) else None
+        if continuation and isinstance(first, str) and first[:1].isspace():
+            continuation = first[: len(first) - len(first.lstrip())] + continuation
+        if continuation.strip():
+            pairs.append((context, continuation))
+    if not pairs:
+        raise InputError(f"{where}: no target example has a continuation to score")
+    if max_items is not None and len(pairs) > max_items:
+        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_items, replace=False))
+        pairs = [pairs[i] for i in keep]
+    return pairs
+
+
+def pair_text(context: str, continuation: str) -> str:
+    """The whole text of a (context, continuation) pair: joined by a newline, as `example_text`
+    joins fields, or directly when the continuation begins with white space (as lm-eval joins
+    doc_to_text and doc_to_target)."""
+    if not context:
+        return continuation.lstrip()
+    return context + continuation if continuation[:1].isspace() else f"{context}\n{continuation}"

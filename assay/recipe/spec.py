@@ -85,6 +85,31 @@ class TargetSpec(Strict):
     )
 
 
+class SplitTargetSpec(TargetSpec):
+    """Target examples split into context (the prompt, which conditions the model) and
+    continuation (what is scored), for a reference loss such as MATES'."""
+
+    context_fields: list[str] | None = Field(
+        None,
+        description="Fields that are an example's context (prompt), with continuation_fields: "
+        "the reference loss scores only the continuation (default: a built-in benchmark's "
+        "question, then answer; a file: no split).",
+        exclude_if=lambda v: v is None,
+    )
+    continuation_fields: list[str] | None = Field(
+        None,
+        description="Fields that are an example's continuation (what is scored), with "
+        "context_fields.",
+        exclude_if=lambda v: v is None,
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> SplitTargetSpec:
+        if (self.context_fields is None) != (self.continuation_fields is None):
+            raise ValueError("give both context_fields and continuation_fields, or neither")
+        return self
+
+
 class RunnerSpec(Strict):
     """Where per-shard tasks and proxy runs execute."""
 

@@ -102,4 +102,10 @@ def targets_identity(spec: Any) -> dict[str, Any]:
 
     source = spec.source
     fp = fingerprint(source) if Path(source).is_file() else source
-    return {"source": fp, "fields": spec.fields, "max_items": spec.max_items}
+    split = getattr(spec, "continuation_fields", None)
+    return {
+        "source": fp,
+        "fields": spec.fields,
+        "max_items": spec.max_items,
+        **({"split": [spec.context_fields, split]} if split is not None else {}),
+    }

@@ -142,10 +142,16 @@ def decide(files: list[Path], cfg: Rules) -> np.ndarray:
     seed = cfg.seed or 0
     weight = read_passed(files, "weight", np.float64, n)
     hashes = read_passed(files, "hash", np.uint64, n)
-    if cfg.policy == "gumbel":  # as gumbel_topk_mask: sign * score / tau + noise(seed, hash)
-        np.multiply(key, 1.0 if cfg.mode == "top" else -1.0, out=key)
+    if cfg.policy in ("gumbel", "gumbel_official"):
+        # as gumbel_topk_mask: sign * score / tau + noise(seed, hash) (official: - noise)
+        official = cfg.policy == "gumbel_official"
+        np.multiply(
+            key, (1.0 if cfg.mode == "top" else -1.0) * (-1.0 if official else 1.0), out=key
+        )
         np.divide(key, cfg.tau, out=key)
         add_gumbel_noise(key, hashes, seed)
+        if official:
+            np.negative(key, out=key)
     else:  # a seeded tie-break, so that a different seed also reshuffles exact ties
         for a in range(0, len(hashes), _BLOCK):
             hashes[a : a + _BLOCK] = mix64(hashes[a : a + _BLOCK], seed)

@@ -41,8 +41,13 @@ runner's workers (`runner.map`, each worker loading the checkpoint once). Its fo
         tokens/  proxy/                the stage's token cache and run (model/, state/)
         stage.json                     written last: the stage is done
 
-The reference loss is the mean loss per token over each whole example (the paper's LAMBADA
-reference scores only the continuation; target sets here are not split into prompt and answer).
+The reference loss scores only each target example's continuation where the target set has a
+split (`assay.common.targets.target_split`: a built-in benchmark's question, then answer, or named
+context and continuation fields), its context conditioning the model, and is averaged as the
+official evaluate(): the mean per scored token within each group of 32 examples, then over the
+groups (`reference_loss`). `reference_scoring='whole'` scores every token of each example (the
+mean per token over all of them). `selection='gumbel_official'` selects as the official code
+(`gumbel_topk_mask(official=True)`), bias included.
 
 Measured on this project's 2-core CPU (tiny preset, 2k vocabulary, sequences of 128, one
 thread): 12.8 probes/s against 16 reference examples, 9.3/s against 32 and 5.6/s against 64;

@@ -231,8 +231,13 @@ def gumbel_topk_mask(
     mode: Literal["top", "bottom"] = "top",
     seed: int = 0,
     id_hashes: np.ndarray | None = None,
+    official: bool = False,
 ) -> np.ndarray:
     """Gumbel top-k: keep the top of score/tau + Gumbel noise (mode='bottom' uses -score/tau).
+
+    `official=True` (policy 'gumbel_official') keeps the top of score/tau - G instead: for
+    'bottom' that is the k smallest of score/tau + G, MATES' official selection, which is biased
+    (see `gumbel_topk`); for exact replication only.
 
     With document weights of 1 this samples `k` documents without replacement with probability
     proportional to softmax(score/tau) (the Gumbel-top-k trick, Kool et al. 2019). MATES' official
@@ -245,12 +250,14 @@ def gumbel_topk_mask(
     if mode not in ("top", "bottom"):
         raise ConfigError("Gumbel selection supports mode 'top' or 'bottom'")
     s = np.asarray(scores, dtype=np.float64)
-    sign = 1.0 if mode == "top" else -1.0
+    sign = (1.0 if mode == "top" else -1.0) * (-1.0 if official else 1.0)
     key = sign * s / tau
     if id_hashes is None:
         key += gumbel_noise(len(s), seed)
     else:
         add_gumbel_noise(key, id_hashes, seed)
+    if official:
+        np.negative(key, out=key)
     w = np.ones(len(s)) if weights is None else np.asarray(weights, dtype=np.float64)
     tb = np.arange(len(s)) if id_hashes is None else id_hashes
     return cut(key, tb, w, keep)

@@ -81,7 +81,7 @@ __all__ = [
     "topk_mask",
 ]
 
-Policy = Literal["topk", "gumbel", "threshold"]
+Policy = Literal["topk", "gumbel", "gumbel_official", "threshold"]
 Measure = Literal["docs", "chars", "tokens"]
 KeepOf = Literal["corpus", "passed"]
 
@@ -118,7 +118,9 @@ class SelectConfig(Strict):
     policy: Policy = Field(
         "topk",
         description="'topk' (exact, global), 'gumbel' (top-k of score/tau + Gumbel noise: "
-        "sampling without replacement) or 'threshold' (score >= threshold).",
+        "sampling without replacement), 'gumbel_official' (top-k of score/tau - Gumbel noise: "
+        "MATES' official code, biased; for replication only) or 'threshold' (score >= "
+        "threshold).",
     )
     keep: float | None = Field(
         None, gt=0, le=1, description="Fraction to keep (topk, gumbel), measured by `by`."

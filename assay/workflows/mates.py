@@ -107,6 +107,8 @@ def run_mates(
     heldout: Any = None,
     runner: Any = None,
     progress: bool = True,
+    context_fields: Sequence[str] | None = None,
+    continuation_fields: Sequence[str] | None = None,
     **options: Any,
 ) -> MatesResult:
     """Staged pretraining with MATES data selection; returns every stage's figures.
@@ -123,6 +125,12 @@ def run_mates(
     optimizer state under one schedule over all stages (`train`, default
     `mates_train_config()`).
 
+    The reference loss scores only each target example's continuation when the targets have a
+    split (`context_fields` and `continuation_fields`, or a built-in benchmark's own: question,
+    then answer; see `target_split`) and `reference_scoring` is 'continuation' (the default,
+    as the official code); 'whole' scores every token of each example (context and
+    continuation fields joined, as `load_targets` joins fields: assay's oracle before 2026-11-30).
+
     `method='random'` makes every stage random (the baseline with the same pools, budget and
     schedule). `group=True` uses Group-MATES (rollouts, relational model, cluster-wise greedy
     selection). Everything is written under `out_dir` (`mates.json`, `stage-<s>/`); a finished
@@ -138,9 +146,14 @@ def run_mates(
         heldout=heldout,
         progress=progress,
     )
-    ref_texts, tok = _prepare_folder(run, corpus, targets, fields, max_targets, tokenizer)
+    split, fields = _reference_split(run, targets, fields, context_fields, continuation_fields)
+    ref_texts, tok = _prepare_folder(run, corpus, targets, fields, max_targets, tokenizer, split)
     identity = _claim_folder(run, corpus, tok, ref_texts)
-    ref = ReferenceSet.from_texts(ref_texts, tok, run.cfg.seq_len)
+    ref = (
+        ReferenceSet.from_texts(ref_texts, tok, run.cfg.seq_len)
+        if split is None
+        else ReferenceSet.from_pairs(ref_texts, tok, run.cfg.seq_len)
+    )
     # Pools and the checks that need their sizes, before any training.
     pools = stage_pools(corpus, run.out, run.settings.stages, run.seed, tok, run.runner)
     steps_per_stage, need = _check_pools(run, pools)
@@ -171,11 +184,48 @@ class _MatesRun:
         probes, T = s.probes, s.trajectory_length
         if s.method == "mates" and s.stages > 1 and probes < MIN_PROBES:
             raise ConfigError(f"probe at least {MIN_PROBES} documents per stage, not {probes}")
+        if s.group and s.selection != "gumbel":
+            raise ConfigError(
+                "selection='gumbel_official' is MATES' Gumbel top-k; Group-MATES selects "
+                "greedily within clusters"
+            )
         if s.group and (T < 1 or probes // max(T, 1) < 5):
             raise ConfigError(
                 f"Group-MATES needs at least 5 rollouts of trajectory_length={T} "
                 f"documents per stage; {probes} probes make {probes // max(T, 1)}"
             )
+
+
+def _reference_split(
+    run: _MatesRun,
+    targets: str | os.PathLike | Sequence[str],
+    fields: Sequence[str] | None,
+    context_fields: Sequence[str] | None,
+    continuation_fields: Sequence[str] | None,
+) -> tuple[tuple[tuple[str, ...], tuple[str, ...]] | None, Sequence[str] | None]:
+    """The (context, continuation) fields the reference loss splits the targets by, or None
+    (every token scored): none with `reference_scoring='whole'`; a built-in benchmark's own
+    split only when `fields` is not given. And the fields of whole examples (a split named but
+    not used: its fields, joined)."""
+    from assay.common.targets import target_split
+
+    explicit = continuation_fields is not None or context_fields is not None
+    split = target_split(targets, context_fields, continuation_fields)
+    if (
+        split is not None
+        and explicit
+        and fields is not None
+        and list(fields) != [*split[0], *split[1]]
+    ):
+        raise ConfigError(
+            f"fields {list(fields)} are not context_fields + continuation_fields "
+            f"{[*split[0], *split[1]]}: give the split alone"
+        )
+    if run.settings.reference_scoring == "whole" or (not explicit and fields is not None):
+        if explicit and fields is None and split is not None:
+            fields = [*split[0], *split[1]]
+        return None, fields
+    return split, fields
 
 
 def _prepare_folder(
@@ -185,10 +235,12 @@ def _prepare_folder(
     fields: Sequence[str] | None,
     max_targets: int | None,
     tokenizer: Any,
-) -> tuple[list[str], Any]:
-    """Check the folder against the inputs and make it; the target texts (checked before any
-    work) and the tokenizer (given, or trained on the corpus into `out/tokenizer`)."""
-    from assay.common.targets import load_targets
+    split: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+) -> tuple[list[Any], Any]:
+    """Check the folder against the inputs and make it; the target examples (checked before any
+    work: texts, or (context, continuation) pairs with a `split`) and the tokenizer (given, or
+    trained on the corpus into `out/tokenizer`)."""
+    from assay.common.targets import load_target_pairs, load_targets
     from assay.common.tokenizer import load_tokenizer, train_tokenizer
     from assay.proxies.model import get_preset
 
@@ -198,7 +250,11 @@ def _prepare_folder(
         run.heldout.check_output(out, "MATES folder")
     out.mkdir(parents=True, exist_ok=True)
 
-    ref_texts = load_targets(targets, fields, max_items=max_targets, seed=run.seed)
+    if split is None:
+        ref_texts: list[Any] = load_targets(targets, fields, max_items=max_targets, seed=run.seed)
+    else:
+        assert isinstance(targets, str | os.PathLike)
+        ref_texts = load_target_pairs(targets, *split, max_items=max_targets, seed=run.seed)
     if len(ref_texts) < MIN_REFERENCE:
         raise InputError(
             f"the targets have {len(ref_texts)} examples; MATES needs at least "
@@ -221,9 +277,10 @@ def _prepare_folder(
     return ref_texts, tok
 
 
-def _claim_folder(run: _MatesRun, corpus: Any, tok: Any, ref_texts: list[str]) -> dict[str, Any]:
+def _claim_folder(run: _MatesRun, corpus: Any, tok: Any, ref_texts: list[Any]) -> dict[str, Any]:
     """The run's identity, written to `out/mates_config.json`; a folder that holds a run with
-    other settings is refused."""
+    other settings is refused. A run scoring whole reference examples keeps the identity it had
+    before continuations were scored; one scoring continuations records its pairs and says so."""
     from assay.common.tokens import tokenizer_fingerprint
 
     s = run.settings
@@ -231,7 +288,7 @@ def _claim_folder(run: _MatesRun, corpus: Any, tok: Any, ref_texts: list[str]) -
         "corpus": [shard.name for shard in corpus.shards],
         "content": config_hash([shard.identity() for shard in corpus.shards]),
         "tokenizer": tokenizer_fingerprint(tok),
-        "reference": config_hash(ref_texts),
+        "reference": config_hash([list(r) if isinstance(r, tuple) else r for r in ref_texts]),
         "stage_tokens": s.stage_tokens,
         "stages": s.stages,
         "keep": s.keep,
@@ -257,6 +314,12 @@ def _claim_folder(run: _MatesRun, corpus: Any, tok: Any, ref_texts: list[str]) -
             else {}
         ),
         "heldout": None if run.heldout is None else [shard.name for shard in run.heldout.shards],
+        **(
+            {"reference_scoring": "continuation"}
+            if ref_texts and isinstance(ref_texts[0], tuple)
+            else {}
+        ),
+        **({"selection": s.selection} if s.selection != "gumbel" else {}),
     }
     cfg_path = run.out / CONFIG_FILE
     if cfg_path.exists():
@@ -428,8 +491,9 @@ def _select_stage(
     )  # fmt: skip
     model_report = scorer.report
     selected = select_mates(
-        pool, stage_dir, scorer, run.settings.keep, run.settings.tau, seed, run.runner
-    )
+        pool, stage_dir, scorer, run.settings.keep, run.settings.tau, seed, run.runner,
+        run.settings.selection,
+    )  # fmt: skip
     return run.settings.method, selected, probing, model_report
 
 

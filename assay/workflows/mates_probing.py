@@ -44,11 +44,46 @@ def encode_documents(texts: Sequence[str], tokenizer: Any, seq_len: int) -> list
     return out
 
 
+def encode_pairs(
+    pairs: Sequence[tuple[str, str]], tokenizer: Any, seq_len: int
+) -> tuple[list[np.ndarray], list[int]]:
+    """(context, continuation) pairs as training sequences and the number of leading tokens of
+    each that are context (EOS included). As the official code's `encode_pair`: the whole text
+    (`pair_text`) is tokenized once and the tokens past those of the context alone are the
+    continuation; the sequence is cut to `seq_len` like `encode_documents` (a continuation cut
+    off scores nothing)."""
+    from assay.common.targets import pair_text
+
+    eos = _eos_id(tokenizer)
+    backend = backend_tokenizer(tokenizer)
+    whole = backend.encode_batch([pair_text(c, t) for c, t in pairs], add_special_tokens=False)
+    ctx = backend.encode_batch([c for c, _ in pairs], add_special_tokens=False)
+    seqs, context = [], []
+    for w, c in zip(whole, ctx, strict=True):
+        ids = np.asarray([eos, *w.ids[: seq_len - 1]], dtype=np.int64)
+        if len(ids) < 2:
+            ids = np.asarray([eos, eos], dtype=np.int64)
+        seqs.append(ids)
+        context.append(min(1 + len(c.ids), len(ids)))
+    return seqs, context
+
+
+#: reference examples per batch whose mean loss per scored token the official code averages
+OFFICIAL_REF_BATCH = 32
+
+
 @dataclass
 class ReferenceSet:
-    """Tokenized reference (target) examples, batched by length for the loss computation."""
+    """Tokenized reference (target) examples, batched by length for the loss computation.
+
+    `context` (optional): how many leading tokens of each sequence are context; they condition
+    the model but their predictions are not scored. With it, the reference loss is the official
+    code's: the mean loss per scored token within each group of `OFFICIAL_REF_BATCH`
+    consecutive examples (its evaluation batches), averaged over the groups. Without it, every
+    token but the first is scored and the loss is the mean over all of them."""
 
     sequences: list[np.ndarray]
+    context: list[int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.sequences) < MIN_REFERENCE:
@@ -57,27 +92,50 @@ class ReferenceSet:
                 f"{MIN_REFERENCE} to measure a loss change that is more than the noise of a few "
                 "examples (the paper uses 1,024)"
             )
+        if self.context is not None:
+            if len(self.context) != len(self.sequences):
+                raise InputError(
+                    f"{len(self.context)} context lengths for {len(self.sequences)} examples"
+                )
+            if self.n_tokens == 0:
+                raise InputError(
+                    "no reference example has a continuation token left to score (each is cut "
+                    "to seq_len tokens): use a longer seq_len or shorter contexts"
+                )
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], tokenizer: Any, seq_len: int) -> ReferenceSet:
         texts = [t for t in texts if t and t.strip()]
         return cls(encode_documents(texts, tokenizer, seq_len))
 
+    @classmethod
+    def from_pairs(
+        cls, pairs: Sequence[tuple[str, str]], tokenizer: Any, seq_len: int
+    ) -> ReferenceSet:
+        """(context, continuation) pairs: only the continuation's tokens are scored."""
+        pairs = [(c, t) for c, t in pairs if t and t.strip()]
+        return cls(*encode_pairs(pairs, tokenizer, seq_len))
+
     def __len__(self) -> int:
         return len(self.sequences)
 
     @property
     def n_tokens(self) -> int:
-        """Predicted tokens (each sequence predicts all but its first token)."""
-        return int(sum(len(s) - 1 for s in self.sequences))
+        """Scored tokens (each sequence predicts all but its first token, or its continuation)."""
+        if self.context is None:
+            return int(sum(len(s) - 1 for s in self.sequences))
+        return int(
+            sum(len(s) - max(c, 1) for s, c in zip(self.sequences, self.context, strict=True))
+        )
 
-    def batches(self, batch_size: int, device: Any = None) -> list[tuple[Any, Any]]:
-        """(input_ids, labels) tensors, longest first, padded per batch (labels -100 on padding)."""
+    def batches(self, batch_size: int, device: Any = None) -> ReferenceBatches:
+        """(input_ids, labels) tensors, longest first, padded per batch (labels -100 on padding
+        and on context), with each batch's example indices."""
         import torch
 
         lengths = np.array([len(s) for s in self.sequences])
         order = np.argsort(-lengths, kind="stable")
-        out = []
+        out, rows = [], []
         for a in range(0, len(order), batch_size):
             idx = order[a : a + batch_size]
             width = int(lengths[idx].max())
@@ -87,8 +145,28 @@ class ReferenceSet:
                 s = self.sequences[j]
                 x[r, : len(s)] = s
                 y[r, : len(s)] = s
+                if self.context is not None:
+                    y[r, : self.context[j]] = -100
             out.append((torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)))
-        return out
+            rows.append(idx)
+        groups = None if self.context is None else np.arange(len(self)) // OFFICIAL_REF_BATCH
+        return ReferenceBatches(out, rows, groups)
+
+
+@dataclass
+class ReferenceBatches:
+    """A reference set's padded batches; `groups` (example -> group, or None) selects the
+    official per-group reduction of `reference_loss`."""
+
+    batches: list[tuple[Any, Any]]
+    rows: list[np.ndarray]
+    groups: np.ndarray | None = None
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def default_ref_batch_size(device: Any) -> int:
@@ -98,30 +176,68 @@ def default_ref_batch_size(device: Any) -> int:
     return 32 if str(device).startswith("cuda") else 8
 
 
-def reference_loss(model: Any, batches: Sequence[tuple[Any, Any]]) -> float:
-    """Mean negative log-likelihood (nats) per predicted reference token."""
+def reference_loss(model: Any, batches: ReferenceBatches | Sequence[tuple[Any, Any]]) -> float:
+    """Negative log-likelihood (nats) of the scored reference tokens: the mean per token over
+    all of them, or, for a set with context (`batches.groups`), the official code's mean over
+    groups of each group's mean per scored token."""
+    groups = getattr(batches, "groups", None)
+    was_training = model.training
+    model.eval()
+    try:
+        if groups is None:
+            return _token_mean_loss(model, batches)
+        return _group_mean_loss(model, batches, groups)
+    finally:
+        model.train(was_training)
+
+
+def _token_mean_loss(model: Any, batches: Any) -> float:
     import torch
     import torch.nn.functional as F
 
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
-        with torch.inference_mode():
-            for x, y in batches:
-                logits = model(input_ids=x).logits.float()
-                target = y[:, 1:]
-                nll = F.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]),
-                    target.reshape(-1),
-                    ignore_index=-100,
-                    reduction="sum",
-                )
-                total += float(nll)
-                count += int((target != -100).sum())
-    finally:
-        model.train(was_training)
+    with torch.inference_mode():
+        for x, y in batches:
+            logits = model(input_ids=x).logits.float()
+            target = y[:, 1:]
+            nll = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                target.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            total += float(nll)
+            count += int((target != -100).sum())
     return total / max(count, 1)
+
+
+def _group_mean_loss(model: Any, batches: ReferenceBatches, groups: np.ndarray) -> float:
+    """Per-example sums of the scored tokens' loss, then per group (sum / tokens), then the
+    mean over groups with a scored token (the official evaluate(): cross-entropy averaged over
+    the scored tokens of each batch of 32, then over the batches)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(groups)
+    nll = np.zeros(n, dtype=np.float64)
+    count = np.zeros(n, dtype=np.int64)
+    with torch.inference_mode():
+        for (x, y), rows in zip(batches.batches, batches.rows, strict=True):
+            logits = model(input_ids=x).logits.float()
+            target = y[:, 1:]
+            per_token = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                target.reshape(-1),
+                ignore_index=-100,
+                reduction="none",
+            ).view(target.shape)
+            nll[rows] = per_token.double().sum(dim=1).cpu().numpy()
+            count[rows] = (target != -100).sum(dim=1).cpu().numpy()
+    k = int(groups.max()) + 1
+    g_nll = np.bincount(groups, weights=nll, minlength=k)
+    g_count = np.bincount(groups, weights=count, minlength=k)
+    scored = g_count > 0
+    return float(np.mean(g_nll[scored] / g_count[scored])) if scored.any() else 0.0
 
 
 @dataclass
@@ -357,7 +473,7 @@ def _result(after: np.ndarray, base: float, T: int, prober: Prober, seconds: flo
 @dataclass
 class _ProbeJob:
     run_dir: str
-    reference: list[np.ndarray]
+    reference: ReferenceSet
     candidates: list[np.ndarray]
     ref_batch_size: int | None
     trajectory_length: int
@@ -369,7 +485,7 @@ def _probe_job(job: _ProbeJob) -> dict[str, Any]:
     """One worker's share: load the checkpoint once, probe every candidate of the share."""
     prober = Prober.from_run(
         job.run_dir,
-        ReferenceSet(job.reference),
+        job.reference,
         ref_batch_size=job.ref_batch_size,
         device=job.device,
         dtype=job.dtype,
@@ -415,7 +531,7 @@ def probe_run(
     jobs = [
         _ProbeJob(
             str(run_dir),
-            list(reference.sequences),
+            reference,
             list(candidates[a:b]),
             ref_batch_size,
             T,

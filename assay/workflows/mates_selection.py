@@ -122,20 +122,29 @@ def select_random(pool: Any, stage_dir: Path, keep: float, seed: int, runner: An
 
 
 def select_mates(
-    pool: Any, stage_dir: Path, scorer: MatesScorer, keep: float, tau: float, seed: int, runner: Any
+    pool: Any,
+    stage_dir: Path,
+    scorer: MatesScorer,
+    keep: float,
+    tau: float,
+    seed: int,
+    runner: Any,
+    policy: str = "gumbel",
 ) -> Path:
+    """Score the pool with the influence model and keep `keep` of it: score = -predicted
+    influence, so policy 'gumbel' is argtopk(-pred / tau + G), and 'gumbel_official' (the
+    official code's) argtopk(-pred / tau - G), i.e. the k smallest of pred / tau + G."""
     from assay.selection.score import score_corpus
     from assay.selection.select import select
 
     score_corpus(scorer, pool, stage_dir / "scores", runner=runner)
-    # score = -predicted influence, so Gumbel top-k on it is argtopk(-pred / tau + G)
     select(
         pool,
         stage_dir / "scores",
         stage_dir / "selected",
         runner=runner,
         column=scorer.column,
-        policy="gumbel",
+        policy=policy,
         keep=keep,
         tau=tau,
         by="docs",

@@ -23,6 +23,29 @@ def mates_train_config(**overrides: Any) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
+#: The paper's probing and selection settings (Pythia-410M on C4): the official probe script
+#: takes 10,000 one-step probes per GPU on 8 GPUs (`probe_oracle_data_influence.py`: `range(10000)`
+#: per rank, ranks 0-7 in `scripts/probe_oracle_data_influence.sh`), so 80,000 oracle values per
+#: stage, against 1,024 LAMBADA (OpenAI) examples in batches of 32, keeping |pool| // 5 at
+#: tau 0.5 after every 10k-step stage (5 stages). The code takes the same 80,000 for the 1B model
+#: (nothing in it depends on the model size); a different count for 1B is not in the code.
+PAPER_PRESET: dict[str, Any] = {
+    "probes": 80_000,
+    "keep": 0.2,
+    "tau": 0.5,
+    "stages": 5,
+    "ref_batch_size": 32,
+}
+#: reference examples the paper probes against (`max_targets` / `targets.max_items`)
+PAPER_REFERENCE_EXAMPLES = 1024
+
+
+def paper_settings(stage_tokens: int, **overrides: Any) -> MatesSettings:
+    """`MatesSettings` at the paper's probing scale (`PAPER_PRESET`), the rest as given; the
+    paper's stage is 10k steps of 512 x 1,024 tokens (`stage_tokens=5_242_880_000`)."""
+    return MatesSettings(**{**PAPER_PRESET, "stage_tokens": stage_tokens, **overrides})
+
+
 def _unless(default: Any) -> Callable[[Any], bool]:
     """`exclude_if` of a setting added after MATES steps were first run: it is left out of
     dumps at its default, so that those steps keep their settings hash."""
@@ -101,6 +124,22 @@ class MatesSettings(ProxyOptions, DeviceSettings):
         200,
         description="Group-MATES: documents per cluster of the greedy selection.",
         exclude_if=_unless(200),
+    )
+
+    reference_scoring: Literal["continuation", "whole"] = Field(
+        "continuation",
+        description="'continuation': the reference loss scores only each target example's "
+        "continuation (its context conditions the model), as the official code, where the "
+        "targets have a split (built-in benchmarks; context_fields/continuation_fields); "
+        "'whole': every token of each example.",
+        exclude_if=_unless("continuation"),
+    )
+    selection: Literal["gumbel", "gumbel_official"] = Field(
+        "gumbel",
+        description="'gumbel': Gumbel top-k, argtopk(-pred/tau + G), sampling in proportion to "
+        "softmax(-pred/tau); 'gumbel_official': the official code's biased form, the k smallest "
+        "of pred/tau + G (for exact replication).",
+        exclude_if=_unless("gumbel"),
     )
 
     @field_validator("train", mode="before")

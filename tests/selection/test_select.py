@@ -265,8 +265,10 @@ def _reference_mask(score: np.ndarray, w: np.ndarray, h: np.ndarray, cfg: Select
     seed = cfg.seed or 0
     if cfg.policy == "threshold":
         return score >= cfg.threshold if cfg.mode == "top" else score <= cfg.threshold
-    if cfg.policy == "gumbel":
+    if cfg.policy in ("gumbel", "gumbel_official"):
         noise = -np.log(-np.log(uniform_from_hash(mix64(h, seed))))
+        if cfg.policy == "gumbel_official":  # MATES' code: the k smallest of score/tau + noise
+            noise = -noise
         key = (1.0 if cfg.mode == "top" else -1.0) * score / cfg.tau + noise
         return _reference_cut(key, h, w, cfg.keep)
     tb = mix64(h, seed)
@@ -290,6 +292,14 @@ def _reference_mask(score: np.ndarray, w: np.ndarray, h: np.ndarray, cfg: Select
         {"column": "unique_word_frac", "keep": 0.4, "by": "chars", "mode": "middle", "seed": 1},
         {"column": "alpha_frac", "keep": 0.2, "policy": "gumbel", "tau": 0.1, "by": "tokens"},
         {"column": "n_chars", "keep": 0.3, "policy": "gumbel", "tau": 2.0, "mode": "bottom"},
+        {
+            "column": "n_chars",
+            "keep": 0.3,
+            "policy": "gumbel_official",
+            "tau": 900.0,
+            "mode": "bottom",
+            "seed": 2,
+        },
         {"column": "n_chars", "policy": "threshold", "threshold": 1500, "mode": "bottom"},
         {"column": "alpha_frac", "keep": 0.25, "by": "chars", "group_by": None},
     ],

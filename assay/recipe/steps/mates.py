@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field
 
-from assay.recipe.spec import TargetSpec
+from assay.recipe.spec import SplitTargetSpec
 from assay.recipe.step import embedder_id, register_step, targets_identity
 from assay.recipe.steps._common import ProxyInputs
 from assay.workflows.mates import MatesSettings
@@ -21,7 +21,7 @@ class MatesStep(ProxyInputs, MatesSettings):
     verb = "mates"
 
     kind: Literal["mates"] = "mates"
-    targets: TargetSpec = Field(
+    targets: SplitTargetSpec = Field(
         description="The target examples (whose loss the selection lowers).",
         validation_alias=AliasChoices("targets", "reference"),
     )
@@ -35,6 +35,8 @@ class MatesStep(ProxyInputs, MatesSettings):
             identity["encoder"] = embedder_id(self.finetune.encoder)
         identity["reference"] = targets_identity(self.targets)  # the key it had: same hashes
         identity["embedder"] = embedder_id(self.embedder)
+        if self._scores_continuations():  # the oracle changed: not the steps run before it
+            identity["reference_scoring"] = "continuation"
 
         def run(redo: bool) -> tuple[dict[str, str], dict[str, Any]]:
             result = run_mates(
@@ -44,6 +46,8 @@ class MatesStep(ProxyInputs, MatesSettings):
                 targets=self.targets.source,
                 fields=self.targets.fields,
                 max_targets=self.targets.max_items,
+                context_fields=self.targets.context_fields,
+                continuation_fields=self.targets.continuation_fields,
                 tokenizer=ctx.ref(self.tokenizer, "tokenizer"),
                 heldout=heldout,
                 runner=ctx.runner,
@@ -61,6 +65,15 @@ class MatesStep(ProxyInputs, MatesSettings):
             return {"run": result.final_run["out_dir"], "model": result.model_dir}, summary
 
         return identity, run
+
+    def _scores_continuations(self) -> bool:
+        """Whether the reference loss scores continuations only (see `run_mates`)."""
+        from assay.common.targets import BUILTIN_SPLIT
+
+        if self.reference_scoring != "continuation":
+            return False
+        t = self.targets
+        return t.continuation_fields is not None or (t.source in BUILTIN_SPLIT and t.fields is None)
 
     @classmethod
     def show(cls, outcome: Any, console: Any) -> None:
