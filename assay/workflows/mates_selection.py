@@ -124,7 +124,7 @@ def select_random(pool: Any, stage_dir: Path, keep: float, seed: int, runner: An
 def select_mates(
     pool: Any,
     stage_dir: Path,
-    scorer: MatesScorer,
+    scorer: MatesScorer | MatesFinetunedScorer,
     keep: float,
     tau: float,
     seed: int,
