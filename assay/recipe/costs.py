@@ -197,6 +197,9 @@ def _mates(step: Any, env: Env) -> list[Cost]:
     if probed:
         seq = step.train.seq_len
         n = step.probes * probed
+        if step.group and step.bootstrap_rounds:  # each round probes its bootstrap rollouts
+            T = step.trajectory_length
+            n += step.bootstrap_rounds * (step.bootstrap_rollouts or step.probes // T) * T * probed
         costs.append(train(f"{n:,} oracle probes: one step on <= {seq} tokens", lm, n * seq, env))
         items = step.targets.max_items
         ref = n * items * seq if items else None

@@ -138,6 +138,19 @@ class RelationalInfluenceModel:
         self.b, self.alpha, self.tau = float(b_), float(a_), max(float(t_), 1e-3)
         return best[1]
 
+    def predict(self, embeddings: np.ndarray) -> np.ndarray:
+        """The relational prediction (trajectories, T) of trajectories' embeddings (m, T, d), on
+        the z-scored scale of the targets it was fitted on."""
+        import torch
+
+        if self.w is None:
+            raise NotFittedError("the relational model is not fitted")
+        e = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
+        params = map(torch.as_tensor, (self.w, self.b, self.alpha, self.tau))
+        with torch.no_grad():
+            pred, _ = self._forward(e, *params)
+        return pred.numpy().astype(np.float64)
+
     def individual(self, embeddings: np.ndarray) -> np.ndarray:
         """u = w . e + b: the z-scored individual influence (lower = better)."""
         if self.w is None:
@@ -237,3 +250,94 @@ def _greedy(uc: np.ndarray, ec: np.ndarray, n_take: int, alpha: float, tau: floa
         cur = alpha * (1.0 - ec @ ec[j] / tau)
         avg_rel = (i * avg_rel + cur) / (i + 1)
     return taken
+
+
+#: scores held at once by the beam search: beams x candidates float64 values per block
+BEAM_BLOCK = 1 << 21
+
+
+def beam_rollouts(
+    influence: np.ndarray,
+    embeddings: np.ndarray,
+    length: int,
+    width: int,
+    *,
+    alpha: float,
+    tau: float,
+    beams: int = 5,
+    order: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Group-MATES' bootstrap rollouts: trajectories of `length` distinct candidates found by a
+    beam search under a relational model; (trajectories (at most `width`) x `length` candidate
+    indices, their predicted totals), best first.
+
+    At step t each kept trajectory proposes its `beams` best next candidates by
+    `u * avg_rel` (avg_rel: the mean over its t documents of `alpha * (1 - cos / tau)`), a
+    child's score is its parent's plus that value, and the `width` best children are kept;
+    "best" is the lowest with `order=1` (predicted most helpful) and the highest with
+    `order=-1` (most harmful). As the official `bootstrap.py` (`num_rollouts=10, num_beams=5,
+    num_selected=10000`, run once per order), except at t = 0, where the official code's
+    zero `avg_rel` scores every candidate 0 (its first documents are the first `beams` of the
+    pool in storage order) and this one scores by `u`, the model's prediction for a first
+    document. avg_rel is computed from each trajectory's summed embeddings (the same mean), so
+    the search holds `width x dim` numbers and blocks of at most `BEAM_BLOCK` scores, never a
+    beam x candidates array. Deterministic: a trajectory's children are ordered by score then
+    index, and the children of all by score then that order (a stable sort).
+    """
+    u = np.asarray(influence, dtype=np.float64)
+    e = np.asarray(embeddings, dtype=np.float64)
+    n = len(u)
+    if e.shape[0] != n:
+        raise InputError(f"{n} influence values for {e.shape[0]} embeddings")
+    if not 1 <= length <= n:
+        raise InputError(f"rollouts of {length} documents need at least {length} candidates")
+    if width < 1 or beams < 1 or order not in (1, -1):
+        raise ConfigError("width and beams must be >= 1 and order 1 or -1")
+    if tau <= 0:
+        raise ConfigError("tau must be positive")
+    paths = np.zeros((1, 0), dtype=np.int64)
+    sums = np.zeros((1, e.shape[1]))
+    totals = np.zeros(1)
+    for t in range(length):
+        k = min(beams, n - t)
+        parent, doc, score = _expand(u, e, paths, sums, totals, k, alpha, tau, order)
+        keep = np.argsort(order * score, kind="stable")[:width]
+        parent, doc = parent[keep], doc[keep]
+        paths = np.concatenate([paths[parent], doc[:, None]], axis=1)
+        sums = sums[parent] + e[doc]
+        totals = score[keep]
+    return paths, totals
+
+
+def _expand(
+    u: np.ndarray,
+    e: np.ndarray,
+    paths: np.ndarray,
+    sums: np.ndarray,
+    totals: np.ndarray,
+    k: int,
+    alpha: float,
+    tau: float,
+    order: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every trajectory's `k` best next candidates: (parent row, candidate, parent total +
+    its step score), parent-major, each parent's children best first."""
+    n_beams, t = paths.shape
+    rows = max(1, BEAM_BLOCK // max(len(u), 1))
+    parents, docs, scores = [], [], []
+    for a in range(0, n_beams, rows):
+        blk = slice(a, min(a + rows, n_beams))
+        if t == 0:
+            step = np.broadcast_to(u, (blk.stop - blk.start, len(u))).copy()
+        else:
+            step = alpha * (1.0 - (sums[blk] / t) @ e.T / tau) * u
+        ranked = order * step
+        np.put_along_axis(ranked, paths[blk], np.inf, axis=1)  # no document twice
+        part = np.argpartition(ranked, k - 1, axis=1)[:, :k]  # O(candidates), then sort k
+        top = np.take_along_axis(
+            part, np.lexsort((part, np.take_along_axis(ranked, part, axis=1))), axis=1
+        )
+        parents.append(np.repeat(np.arange(blk.start, blk.stop), k))
+        docs.append(top.ravel())
+        scores.append((totals[blk, None] + np.take_along_axis(step, top, axis=1)).ravel())
+    return np.concatenate(parents), np.concatenate(docs), np.concatenate(scores)

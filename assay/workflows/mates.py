@@ -28,7 +28,7 @@ from assay.workflows.mates_selection import (
     select_random,
     stage_pools,
 )
-from assay.workflows.mates_settings import MatesSettings
+from assay.workflows.mates_settings import GROUP_FIELDS, MatesSettings
 from assay.workflows.proxy_batch import settings_with
 
 STAGE_FILE = "stage.json"
@@ -38,6 +38,9 @@ SUMMARY_FILE = "mates.json"
 
 
 CONFIG_FILE = "mates_config.json"
+
+#: Group-MATES' settings in a run's identity besides trajectory_length and docs_per_cluster
+BOOTSTRAP_FIELDS = [k for k in GROUP_FIELDS if k.startswith("bootstrap_")]
 
 
 @dataclass
@@ -194,6 +197,10 @@ class _MatesRun:
                 f"Group-MATES needs at least 5 rollouts of trajectory_length={T} "
                 f"documents per stage; {probes} probes make {probes // max(T, 1)}"
             )
+        if s.group and s.bootstrap_rounds and (s.bootstrap_candidates or T) < T:
+            raise ConfigError(
+                f"bootstrap rollouts of {T} documents need at least {T} bootstrap_candidates"
+            )
 
 
 def _reference_split(
@@ -313,6 +320,7 @@ def _claim_folder(run: _MatesRun, corpus: Any, tok: Any, ref_texts: list[Any]) -
             if s.group
             else {}
         ),
+        **({k: getattr(s, k) for k in BOOTSTRAP_FIELDS} if s.group else {}),
         "heldout": None if run.heldout is None else [shard.name for shard in run.heldout.shards],
         **(
             {"reference_scoring": "continuation"}
@@ -536,6 +544,9 @@ def _compact_model_report(report: dict[str, Any]) -> dict[str, Any]:
         "alpha",
         "tau",
         "individual",
+        "rollouts",
+        "initial",
+        "bootstrap",
     )
     return {k: v for k, v in report.items() if k in keep}
 

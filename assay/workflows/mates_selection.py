@@ -7,12 +7,14 @@ consume-once candidate pool, and how the stage chooses its data from it.
 - MATES: oracle probes of the previous stage's final state on a sample of the pool, an influence
   model fitted on them (`MatesScorer`), the pool scored with it and a `keep` fraction sampled by
   Gumbel top-k;
-- Group-MATES: rollouts of `trajectory_length` probes, a relational influence model, individual
-  scores and a cluster-wise greedy selection.
+- Group-MATES: random and bootstrap rollouts of `trajectory_length` probes, a relational
+  influence model (`assay.workflows.group_mates_rollouts`), individual scores and a
+  cluster-wise greedy selection.
 
 Every step writes its result under the stage folder (oracle.parquet, probing.json, scorer/,
 relational/, scores/, group_scores/, selected/) and reads it back when it is there, so an
-interrupted stage resumes without probing or fitting again. Group-MATES embeds each pool
+interrupted stage resumes without probing or fitting again (Group-MATES also writes
+bootstrap-<r>.parquet and relational-<r>/ per bootstrap round). Group-MATES embeds each pool
 document once: the pass that writes its individual scores also keeps its embedding
 (embeddings/, removed once the greedy selection is written), and the selection reads those
 back with the scores, never the texts.
@@ -35,6 +37,7 @@ from assay.selection.mates_finetune import MatesFinetunedScorer
 from assay.util.files import atomic_path, host_name, read_json, read_parquet, write_json
 from assay.util.hashing import stable_hash64
 from assay.util.remote import publish
+from assay.workflows.group_mates_rollouts import relational_model
 from assay.workflows.mates_probing import ReferenceSet, encode_documents, probe_run
 from assay.workflows.mates_settings import MatesSettings
 
@@ -300,7 +303,7 @@ def group_stage(
     runner: Any,
     progress: bool,
 ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Rollouts -> relational model -> individual scores and embeddings (one pass over the
+    """Random and bootstrap rollouts -> relational model -> individual scores and embeddings (one pass over the
     pool) -> greedy selection; probes and embeddings on the settings' `device` (see
     `fit_stage_scorer`)."""
     from assay.io.scores import SCORES_META
@@ -308,15 +311,15 @@ def group_stage(
     from assay.selection.select import select
 
     T = settings.trajectory_length
-    _, texts, influence, info = _oracle(
+    ids, texts, influence, info = _oracle(
         pool, stage_dir, prev_run_dir, ref, tok, cfg, settings,
         probes=(settings.probes // T) * T, seed=seed, runner=runner, progress=progress,
         trajectory_length=T,
     )  # fmt: skip
     emb_config = placed_embedder(settings.embedder, settings.device)
-    model = _relational_model(
-        stage_dir, texts, influence, emb_config, T, holdout=settings.holdout, seed=seed,
-        progress=progress,
+    model = relational_model(
+        lambda n: _probe_sample(pool, n, seed), stage_dir, prev_run_dir, ref, tok, cfg,
+        settings, (ids, texts, influence), emb_config, seed=seed, runner=runner, progress=progress,
     )  # fmt: skip
     scorer_dir = stage_dir / "scorer"
     if not (scorer_dir / "scorer.json").exists():
@@ -340,34 +343,6 @@ def group_stage(
         group_by=None,
     )
     return stage_dir / "selected", info, model.report
-
-
-def _relational_model(
-    stage_dir: Path,
-    texts: list[str],
-    influence: np.ndarray,
-    emb_config: dict[str, Any],
-    T: int,
-    *,
-    holdout: float,
-    seed: int,
-    progress: bool,
-) -> RelationalInfluenceModel:
-    """Group-MATES' relational model, fitted on the rollouts (of T documents) or read back."""
-    from assay.common.embed import Embedder
-
-    model_dir = stage_dir / "relational"
-    if (model_dir / "relational.json").exists():
-        return RelationalInfluenceModel.load(model_dir)
-    vecs = Embedder(**emb_config).embed(texts, progress=progress)
-    model = RelationalInfluenceModel().fit(
-        vecs.reshape(-1, T, vecs.shape[1]),
-        np.asarray(influence).reshape(-1, T),
-        holdout=holdout,
-        seed=seed,
-    )
-    model.save(model_dir)
-    return model
 
 
 def _score_and_embed(pool: Any, stage_dir: Path, scorer: MatesScorer, runner: Any) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer
 
 from assay.common.embed import EMBEDDER_HELP
 from assay.common.lm import DeviceSettings
@@ -44,6 +44,17 @@ def paper_settings(stage_tokens: int, **overrides: Any) -> MatesSettings:
     """`MatesSettings` at the paper's probing scale (`PAPER_PRESET`), the rest as given; the
     paper's stage is 10k steps of 512 x 1,024 tokens (`stage_tokens=5_242_880_000`)."""
     return MatesSettings(**{**PAPER_PRESET, "stage_tokens": stage_tokens, **overrides})
+
+
+#: the settings only Group-MATES reads
+GROUP_FIELDS = (
+    "trajectory_length",
+    "docs_per_cluster",
+    "bootstrap_rounds",
+    "bootstrap_rollouts",
+    "bootstrap_beams",
+    "bootstrap_candidates",
+)
 
 
 def _unless(default: Any) -> Callable[[Any], bool]:
@@ -118,13 +129,60 @@ class MatesSettings(ProxyOptions, DeviceSettings):
         exclude_if=_unless(None),
     )
     trajectory_length: int = Field(
-        4, description="Group-MATES: documents per rollout.", exclude_if=_unless(4)
+        10,
+        description="Group-MATES: documents per rollout (official: 10).",
+        exclude_if=_unless(10),
     )
     docs_per_cluster: int = Field(
         200,
         description="Group-MATES: documents per cluster of the greedy selection.",
         exclude_if=_unless(200),
     )
+    bootstrap_rounds: int = Field(
+        1,
+        ge=0,
+        description="Group-MATES: rounds of bootstrap rollouts (chosen by beam search under the "
+        "current relational model, probed, the model refitted on every rollout so far); "
+        "official: 1, 0: random rollouts only.",
+        exclude_if=_unless(1),
+    )
+    bootstrap_rollouts: int | None = Field(
+        None,
+        ge=2,
+        description="Group-MATES: bootstrap rollouts per round, half with the lowest and half "
+        "with the highest predicted influence (default: as many as the random rollouts; "
+        "official: 2 x 10,000 against 20,000).",
+        exclude_if=_unless(None),
+    )
+    bootstrap_beams: int = Field(
+        5,
+        ge=1,
+        description="Group-MATES: next documents each rollout of the beam proposes per step "
+        "(official: 5).",
+        exclude_if=_unless(5),
+    )
+    bootstrap_candidates: int | None = Field(
+        None,
+        ge=1,
+        description="Group-MATES: documents of the stage pool the beam search picks from, a "
+        "seeded sample (default: the random rollouts' documents; officially both draw from "
+        "one pool).",
+        exclude_if=_unless(None),
+    )
+
+    @model_serializer(mode="wrap")
+    def _group_fields_when_grouped(self, handler: Any, info: Any) -> Any:
+        """Group-MATES' settings are left out of dumps at their defaults (plain MATES steps keep
+        their settings hash) but are always in a Group-MATES run's, so that a step made with
+        other defaults (before bootstrap rollouts: length 4, none) never matches."""
+        data = handler(self)
+        if self.group and isinstance(data, dict):
+            for name in GROUP_FIELDS:
+                if (info.include is None or name in info.include) and not (
+                    info.exclude and name in info.exclude
+                ):
+                    data.setdefault(name, getattr(self, name))
+        return data
 
     reference_scoring: Literal["continuation", "whole"] = Field(
         "continuation",
