@@ -210,7 +210,9 @@ def search_section(run: RunDir, step: StepRecord) -> str:
         parts.append(figure(svg_uri(fig), "chosen mixture"))
     search_json = step.output("search")
     if search_json is not None:
-        parts.append(png_file(search_json.parent / "predicted_vs_measured.png", "predicted"))
+        parts.append(
+            png_file(search_json.parent / "predicted_vs_measured.png", "predicted vs measured")
+        )
     html, frame = _runs_table(step.output("runs_table"), s.get("objective"))
     parts += [_curves(step, frame), "<h3>runs</h3>" + html if html else ""]
     return "".join(parts)
