@@ -91,6 +91,7 @@ def test_mixing_recipe_end_to_end(demo_dir: Path, static_model: Path, tmp_path: 
     alts = set(re.findall(r'<img class="plot" alt="([^"]*)"', html))
     assert {"chosen mixture", "predicted vs measured", "proxy learning curves"} <= alts
     assert {"BiMix fits: measured points, fitted curves", "predicted loss by budget"} <= alts
+    assert "BiMix law: predicted vs measured" in alts  # the law at the proxies of the run
     assert {"mixture weights", "learning curve", "mixture weights per step"} <= alts
     assert "could not be drawn" not in html and html.count('id="step-') == len(recipe.steps)
 

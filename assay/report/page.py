@@ -71,12 +71,15 @@ def _reads(step: StepRecord) -> str:
     out = []
     for key in READS:
         value = step.config.get(key)
+        if key == "corpus" and key in step.config and value is None:
+            out.append("the recipe's corpus")
+            continue
         if value in (None, [], {}, ""):
             continue
         if isinstance(value, dict) and ("paths" in value or "step" in value):
             value = value.get("step") or value.get("paths")
         out.append(f"{key}: {fmt(value)}")
-    return "; ".join(out) or ("the recipe's corpus" if step.kind != "tokenizer" else "")
+    return "; ".join(out)
 
 
 def _overview(run: RunDir) -> str:

@@ -13,7 +13,7 @@ import polars as pl
 
 from assay.report import figures, rundir
 from assay.report.html import MAX_ROWS, details, esc, figure, key_values, note, png_file, table
-from assay.report.plots import bimix_fits_figure, svg_uri
+from assay.report.plots import bimix_fits_figure, predicted_vs_measured_figure, svg_uri
 from assay.report.rundir import RunDir, StepRecord
 from assay.util.files import read_json
 
@@ -99,12 +99,15 @@ def _examples(run: RunDir, step: StepRecord, selected: Any) -> str:
         return ""
     spec = step.config.get("corpus") or run.recipe.get("corpus") or {}
     paths = rundir.corpus_paths(run, step.config.get("corpus"))
-    try:
-        options = {k: v for k, v in spec.items() if k in ReadOptions.model_fields}
-        rundir.attach_texts(examples, Corpus(paths or [], **options))
-        missing = ""
-    except (OSError, ValueError) as e:  # the corpus was moved or deleted since the run
-        missing = f"texts not available: {e}"
+    missing = "" if paths else "texts not available: the corpus is not named in the recipe"
+    if paths:
+        try:
+            options = {k: v for k, v in spec.items() if k in ReadOptions.model_fields}
+            rundir.attach_texts(examples, Corpus(paths, **options))
+        except (OSError, ValueError) as e:  # the corpus was moved or changed since the run
+            missing = f"texts not available: {e}"
+    if not missing and any(e.text is None for e in examples):
+        missing = "some texts were not found: the corpus changed since the run"
     out = ["<h3>documents on either side of the cutoff</h3>", note(missing) if missing else ""]
     out.append('<div class="examples">')
     for kept in (True, False):
@@ -239,14 +242,40 @@ def bimix_section(run: RunDir, step: StepRecord) -> str:
     if law_file is not None and points is not None and points.is_file():
         from assay.mixing.bimix import BiMix
 
-        fig = bimix_fits_figure(
-            pl.read_parquet(points).to_dict(as_series=False), BiMix.load(law_file)
-        )
+        law = BiMix.load(law_file)
+        fig = bimix_fits_figure(pl.read_parquet(points).to_dict(as_series=False), law)
         parts.append(figure(svg_uri(fig), "BiMix fits: measured points, fitted curves"))
+        parts.append(_law_against_proxies(run, law))
     if s.get("budget_curve"):
         fig = figures.budget_curve_figure(s["budget_curve"], unit, float(s.get("budget", 0)))
         parts.append(figure(svg_uri(fig), "predicted loss by budget"))
     return "".join(parts)
+
+
+def _law_against_proxies(run: RunDir, law: Any) -> str:
+    """The law's loss of each domain at the mixture and tokens of each proxy of the run,
+    against the proxy's measured held-out loss (in the law's unit)."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for proxy in run.steps:
+        record = _read_run(proxy) if proxy.kind == "train_proxy" else None
+        if record is None:
+            continue
+        mix, measured = record.get("effective_mixture") or {}, record.get(law.unit) or {}
+        pred, meas = [], []
+        for d, domain_law in law.laws.items():
+            if mix.get(d, 0) > 0 and d in measured:
+                pred.append(float(domain_law.predict(mix[d], float(record["tokens"]))))
+                meas.append(float(measured[d]))
+        if pred:
+            series[proxy.name] = (pred, meas)
+    if sum(len(p) for p, _ in series.values()) < 2:
+        return ""
+    fig = predicted_vs_measured_figure(series, metric=f"held-out {law.unit}")
+    return (
+        "<h3>the law against the run's proxies</h3>"
+        + note("one point per domain of each proxy: the law at its mixture and tokens")
+        + figure(svg_uri(fig), "BiMix law: predicted vs measured")
+    )
 
 
 @section("mixture")
