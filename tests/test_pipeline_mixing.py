@@ -4,6 +4,7 @@ baseline mixture, proxies trained on what they chose, and compare."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,17 @@ def test_mixing_recipe_end_to_end(demo_dir: Path, static_model: Path, tmp_path: 
     assert min(bimix["mixture"].values()) >= 0.01 - 1e-9  # the floor
     compare = outcome.step("compare").summary
     assert compare["target"] == "domain_mean" and compare["best"] in compare["runs"]
+
+    # its report draws every mixing step's section (search, bimix, mixture, proxies)
+    from assay.report import write_report
+
+    html = write_report(tmp_path / "run").read_text(encoding="utf-8")
+    alts = set(re.findall(r'<img class="plot" alt="([^"]*)"', html))
+    assert {"chosen mixture", "predicted vs measured", "proxy learning curves"} <= alts
+    assert {"BiMix fits: measured points, fitted curves", "predicted loss by budget"} <= alts
+    assert "BiMix law: predicted vs measured" in alts  # the law at the proxies of the run
+    assert {"mixture weights", "learning curve", "mixture weights per step"} <= alts
+    assert "could not be drawn" not in html and html.count('id="step-') == len(recipe.steps)
 
     again = run_recipe(recipe, run_dir=tmp_path / "run", progress=False)
     assert {s.status for s in again.steps} == {"reused"}

@@ -150,6 +150,22 @@ def scorers() -> None:
         out.print(name)
 
 
+@app.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The HTML file to write (default: RUN_DIR/report.html).",
+)
+def report(run_dir: Path, out_file: Path | None) -> None:
+    """Write one self-contained HTML report of a run directory (of `assay run`)."""
+    from assay.report import write_report
+
+    path = write_report(run_dir, out_file)
+    out.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The `assay` entry point: errors assay can explain (`AssayError`) are one line and exit
     code 2; anything else is a bug and shows its traceback (as everything does with --debug)."""

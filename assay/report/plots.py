@@ -1,5 +1,6 @@
-"""Plots of a mixing run, as PNG files: what each method chose, how well predictors predicted,
-and how the BiMix law fits each domain's curves.
+"""Plots of a run: what each method chose, how well predictors predicted, how the BiMix law
+fits each domain's curves (as PNG files, `plot_*`), and the figures of the HTML report
+(`*_figure`, embedded with `svg_uri`).
 
 matplotlib (the `report` extra) is imported only here, with the non-interactive Agg backend,
 so that plotting works on a headless machine and `import assay` stays light.
@@ -7,6 +8,8 @@ so that plotting works on a headless machine and `import assay` stays light.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,7 +20,7 @@ import numpy as np
 from assay.errors import DependencyError
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as e:  # pragma: no cover - the report extra is part of `all`
@@ -35,13 +38,27 @@ def _save(fig: Any, path: str | os.PathLike) -> str:
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(p) as tmp, open(tmp, "wb") as f:
         fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return str(p)
+
+
+def svg_uri(fig: Any) -> str:
+    """A figure as an SVG `data:` URI (an image of its own: no ids shared with the page, no
+    script, no fonts fetched), and the figure closed."""
+    buf = io.BytesIO()
+    with pyplot().rc_context({"svg.fonttype": "none", "svg.hashsalt": "assay"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    pyplot().close(fig)
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def plot_mixtures(mixtures: Mapping[str, Mapping[str, float]], path: str | os.PathLike) -> str:
     """One stacked bar per method: its weight on every domain."""
-    plt = _pyplot()
+    return _save(mixtures_figure(mixtures), path)
+
+
+def mixtures_figure(mixtures: Mapping[str, Mapping[str, float]]) -> Any:
+    plt = pyplot()
     methods = list(mixtures)
     domains = sorted({d for m in mixtures.values() for d in m})
     fig, ax = plt.subplots(figsize=(1.2 * len(methods) + 3, 4))
@@ -56,7 +73,7 @@ def plot_mixtures(mixtures: Mapping[str, Mapping[str, float]], path: str | os.Pa
     ax.set_title("mixture weights per method")
     ax.legend(bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
     ax.tick_params(axis="x", rotation=30)
-    return _save(fig, path)
+    return fig
 
 
 def plot_predicted_vs_measured(
@@ -66,9 +83,15 @@ def plot_predicted_vs_measured(
     metric: str = "metric",
 ) -> str:
     """Scatter of predicted (x) against measured (y) per series, with the diagonal."""
+    return _save(predicted_vs_measured_figure(series, metric=metric), path)
+
+
+def predicted_vs_measured_figure(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, metric: str = "metric"
+) -> Any:
     from assay.common.numerics import spearman
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     lo, hi = np.inf, -np.inf
     for name, (pred, meas) in series.items():
@@ -82,13 +105,17 @@ def plot_predicted_vs_measured(
     ax.set_ylabel(f"measured {metric}")
     ax.legend(fontsize="small")
     ax.set_title("predicted vs measured")
-    return _save(fig, path)
+    return fig
 
 
 def plot_bimix_fits(points: Mapping[str, Sequence[Any]], law: Any, path: str | os.PathLike) -> str:
     """Per domain: each run's held-out loss against tokens (dots) and the law's curve at the
     run's proportion (line)."""
-    plt = _pyplot()
+    return _save(bimix_fits_figure(points, law), path)
+
+
+def bimix_fits_figure(points: Mapping[str, Sequence[Any]], law: Any) -> Any:
+    plt = pyplot()
     domain = np.asarray(points["domain"]).astype(str)
     r, s, loss = (np.asarray(points[k], dtype=float) for k in ("r", "s", "loss"))
     run = np.asarray(points.get("run", [""] * len(s))).astype(str)
@@ -115,4 +142,4 @@ def plot_bimix_fits(points: Mapping[str, Sequence[Any]], law: Any, path: str | o
     for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
     fig.suptitle("BiMix fits per domain")
-    return _save(fig, path)
+    return fig
