@@ -67,9 +67,10 @@ def test_demo_stats_fit_score_select(tmp_path: Path) -> None:
         "select", str(demo / "train"), "--scores", str(q), "--scores", str(tmp_path / "s"),
         "--column", "quality", "--keep", "0.2", "--by", "chars", "--out", str(tmp_path / "sel"),
     ])  # fmt: skip
-    # a budget of 20% of the characters, filled with whole documents: at most 20%, and close
+    # a budget of 20% of the characters, filled with whole documents: the count whose
+    # characters come closest to it (the last one may cross it; a document is ~0.3% here)
     share = float(re.search(r"= ([0-9.]+)% of chars", out).group(1))
-    assert "kept per domain" in out and 19.0 <= share <= 20.0
+    assert "kept per domain" in out and 19.0 <= share <= 21.0
     assert len(list((tmp_path / "sel" / "selected").glob("*.jsonl.gz"))) == 4
     # a folder written by a verb is the next verb's corpus
     assert "documents" in _ok(["stats", str(tmp_path / "sel")])

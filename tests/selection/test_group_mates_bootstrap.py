@@ -100,7 +100,7 @@ def test_group_mates_bootstraps_and_refits_on_the_union(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from assay.common.embed import Embedder
-    from assay.common.targets import load_targets
+    from assay.common.targets import load_target_pairs, target_split
     from assay.workflows.group_mates_rollouts import relational_model
     from assay.workflows.mates_probing import ReferenceSet
     from assay.workflows.mates_selection import placed_embedder
@@ -144,9 +144,9 @@ def test_group_mates_bootstraps_and_refits_on_the_union(
     # the same random rollouts, in another folder
     again = tmp_path / "again"
     again.mkdir()
-    ref = ReferenceSet.from_texts(
-        load_targets("assay_champ", max_items=16, seed=0), proxy_tokenizer, SEQ
-    )
+    # the run's reference set: the benchmark's continuations, scored in their context
+    pairs = load_target_pairs("assay_champ", *target_split("assay_champ"), max_items=16, seed=0)
+    ref = ReferenceSet.from_pairs(pairs, proxy_tokenizer, SEQ)
     settings = MatesSettings(stage_tokens=1000, group=True, trajectory_length=2, probes=16,
                              bootstrap_rollouts=6, embedder={"model": str(static_model), "cache": False})  # fmt: skip
     model = relational_model(
