@@ -230,6 +230,8 @@ class ProgressBar:
         return " · ".join(parts)
 
     def _log(self, now: float, final: bool) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info("%s", self.line(now, final) + (" · finished" if final else ""))
 
     def __exit__(self, *exc: Any) -> None:
