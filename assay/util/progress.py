@@ -46,8 +46,11 @@ def progress_mode(enabled: bool = True) -> str:
         return "off"
     if setting in ("bar", "log"):
         return setting
-    stream = sys.stderr
-    return "bar" if stream is not None and stream.isatty() else "log"
+    try:
+        terminal = bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        terminal = False
+    return "bar" if terminal else "log"
 
 
 def progress_interval() -> float:
