@@ -36,8 +36,18 @@ def show_step(cls: Any, outcome: Any) -> None:
     help="Show the traceback of every error (by default, errors about input, settings or "
     "files are one line).",
 )
-def app(debug: bool) -> None:
-    pass
+@click.option("--quiet", "-q", is_flag=True, help="Log warnings and errors only; no progress.")
+@click.option("--verbose", "-v", is_flag=True, help="Log debug lines too.")
+@click.option(
+    "--no-progress", is_flag=True, help="Hide every progress bar, assay's and other libraries'."
+)
+@click.pass_context
+def app(ctx: click.Context, debug: bool, quiet: bool, verbose: bool, no_progress: bool) -> None:
+    from assay.util.log import command_line_logging
+
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other")
+    ctx.call_on_close(command_line_logging(quiet, verbose, no_progress))
 
 
 for _verb, _cls in step_verbs().items():
@@ -91,9 +101,12 @@ def run(
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise click.UsageError(f"{flags} apply to --dry-run only")
 
-    result = run_recipe(
-        recipe, list(overrides), run_dir=run_dir, overwrite=overwrite, progress=not no_progress
-    )
+    from assay.util.progress import progress_hidden
+
+    with progress_hidden(no_progress):
+        result = run_recipe(
+            recipe, list(overrides), run_dir=run_dir, overwrite=overwrite, progress=not no_progress
+        )
     t = Table(title=f"recipe {result.recipe.name} in {result.run_dir}")
     for c in ("step", "kind", "status", "seconds"):
         t.add_column(c)

@@ -267,6 +267,7 @@ def step_command(cls: type[Step], show: Callable[[Any, Any], None]) -> click.Com
     def callback(**given: Any) -> None:
         from assay.exec.runner import make_runner
         from assay.recipe.pipeline import run_step
+        from assay.util.progress import progress_hidden
 
         out = given.pop("out", None)
         if positional:
@@ -281,7 +282,7 @@ def step_command(cls: type[Step], show: Callable[[Any, Any], None]) -> click.Com
             given.get("address"),
             progress=progress,
         )
-        with tempfile.TemporaryDirectory(prefix="assay-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="assay-") as tmp, progress_hidden(not progress):
             outcome = run_step(
                 step,
                 out or f"{tmp}/{cls.kind_name()}",

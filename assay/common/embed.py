@@ -211,7 +211,7 @@ class Embedder:
                 out[found] = vecs
             todo = np.flatnonzero(~found)
         step = max(self.batch_size * 32, 1024)  # cache chunk size
-        with ProgressBar("embed", len(todo), 0, "", enabled=progress) as bar:
+        with ProgressBar("embed", len(todo), 0, "", enabled=progress, unit="texts") as bar:
             for a in range(0, len(todo), step):
                 idx = todo[a : a + step]
                 # duplicate texts in one call are embedded once

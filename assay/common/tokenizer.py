@@ -11,6 +11,7 @@ plus configs), so `AutoTokenizer.from_pretrained(folder)` and lm-eval load them 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 #: Far above any proxy's needs (GPT-4's is 100k, Gemma's 256k); a typo like 10**12 would
 #: otherwise make the BPE trainer abort the whole process while allocating.
 MAX_VOCAB_SIZE = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 def train_tokenizer(
@@ -62,6 +65,7 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    log.info("training a %d-token BPE tokenizer on %d documents", vocab_size, len(texts))
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD
@@ -77,6 +81,7 @@ def train_tokenizer(
             "corpus": [s.name for s in corpus.shards],
         },
     )
+    log.info("tokenizer saved in %s", out)
     return fast
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from assay.util.files import atomic_path, iter_parquet, read_json, write_json
 from assay.util.hashing import config_hash
 
 ALL_DOMAINS = "all"
+
+log = logging.getLogger(__name__)
 
 
 def backend_tokenizer(tokenizer: Any) -> Any:
@@ -160,6 +163,7 @@ class TokenCache:
         if (r / cls.META).exists() and not overwrite:
             meta = read_json(r / cls.META)
             if meta.get("identity") == identity:
+                log.info("token cache %s: built before, reused", r)
                 return cls.open(r)
             raise StateError(
                 f"{r} holds tokens of another corpus, tokenizer or version of this corpus "
@@ -181,7 +185,15 @@ class TokenCache:
                 "domains": dict(sorted(domains_meta.items())),
             },
         )
-        return cls.open(r)
+        cache = cls.open(r)
+        log.info(
+            "token cache %s: %s documents, %s tokens in %d domains",
+            r,
+            f"{sum(t.n_docs for t in cache.domains.values()):,}",
+            f"{sum(t.n_tokens for t in cache.domains.values()):,}",
+            len(cache.domains),
+        )
+        return cache
 
 
 def _write_domains(root: Path, files: list[Path], dtype: type) -> dict[str, Any]:

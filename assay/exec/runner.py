@@ -24,8 +24,12 @@ The runner owns the bookkeeping every task needs, so tasks stay small:
 
 Everything the runner writes beside the outputs starts with `_` or `.`, which corpus discovery
 skips, so an output folder can be read back as a corpus.
-* **progress**: a bar with shards done, documents and documents per second. Tasks report
-  documents as they go with `report_progress(n)`; it works across processes.
+* **progress**: a bar with shards done, documents and documents per second (outside a
+  terminal, a log line every few seconds: `assay.util.progress`). Tasks report documents as
+  they go with `report_progress(n)`; it works across processes.
+* **logs**: a line when a run starts (shards, how many to run, how many resumed) and ends
+  (counts, seconds, rate), one per shard at DEBUG. Pool workers and Ray tasks log as the
+  parent process does (`assay.util.log.worker_logging`).
 
 The same task runs unchanged on every runner: `LocalRunner(workers=1)` (in-process, easiest to
 debug), `LocalRunner(workers=N)` (a spawn-based process pool) and `RayRunner(address=...)`.
@@ -34,6 +38,7 @@ debug), `LocalRunner(workers=N)` (a spawn-based process pool) and `RayRunner(add
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import sys
@@ -56,8 +61,11 @@ from assay.util.files import (
     writing,
 )
 from assay.util.guard import check_output, folder_lock, mark_output
+from assay.util.log import configure_worker, worker_logging
 from assay.util.progress import ProgressBar
 from assay.util.remote import publish, unpublish
+
+log = logging.getLogger(__name__)
 
 STATS_DIR = "_stats"
 STATS_FILE = "_stats.json"
@@ -162,9 +170,16 @@ def _thread_env(threads: int) -> dict[str, str]:
     }
 
 
-def _init_worker(q: Any, env: dict[str, str], slot: Any = None, gpus: Sequence[str] = ()) -> None:
+def _init_worker(
+    q: Any,
+    env: dict[str, str],
+    slot: Any = None,
+    gpus: Sequence[str] = (),
+    log_level: int | None = None,
+) -> None:
     global _progress_hook
     os.environ.update(env)
+    configure_worker(log_level)
     _pin_pool_worker(slot, gpus)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
@@ -226,6 +241,13 @@ def execute_shard(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+    log.debug(
+        "shard %s: %d documents in, %d out in %.1f s",
+        shard.name,
+        stats.docs_in,
+        stats.docs_out,
+        stats.seconds,
+    )
     return stats
 
 
@@ -235,8 +257,11 @@ def _execute_in_ray_worker(
     final: str | None,
     stats_path: str | None,
     source: dict[str, Any] | None = None,
+    log_level: int | None = None,
 ) -> ShardStats:
-    """A Ray task holds one CPU: keep native thread pools to one thread before any work."""
+    """A Ray task holds one CPU: keep native thread pools to one thread before any work; log as
+    the driver does."""
+    configure_worker(log_level)
     if os.environ.get("POLARS_MAX_THREADS") != "1":
         os.environ.update(_thread_env(1))
         if "torch" in sys.modules:
@@ -328,6 +353,14 @@ class Runner:
                 stale += 1  # the output was made from something else: redo it
             jobs.append(_Job(i, shard, str(final), str(stats_path), source))
         resumed = len(results)
+        log.info(
+            "%s: %d shards, %d to run, %d already done%s",
+            label,
+            len(shards),
+            len(jobs),
+            resumed,
+            f" ({stale} redone: their input changed)" if stale else "",
+        )
         if out_dir is not None:
             _remove_other_cuts(task, shards, Path(out_dir))
         if jobs:
@@ -348,8 +381,19 @@ class Runner:
         result.shards = [results[i] for i in sorted(results) if i not in ran_idx] + [
             results[i] for i in sorted(results) if i in ran_idx
         ]
+        summary = result.to_dict()
         if out_dir is not None:
-            write_json(Path(out_dir) / STATS_FILE, result.to_dict())
+            write_json(Path(out_dir) / STATS_FILE, summary)
+        log.info(
+            "%s: done: %d shards ran, %d resumed; %s documents in, %s out; %.1f s (%s docs/s)",
+            label,
+            result.ran,
+            result.resumed,
+            f"{result.docs_in:,}",
+            f"{result.docs_out:,}",
+            result.seconds,
+            f"{summary['docs_per_second']:,.0f}" if summary["docs_per_second"] else "-",
+        )
         return result
 
     def _execute(
@@ -404,7 +448,7 @@ class LocalRunner(Runner):
             max_workers=min(self.workers, len(jobs)),
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(q, env, ctx.Value("i", 0), pool_gpus(self.gpus)),
+            initargs=(q, env, ctx.Value("i", 0), pool_gpus(self.gpus), worker_logging()),
         )
         try:
             futures = {
@@ -446,13 +490,16 @@ class LocalRunner(Runner):
             max_workers=min(self.workers, len(items)),
             mp_context=ctx,
             initializer=_init_map_worker,
-            initargs=(env, ctx.Value("i", 0), pool_gpus(self.gpus)),
+            initargs=(env, ctx.Value("i", 0), pool_gpus(self.gpus), worker_logging()),
         ) as pool:
             return list(pool.map(fn, items))
 
 
-def _init_map_worker(env: dict[str, str], slot: Any = None, gpus: Sequence[str] = ()) -> None:
+def _init_map_worker(
+    env: dict[str, str], slot: Any = None, gpus: Sequence[str] = (), log_level: int | None = None
+) -> None:
     os.environ.update(env)
+    configure_worker(log_level)
     _pin_pool_worker(slot, gpus)
 
 
@@ -487,8 +534,6 @@ class RayRunner(Runner):
         except ImportError as e:  # pragma: no cover - depends on the install
             raise DependencyError("the Ray runner needs Ray: pip install 'assay[ray]'") from e
         if not ray.is_initialized():
-            import logging
-
             kwargs: dict[str, Any] = {
                 "include_dashboard": False,
                 "logging_level": logging.WARNING,
@@ -537,9 +582,10 @@ class RayRunner(Runner):
         ray = self._ensure_ray()
         gpus = gpus_for(task_device(task), ray.cluster_resources().get("GPU", 0))
         remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_execute_in_ray_worker)
-        task_ref = ray.put(task)
+        task_ref, level = ray.put(task), worker_logging()
         pending = {
-            remote.remote(task_ref, j.shard, j.final, j.stats_path, j.source): j for j in jobs
+            remote.remote(task_ref, j.shard, j.final, j.stats_path, j.source, level): j
+            for j in jobs
         }
         try:
             while pending:
@@ -561,13 +607,20 @@ class RayRunner(Runner):
     def map(self, fn: Any, items: Sequence[Any], *, runs_on: str = "cpu") -> list[Any]:
         ray = self._ensure_ray()
         gpus = gpus_for(runs_on, ray.cluster_resources().get("GPU", 0))
-        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(fn)
-        refs = [remote.remote(x) for x in items]
+        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_logged_call)
+        level = worker_logging()
+        refs = [remote.remote(fn, level, x) for x in items]
         try:
             return list(ray.get(refs))
         except ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None)
             raise (cause if isinstance(cause, BaseException) else e) from None
+
+
+def _logged_call(fn: Any, log_level: int | None, item: Any) -> Any:
+    """`fn(item)` in a Ray worker that logs as the driver does."""
+    configure_worker(log_level)
+    return fn(item)
 
 
 def make_runner(

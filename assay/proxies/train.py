@@ -26,6 +26,7 @@ A finished run directory is recognised and returned without training again.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -52,6 +53,8 @@ from assay.proxies.model import get_preset, save_model
 from assay.util.files import read_json, write_json
 from assay.util.guard import check_output, folder_lock
 from assay.util.hashing import config_hash
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -169,6 +172,7 @@ def train_proxy(
         run_id = config_hash(identity)
         finished = _finished_run(out, run_id, keep_optimizer)
         if finished is not None:
+            log.info("proxy run %s in %s: finished before, reused", run_id, out)
             if main:
                 _append_to_table(runs_table, finished)
             return finished
@@ -179,6 +183,15 @@ def train_proxy(
         n = state.num_processes
         steps, total_steps = _count_steps(packed, tokens, cfg, schedule_offset, schedule_total, n)
         job = TrainingJob(out, run_id, cfg, preset, seed, steps, total_steps, schedule_offset, n)
+        log.info(
+            "proxy run %s: %s, %s tokens in %d steps (%d processes) -> %s",
+            run_id,
+            preset,
+            f"{steps * job.per_step * cfg.seq_len:,}",
+            steps,
+            n,
+            out,
+        )
         job.prepare(cache.vocab_size, heldout, tok, eval_docs)
         trained = train_loop(job, packed, init_from, stop_after, progress)
         run = _finish_run(
@@ -383,6 +396,16 @@ def _write_run(
     )
     write_json(out / RUN_FILE, run.to_dict())
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    log.info(
+        "proxy run %s: trained in %.1f s (%s tokens/s), train loss %.3f%s",
+        run.run_id,
+        run.wall_seconds,
+        f"{run.tokens_per_second:,.0f}",
+        run.train_loss,
+        "; held-out bpb " + ", ".join(f"{d} {v:.3f}" for d, v in run.bpb.items())
+        if run.bpb
+        else "",
+    )
     return run
 
 

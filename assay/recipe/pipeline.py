@@ -22,6 +22,7 @@ do): the folder is laid out as the step's folder in a run directory.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
@@ -51,6 +52,8 @@ from assay.util.guard import (
 )
 from assay.util.hashing import config_hash
 from assay.util.remote import is_remote, local_path
+
+log = logging.getLogger(__name__)
 
 STEP_FILE = "step.json"
 _VERSIONED = [
@@ -278,9 +281,19 @@ def execute(
     if not (step_dir / MARKER).exists():
         write_json(step_dir / MARKER, {"made_by": "assay", "kind": "step", "step": step.kind})
     reused = not (ctx.overwrite or changed) and (previous or {}).get("status") == "done"
+    why = "redo: settings or inputs changed" if changed else "overwrite" if ctx.overwrite else ""
+    named = f"{step.name} ({step.kind})" if step.name and step.name != step.kind else step.kind
+    log.info("step %s: start%s", named, f" ({why})" if why else "")
     outputs, summary = run(ctx.overwrite or changed)
     ctx.outputs[step.name], ctx.kinds[step.name] = outputs, step.kind
     seconds = time.perf_counter() - t0
+    log.info(
+        "step %s: %s in %.1f s -> %s",
+        named,
+        "reused (finished before)" if reused else "done",
+        seconds,
+        ", ".join(f"{k} {v}" for k, v in outputs.items()) or "no outputs",
+    )
     state = {
         "hash": h,
         "kind": step.kind,
@@ -386,9 +399,11 @@ def _run(recipe: Recipe, root: Path, overwrite: bool, runner: Runner) -> RunOutc
     )
     ctx = StepContext(root, runner, overwrite=overwrite, seed=recipe.seed, corpus=recipe.corpus)
     outcome = RunOutcome(root, recipe)
+    log.info("recipe %s: %d steps in %s", recipe.name, len(recipe.steps), root)
     for step in recipe.steps:
         outcome.steps.append(execute(step, ctx, root / step.name, within=root))
         write_json(root / "inputs.json", ctx.inputs)
+    log.info("recipe %s: finished", recipe.name)
     return outcome
 
 

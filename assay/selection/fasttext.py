@@ -16,10 +16,10 @@ this process may use, at most 16); only `thread: 1` trains bit-identical classif
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
-import warnings
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +30,8 @@ import numpy as np
 from assay.errors import ConfigError, DependencyError, InputError, MissingError
 from assay.selection.base import NotFittedError, Scorer, fit_binary, register_scorer
 from assay.util.files import write_json
+
+log = logging.getLogger(__name__)
 
 POSITIVE = "__label__pos"
 NEGATIVE = "__label__neg"
@@ -341,10 +343,7 @@ class FastTextScorer(Scorer):
                         "is probably degenerate (very few distinct words); use real documents "
                         "or more of them."
                     ) from e
-                warnings.warn(
-                    f"fastText diverged at lr={lr:g}; training again at lr={lr / 2:g}",
-                    stacklevel=3,
-                )
+                log.warning("fastText diverged at lr=%g; training again at lr=%g", lr, lr / 2)
                 lr /= 2
                 continue
             self.lr_used = lr

@@ -440,7 +440,9 @@ class Prober:
         base = self.base_loss()
         after = np.zeros(len(candidates), dtype=np.float64)
         t0 = time.perf_counter()
-        with ProgressBar("probe", len(candidates), 0, "probes", enabled=progress) as bar:
+        with ProgressBar(
+            "probe", len(candidates), 0, "probes", enabled=progress, unit="probes"
+        ) as bar:
             for a in range(0, len(candidates), T):
                 for i in range(a, a + T):
                     self.step(candidates[i])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -130,7 +131,7 @@ def test_bad_parameters_and_unfitted_use() -> None:
 
 
 def test_divergence_retries_at_lower_rates_then_explains(
-    monkeypatch: pytest.MonkeyPatch, demo_records: list[dict]
+    monkeypatch: pytest.MonkeyPatch, demo_records: list[dict], caplog: pytest.LogCaptureFixture
 ) -> None:
     import fasttext
 
@@ -148,19 +149,16 @@ def test_divergence_retries_at_lower_rates_then_explains(
 
     monkeypatch.setattr(fasttext, "train_supervised", diverge_above(0.2))
     math, code = _domain(demo_records, "math"), _domain(demo_records, "code")
-    with pytest.warns(UserWarning) as caught:
-        scorer = FastTextScorer(params={"lr": 0.5, "epoch": 5}).fit(math, code, validation=0)
-    assert [str(w.message) for w in caught] == [
+    caplog.set_level(logging.WARNING, logger="assay.selection.fasttext")
+    scorer = FastTextScorer(params={"lr": 0.5, "epoch": 5}).fit(math, code, validation=0)
+    assert [r.getMessage() for r in caplog.records if r.name == "assay.selection.fasttext"] == [
         "fastText diverged at lr=0.5; training again at lr=0.25",
         "fastText diverged at lr=0.25; training again at lr=0.125",
     ]
     assert rates == [0.5, 0.25, 0.125]
     assert scorer.report["lr_used"] == 0.125 and scorer.params["lr"] == 0.5
     monkeypatch.setattr(fasttext, "train_supervised", diverge_above(0.0))
-    with (
-        pytest.raises(ValueError, match=r"diverged \(NaN\) even at lr=0.0625"),
-        pytest.warns(UserWarning),
-    ):
+    with pytest.raises(ValueError, match=r"diverged \(NaN\) even at lr=0.0625"):
         FastTextScorer(params={"lr": 0.5}).fit(
             _domain(demo_records, "math"), _domain(demo_records, "code"), validation=0
         )
