@@ -213,8 +213,8 @@ class ClimbSearch:
 
     def regmix_best(self, **final: Any) -> Mixture:
         """RegMix's official final step (`regmix_final`) with the predictor fitted on every run
-        so far, over the corpus' token shares; a `max_epochs` cap of the proposals, if set, is
-        kept (the official step has none)."""
+        so far, over the corpus' token shares; the proposals' `max_share` caps and `max_epochs`
+        cap, if set, are kept (the official step has none)."""
         self.fit()
         p = self.proposer
         return regmix_final(
@@ -222,7 +222,7 @@ class ClimbSearch:
             self.domains,
             p.natural,
             seed=self.seed,
-            allowed=p.allowed_by_epochs,
+            allowed=p.allowed_final,
             **final,
         )
 

@@ -81,6 +81,13 @@ class SearchSettings(ProxyOptions):
         None, gt=0, description="No proposal repeats a domain more than this."
     )
     floor: float = Field(2e-4, ge=0, lt=1, description="Least share of a domain in a proposal.")
+    max_share: float | dict[str, float] | None = Field(
+        None,
+        description="Guard: the most share a domain may take in every proposal and in the "
+        "answer, one cap for all domains (0.4) or per domain (junk=0.05). Tiny proxies can "
+        "reward a junk-like or repetitive domain (it teaches word frequencies fast) and the "
+        "search then pours the mixture into it; a cap bounds the damage.",
+    )
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> SearchSettings:
@@ -141,6 +148,7 @@ def search_mixture(
         strengths=cfg.strengths,
         max_epochs=cfg.max_epochs,
         floor=cfg.floor,
+        max_share=cfg.max_share,
         **dict(proposer or {}),
     )
     out = Path(out_dir)
