@@ -203,9 +203,13 @@ class ClimbSearch:
         return out
 
     def best(self, *, average_top_k: int | None = None) -> Mixture:
-        """The predictor's best candidate, or (RegMix) the mean of its top-k candidates."""
+        """The predictor's best candidate, or (RegMix) the mean of its top-k candidates; the
+        candidates are the proposer's draws and the observed runs that keep its `max_share` and
+        `max_epochs` caps (a run observed from elsewhere may not)."""
         self.fit()
-        cand = np.vstack([self.proposer.candidates(self.n_candidates), *self.X])
+        runs = np.vstack(self.X)
+        runs = runs[self.proposer.allowed_final(runs)]
+        cand = np.vstack([self.proposer.candidates(self.n_candidates), runs])
         pred = self.predictor.predict(cand)
         k = average_top_k or 1
         top = cand[np.argsort(pred, kind="stable")[:k]]

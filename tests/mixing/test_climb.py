@@ -201,6 +201,10 @@ def test_a_share_cap_binds_the_proposals_and_every_final_answer() -> None:
             search.observe(m, _loss(m.vector(search.domains)))
     assert free.best()["c"] > 0.3  # the objective wants 60% of c
     assert all(m["c"] <= 0.2 + 1e-9 for m in capped.propose(8))
+    told = ClimbSearch(COUNTS, max_share={"c": 0.2}, **kw)  # runs observed from a free search
+    for x, y in zip(free.X, free.y, strict=True):
+        told.observe(dict(zip(free.domains, x, strict=True)), y)
+    assert told.best()["c"] <= 0.2 + 1e-9
     for answer in (capped.best(), capped.best(average_top_k=16), capped.regmix_best(candidates=5000)):  # fmt: skip
         assert answer["c"] <= 0.2 + 1e-9
     everywhere = ClimbSearch(COUNTS, max_share=0.3, **kw)
