@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from assay.errors import ConfigError
 from assay.mixing.climb import (
@@ -88,6 +88,14 @@ class SearchSettings(ProxyOptions):
         "reward a junk-like or repetitive domain (it teaches word frequencies fast) and the "
         "search then pours the mixture into it; a cap bounds the damage.",
     )
+
+    @field_validator("max_share")
+    @classmethod
+    def _shares(cls, v: float | dict[str, float] | None) -> float | dict[str, float] | None:
+        caps = [] if v is None else list(v.values()) if isinstance(v, dict) else [v]
+        if any(not 0 < c <= 1 for c in caps):
+            raise ConfigError(f"max_share must be a share in (0, 1] (or domain=share), not {v}")
+        return v
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> SearchSettings:

@@ -215,3 +215,6 @@ def test_a_share_cap_binds_the_proposals_and_every_final_answer() -> None:
         ClimbSearch(COUNTS, max_share={"junk": 0.1}, **kw)
     assert SearchSettings(tokens=10, max_share={"c": 0.2}).max_share == {"c": 0.2}
     assert SearchSettings(tokens=10, max_share=0.5).max_share == 0.5
+    for bad in (1.5, 0.0, {"c": -0.1}):
+        with pytest.raises(ValueError, match="max_share must be a share"):
+            SearchSettings(tokens=10, max_share=bad)
