@@ -94,6 +94,18 @@ def capped_answer(search: Any, counts: dict[str, int], args: Any) -> Mixture:
     return capped.best(average_top_k=16)
 
 
+def junk_probes(runs: list[dict[str, Any]], fraction: dict[str, float]) -> dict[str, Mixture]:
+    """The search's best run with at least half junk ('junky_run') and its best with under a
+    tenth ('clean_run'): trained at both budgets, they show whether the proxies were fooled."""
+    ranked = sorted(runs, key=lambda r: r["metric"])
+    share = [junk_share(r["mixture"], fraction) for r in ranked]
+    junky = [r for r, j in zip(ranked, share, strict=True) if j >= 0.5]
+    clean = [r for r, j in zip(ranked, share, strict=True) if j < 0.1]
+    if not junky or not clean:
+        return {}
+    return {"junky_run": Mixture(junky[0]["mixture"]), "clean_run": Mixture(clean[0]["mixture"])}
+
+
 def pool_inputs(name: str, folders: dict[str, Path], work: Path, args: Any) -> tuple[Corpus, str]:
     """The pool as a corpus with domains (labels, or clusters) and its held-out split."""
     if name == "labelled":
@@ -142,10 +154,11 @@ def mixtures_for(name: str, folders: dict[str, Path], work: Path, args: Any, run
     if "regmix" in searches:
         mixtures["regmix+cap"] = capped_answer(searches["regmix"], counts, args)
         spent["regmix+cap"] = spent["regmix"]
-        if JUNK in counts:
+        if junk_share(mixtures["regmix"].to_dict(), fraction) >= 0.05 and JUNK in counts:
             keep = {d: w for d, w in mixtures["regmix"].items() if d != JUNK and w > 0}
             mixtures["regmix-junk"] = Mixture(keep, normalize=True)
             spent["regmix-junk"] = spent["regmix"]
+        out["probes"] = junk_probes(searches["regmix"].runs, fraction)
     if "bimix" in args.methods:
         t0 = time.perf_counter()
         bimix = fit_bimix(
@@ -166,9 +179,10 @@ def run_pool(name: str, folders: dict[str, Path], args: Any, runner: Any) -> dic
     mixtures, fraction, domains = mx["mixtures"], mx["fraction"], sorted(mx["counts"])
     t0 = time.perf_counter()
     jobs = [(m, s, args.final_tokens) for m in mixtures for s in args.seeds]
-    if "regmix-junk" in mixtures:  # the same pair at the proxies' budget: are they fooled?
-        jobs += [(m, s, args.search_tokens) for m in ("regmix", "regmix-junk") for s in args.seeds]  # fmt: skip
-    finals = _train_jobs(mx, jobs, work)
+    pairs = [p for p in (("regmix", "regmix-junk"), tuple(mx.get("probes", {}))) if len(p) == 2 and all(m in mixtures or m in mx.get("probes", {}) for m in p)]  # fmt: skip
+    for pair in pairs:  # each pair at both budgets: are the proxies fooled?
+        jobs += [(m, s, t) for t in (args.search_tokens, args.final_tokens) for m in pair for s in args.seeds if (m, s, t) not in jobs]  # fmt: skip
+    finals = _train_jobs(mx, {**mixtures, **mx.get("probes", {})}, jobs, work)
     mx["timings"]["final_runs_s"] = round(time.perf_counter() - t0, 1)
     values: dict[tuple[str, int], list[float]] = {}
     for (m, _, t), run in zip(jobs, finals, strict=True):
@@ -209,15 +223,18 @@ def run_pool(name: str, folders: dict[str, Path], args: Any, runner: Any) -> dic
             for m, s in searches.items()
         },
     }
-    if "regmix-junk" in mixtures:
-        diagnostics["junk_effect_by_budget"] = {
-            t: verdict(values[("regmix", t)], values[("regmix-junk", t)])
+    diagnostics["probes"] = {k: {d: round(w, 3) for d, w in v.items() if w >= 0.01} for k, v in mx.get("probes", {}).items()}  # fmt: skip
+    diagnostics["junk_effect_by_budget"] = {
+        f"{a} vs {b}": {
+            t: verdict(values[(a, t)], values[(b, t)])
             | {
-                "regmix": round(float(np.mean(values[("regmix", t)])), 4),
-                "regmix-junk": round(float(np.mean(values[("regmix-junk", t)])), 4),
+                a: round(float(np.mean(values[(a, t)])), 4),
+                b: round(float(np.mean(values[(b, t)])), 4),
             }
             for t in sorted({args.search_tokens, args.final_tokens})
         }
+        for a, b in pairs
+    }
     return {
         "domains_tokens": mx["counts"],
         "junk_fraction": fraction,
@@ -227,13 +244,13 @@ def run_pool(name: str, folders: dict[str, Path], args: Any, runner: Any) -> dic
     }
 
 
-def _train_jobs(mx: dict[str, Any], jobs: list[tuple[str, int, int]], work: Path) -> list[dict[str, Any]]:  # fmt: skip
+def _train_jobs(mx: dict[str, Any], mixtures: dict[str, Mixture], jobs: list[tuple[str, int, int]], work: Path) -> list[dict[str, Any]]:  # fmt: skip
     """The final runs, grouped by budget (one batch per budget, in the order of `jobs`)."""
     out: dict[tuple[str, int, int], dict[str, Any]] = {}
     for t in sorted({t for _, _, t in jobs}):
         batch = [(m, s) for m, s, tt in jobs if tt == t]
         runs = train_mixtures(
-            mx["cache"].root, [mx["mixtures"][m].to_dict() for m, _ in batch],
+            mx["cache"].root, [mixtures[m].to_dict() for m, _ in batch],
             [work / "final" / f"{m}-t{t}-s{s}" for m, s in batch], tokens=t, tokenizer=mx["tok"],
             seeds=[s for _, s in batch], heldout=mx["target"], **mx["common"],
         )  # fmt: skip
