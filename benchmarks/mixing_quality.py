@@ -17,9 +17,11 @@ climb (the same budget over 3 iterations, 4:2:1); bimix (the law fitted on the p
 held-out domains, which do not include the target: BiMix is target-agnostic by design).
 Guarded (`--max-share`, the search option `max_share`): `regmix+cap` is the RegMix answer
 with every domain capped, from the same proxy runs (no new proxies); `climb+cap` a CLIMB
-search capped from its first proposal. `regmix-junk` is RegMix's mixture with its junk share
-removed, which isolates what the junk does; it is also trained at the search budget
-("proxy budget" below) to show where the proxies are fooled.
+search capped from its first proposal. `regmix-junk` (when RegMix chose junk) is RegMix's
+mixture without its junk share. Are the proxies fooled? The RegMix search's best run with at
+least half junk (`junky_run`) and its best with under a tenth (`clean_run`), and RegMix with
+and without its junk, are trained at both the search and the final budget
+(`junk_effect_by_budget`): a pair whose order flips between the two budgets is a fooled search.
 
 For each method and seed a 1M-parameter proxy trains on `--final-tokens` of the mixture. The
 table reports target-test bpb (mean, spread over seeds), the junk share of the mixture, and

@@ -84,7 +84,7 @@ class SearchSettings(ProxyOptions):
     max_share: float | dict[str, float] | None = Field(
         None,
         description="Guard: the most share a domain may take in every proposal and in the "
-        "answer, one cap for all domains (0.4) or per domain (junk=0.05). Tiny proxies can "
+        "answer, one cap for all domains (0.4) or per domain ({junk: 0.05}). Tiny proxies can "
         "reward a junk-like or repetitive domain (it teaches word frequencies fast) and the "
         "search then pours the mixture into it; a cap bounds the damage.",
     )
