@@ -94,7 +94,9 @@ class SearchSettings(ProxyOptions):
     def _shares(cls, v: float | dict[str, float] | None) -> float | dict[str, float] | None:
         caps = [] if v is None else list(v.values()) if isinstance(v, dict) else [v]
         if any(not 0 < c <= 1 for c in caps):
-            raise ConfigError(f"max_share must be a share in (0, 1] (or domain=share), not {v}")
+            raise ConfigError(
+                f"max_share must be a share in (0, 1] (or {{domain: share}}), not {v}"
+            )
         return v
 
     @model_validator(mode="after")
