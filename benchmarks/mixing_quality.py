@@ -21,7 +21,8 @@ search capped from its first proposal. `regmix-junk` (when RegMix chose junk) is
 mixture without its junk share. Are the proxies fooled? The RegMix search's best run with at
 least half junk (`junky_run`) and its best with under a tenth (`clean_run`), and RegMix with
 and without its junk, are trained at both the search and the final budget
-(`junk_effect_by_budget`): a pair whose order flips between the two budgets is a fooled search.
+and at `--probe-tokens` (`junk_effect_by_budget`): a pair whose order flips between the
+budgets is a fooled search.
 
 For each method and seed a 1M-parameter proxy trains on `--final-tokens` of the mixture. The
 table reports target-test bpb (mean, spread over seeds), the junk share of the mixture, and
@@ -182,8 +183,9 @@ def run_pool(name: str, folders: dict[str, Path], args: Any, runner: Any) -> dic
     t0 = time.perf_counter()
     jobs = [(m, s, args.final_tokens) for m in mixtures for s in args.seeds]
     pairs = [p for p in (("regmix", "regmix-junk"), tuple(mx.get("probes", {}))) if len(p) == 2 and all(m in mixtures or m in mx.get("probes", {}) for m in p)]  # fmt: skip
+    budgets = sorted({args.search_tokens, args.final_tokens, *args.probe_tokens})
     for pair in pairs:  # each pair at both budgets: are the proxies fooled?
-        jobs += [(m, s, t) for t in (args.search_tokens, args.final_tokens) for m in pair for s in args.seeds if (m, s, t) not in jobs]  # fmt: skip
+        jobs += [(m, s, t) for t in budgets for m in pair for s in args.seeds if (m, s, t) not in jobs]  # fmt: skip
     finals = _train_jobs(mx, {**mixtures, **mx.get("probes", {})}, jobs, work)
     mx["timings"]["final_runs_s"] = round(time.perf_counter() - t0, 1)
     values: dict[tuple[str, int], list[float]] = {}
@@ -233,7 +235,7 @@ def run_pool(name: str, folders: dict[str, Path], args: Any, runner: Any) -> dic
                 a: round(float(np.mean(values[(a, t)])), 4),
                 b: round(float(np.mean(values[(b, t)])), 4),
             }
-            for t in sorted({args.search_tokens, args.final_tokens})
+            for t in budgets
         }
         for a, b in pairs
     }
@@ -268,6 +270,7 @@ def main() -> None:
     ap.add_argument("--final-tokens", type=int, default=300_000)
     ap.add_argument("--search-tokens", type=int, default=100_000)
     ap.add_argument("--search-runs", type=int, default=24)
+    ap.add_argument("--probe-tokens", default="", help="more budgets for the junk probes")
     ap.add_argument("--max-share", type=float, default=0.3, help="the guarded methods' cap")
     ap.add_argument("--bimix-tokens", type=int, default=150_000)
     ap.add_argument("--bimix-runs", type=int, default=4)
@@ -281,6 +284,7 @@ def main() -> None:
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.methods = [m for m in args.methods.split(",") if m]
+    args.probe_tokens = [int(t) for t in args.probe_tokens.split(",") if t]
     runner = LocalRunner(workers=args.workers, progress=False)
     folders = build_pool(Path(args.work))
     pools = {p: run_pool(p, folders, args, runner) for p in args.pools.split(",") if p}
