@@ -203,9 +203,13 @@ class ClimbSearch:
         return out
 
     def best(self, *, average_top_k: int | None = None) -> Mixture:
-        """The predictor's best candidate, or (RegMix) the mean of its top-k candidates."""
+        """The predictor's best candidate, or (RegMix) the mean of its top-k candidates; the
+        candidates are the proposer's draws and the observed runs that keep its `max_share` and
+        `max_epochs` caps (a run observed from elsewhere may not)."""
         self.fit()
-        cand = np.vstack([self.proposer.candidates(self.n_candidates), *self.X])
+        runs = np.vstack(self.X)
+        runs = runs[self.proposer.allowed_final(runs)]
+        cand = np.vstack([self.proposer.candidates(self.n_candidates), runs])
         pred = self.predictor.predict(cand)
         k = average_top_k or 1
         top = cand[np.argsort(pred, kind="stable")[:k]]
@@ -213,8 +217,8 @@ class ClimbSearch:
 
     def regmix_best(self, **final: Any) -> Mixture:
         """RegMix's official final step (`regmix_final`) with the predictor fitted on every run
-        so far, over the corpus' token shares; a `max_epochs` cap of the proposals, if set, is
-        kept (the official step has none)."""
+        so far, over the corpus' token shares; the proposals' `max_share` caps and `max_epochs`
+        cap, if set, are kept (the official step has none)."""
         self.fit()
         p = self.proposer
         return regmix_final(
@@ -222,7 +226,7 @@ class ClimbSearch:
             self.domains,
             p.natural,
             seed=self.seed,
-            allowed=p.allowed_by_epochs,
+            allowed=p.allowed_final,
             **final,
         )
 

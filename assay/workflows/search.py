@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from assay.errors import ConfigError
 from assay.mixing.climb import (
@@ -81,6 +81,23 @@ class SearchSettings(ProxyOptions):
         None, gt=0, description="No proposal repeats a domain more than this."
     )
     floor: float = Field(2e-4, ge=0, lt=1, description="Least share of a domain in a proposal.")
+    max_share: float | dict[str, float] | None = Field(
+        None,
+        description="Guard: the most share a domain may take in every proposal and in the "
+        "answer, one cap for all domains (0.4) or per domain ({junk: 0.05}). Tiny proxies can "
+        "reward a junk-like or repetitive domain (it teaches word frequencies fast) and the "
+        "search then pours the mixture into it; a cap bounds the damage.",
+    )
+
+    @field_validator("max_share")
+    @classmethod
+    def _shares(cls, v: float | dict[str, float] | None) -> float | dict[str, float] | None:
+        caps = [] if v is None else list(v.values()) if isinstance(v, dict) else [v]
+        if any(not 0 < c <= 1 for c in caps):
+            raise ConfigError(
+                f"max_share must be a share in (0, 1] (or {{domain: share}}), not {v}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> SearchSettings:
@@ -141,6 +158,7 @@ def search_mixture(
         strengths=cfg.strengths,
         max_epochs=cfg.max_epochs,
         floor=cfg.floor,
+        max_share=cfg.max_share,
         **dict(proposer or {}),
     )
     out = Path(out_dir)

@@ -190,3 +190,31 @@ def test_the_final_step_keeps_an_epoch_cap() -> None:
     assert free["c"] > 1 / 3  # the optimum wants 60% of c: more than one epoch of it
     assert capped["c"] * 3e6 <= COUNTS["c"] * (1 + 1e-9)  # at most one epoch of each domain
     assert capped["d"] * 3e6 <= COUNTS["d"] * (1 + 1e-9)
+
+
+def test_a_share_cap_binds_the_proposals_and_every_final_answer() -> None:
+    """The guard against a search that pours the mixture into one over-rewarded domain."""
+    kw = dict(predictor="linear", candidates=500, seed=0)
+    free, capped = ClimbSearch(COUNTS, **kw), ClimbSearch(COUNTS, max_share={"c": 0.2}, **kw)
+    for search in (free, capped):
+        for m in search.propose(24):
+            search.observe(m, _loss(m.vector(search.domains)))
+    assert free.best()["c"] > 0.3  # the objective wants 60% of c
+    assert all(m["c"] <= 0.2 + 1e-9 for m in capped.propose(8))
+    told = ClimbSearch(COUNTS, max_share={"c": 0.2}, **kw)  # runs observed from a free search
+    for x, y in zip(free.X, free.y, strict=True):
+        told.observe(dict(zip(free.domains, x, strict=True)), y)
+    assert told.best()["c"] <= 0.2 + 1e-9
+    for answer in (capped.best(), capped.best(average_top_k=16), capped.regmix_best(candidates=5000)):  # fmt: skip
+        assert answer["c"] <= 0.2 + 1e-9
+    everywhere = ClimbSearch(COUNTS, max_share=0.3, **kw)
+    assert all(max(m.values()) <= 0.3 + 1e-9 for m in everywhere.propose(8))
+    with pytest.raises(ValueError, match="no mixture sums to 1"):
+        ClimbSearch(COUNTS, max_share=0.2, **kw)
+    with pytest.raises(ValueError, match="does not have"):
+        ClimbSearch(COUNTS, max_share={"junk": 0.1}, **kw)
+    assert SearchSettings(tokens=10, max_share={"c": 0.2}).max_share == {"c": 0.2}
+    assert SearchSettings(tokens=10, max_share=0.5).max_share == 0.5
+    for bad in (1.5, 0.0, {"c": -0.1}):
+        with pytest.raises(ValueError, match="max_share must be a share"):
+            SearchSettings(tokens=10, max_share=bad)
