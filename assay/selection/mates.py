@@ -204,6 +204,39 @@ def holdout_split(keys: Sequence[str], holdout: float, seed: int) -> tuple[np.nd
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def probe_record(
+    keys: Sequence[str],
+    y_raw: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    val_pred: np.ndarray,
+    mean: float,
+    std: float,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The probe table (`write_probe_table`'s columns) and the start of a fit report: the
+    counts and the z-scoring of the oracle values, from a fit's split and held-out predictions."""
+    held_pred = np.full(len(keys), np.nan)
+    held_pred[val] = val_pred
+    split = np.array(["train"] * len(keys), dtype=object)
+    split[val] = "holdout"
+    table = {
+        "id": np.asarray(keys, dtype=object),
+        "influence": y_raw,
+        "z": y,
+        "split": split,
+        "holdout_prediction": held_pred,
+    }
+    report = {
+        "probes": len(keys),
+        "train": len(train),
+        "holdout": len(val),
+        "target_mean": mean,
+        "target_std": std,
+    }
+    return table, report
+
+
 def write_probe_table(folder: Path, table: dict[str, np.ndarray]) -> None:
     """`probes.parquet`: each probe's id, oracle influence, z-score, split and held-out
     prediction (NaN for the training probes)."""
@@ -322,23 +355,10 @@ class MatesScorer(Scorer):
             else self.embedding_model().embed(texts, progress=progress)
         )
         best, results = self._fit_heads(np.asarray(x, dtype=np.float32), y, train, val, seed)
-        held_pred = np.full(len(texts), np.nan)
-        held_pred[val] = best["_pred"]
-        split = np.array(["train"] * len(texts), dtype=object)
-        split[val] = "holdout"
-        self.probe_table = {
-            "id": np.asarray(keys, dtype=object),
-            "influence": y_raw,
-            "z": y,
-            "split": split,
-            "holdout_prediction": held_pred,
-        }
-        self.report = {
-            "probes": len(texts),
-            "train": len(train),
-            "holdout": len(val),
-            "target_mean": mean,
-            "target_std": std,
+        self.probe_table, self.report = probe_record(
+            keys, y_raw, y, train, val, best["_pred"], mean, std
+        )
+        self.report |= {
             "head": self.head,
             "spearman": best["spearman"],
             "candidates": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],

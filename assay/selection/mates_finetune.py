@@ -35,7 +35,7 @@ from pydantic import Field, ValidationError
 from assay.common.lm import check_device, check_dtype, planned_dtype
 from assay.errors import ConfigError, InputError
 from assay.selection.base import NotFittedError, Scorer, register_scorer
-from assay.selection.mates import holdout_split, write_probe_table
+from assay.selection.mates import holdout_split, probe_record, write_probe_table
 from assay.util.config import Strict
 from assay.util.files import atomic_path, host_name, read_json, write_json
 from assay.util.remote import publish
@@ -227,23 +227,10 @@ class MatesFinetunedScorer(Scorer):
         std: float,
     ) -> None:
         """The probe table and the fit report."""
-        held_pred = np.full(len(keys), np.nan)
-        held_pred[val] = best["_pred"]
-        split = np.array(["train"] * len(keys), dtype=object)
-        split[val] = "holdout"
-        self.probe_table = {
-            "id": np.asarray(keys, dtype=object),
-            "influence": y_raw,
-            "z": y,
-            "split": split,
-            "holdout_prediction": held_pred,
-        }
-        self.report = {
-            "probes": len(keys),
-            "train": len(train),
-            "holdout": len(val),
-            "target_mean": mean,
-            "target_std": std,
+        self.probe_table, self.report = probe_record(
+            keys, y_raw, y, train, val, best["_pred"], mean, std
+        )
+        self.report |= {
             "head": self.head,
             "spearman": best["spearman"],
             "candidates": history,
