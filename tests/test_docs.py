@@ -74,6 +74,10 @@ def test_readme_links_are_made_site_links(docgen):
     assert docgen.relink(text, "methods/dsir.md") == (
         "see [Guarantees](../guarantees.md), `x` and [a](../architecture.md)"
     )
+    # the README's screenshot, from a page at the top and one a folder down
+    image = "![A report](docs/images/report.png)"
+    assert docgen.relink(image, "getting-started.md") == "![A report](images/report.png)"
+    assert docgen.relink(image, "methods/a.md") == "![A report](../images/report.png)"
 
 
 def test_doctest_examples_of_docstrings_become_code_blocks():

@@ -240,12 +240,15 @@ README_ANCHORS = {
     "decontamination": "methods/decontamination.md",
 }
 LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
+IMAGE = re.compile(r"!\[([^\]]*)\]\(docs/([^)\s]+)\)")
 
 
 def relink(text: str, page: str) -> str:
     """README links made to work on `page`: docs pages and README anchors become site links,
-    links to other files of the repository become their names in code."""
+    links to other files of the repository become their names in code, images under docs/ are
+    linked from the page's folder."""
     depth = page.count("/")
+    text = IMAGE.sub(lambda m: f"![{m.group(1)}]({'../' * depth}{m.group(2)})", text)
 
     def one(m: re.Match[str]) -> str:
         label, target = m.group(1), m.group(2)
