@@ -119,7 +119,7 @@ def _run_cli(path: Path, data: dict, run_dir: Path) -> str:
     args = ["run", str(path), "--run-dir", str(run_dir), "--no-progress"]
     result = CliRunner().invoke(app, args, catch_exceptions=False, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # what `assay run` shows; its log lines go to stderr
 
 
 def _short_pool(folder: Path, records: list[dict], chars: int) -> Path:
