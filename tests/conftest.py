@@ -67,6 +67,35 @@ def write_parquet(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def write_select_keys(
+    root: Path, n: int, shards: int, groups: list[str], passed: bool = False
+) -> list[Path]:
+    """Synthetic `select` key files (KEYS_SCHEMA; with `passed`, a rule's Boolean column too):
+    `shards` parquet files of `n` rows each, seeded, scores rounded so that exact ties abound."""
+    import numpy as np
+
+    from assay.selection.select import KEYS_SCHEMA
+
+    rng = np.random.default_rng(0)
+    files = []
+    for k in range(shards):
+        files.append(root / f"s{k}.parquet")
+        data = {
+            "id": [f"d{k}-{i}" for i in range(n)],
+            "row": np.arange(n),
+            "score": np.round(rng.normal(size=n), 2),
+            "weight": rng.integers(1, 2000, n).astype(np.float64),
+            "hash": rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2),
+            "group": rng.choice(groups, n),
+        }
+        schema = dict(KEYS_SCHEMA)
+        if passed:
+            data["passed"] = rng.random(n) < 0.7
+            schema["passed"] = pl.Boolean
+        pl.DataFrame(data, schema=schema).write_parquet(files[-1], row_group_size=8192)
+    return files
+
+
 def read_all(corpus) -> pl.DataFrame:
     return pl.concat(list(corpus.iter_batches()), how="diagonal_relaxed")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from conftest import write_select_keys
 
 from assay.common.text import count_tokens
 from assay.exec.runner import LocalRunner
@@ -16,7 +17,6 @@ from assay.io.corpus import Corpus
 from assay.selection.doc_stats import DocStatsScorer
 from assay.selection.score import score_corpus
 from assay.selection.select import (
-    KEYS_SCHEMA,
     SelectConfig,
     _decide,
     gumbel_topk_mask,
@@ -336,25 +336,6 @@ def test_select_keeps_what_a_plain_reference_keeps(
         }
 
 
-def _keys_files(root: Path, n: int, shards: int) -> list[Path]:
-    rng = np.random.default_rng(0)
-    files = []
-    for k in range(shards):
-        files.append(root / f"s{k}.parquet")
-        pl.DataFrame(
-            {
-                "id": [f"d{k}-{i}" for i in range(n)],
-                "row": np.arange(n),
-                "score": np.round(rng.normal(size=n), 2),  # plenty of exact ties
-                "weight": rng.integers(1, 2000, n).astype(np.float64),
-                "hash": rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2),
-                "group": rng.choice(["a", "b"], n),
-            },
-            schema=KEYS_SCHEMA,
-        ).write_parquet(files[-1], row_group_size=8192)
-    return files
-
-
 @pytest.mark.parametrize(
     ("settings", "limit"),
     [
@@ -366,7 +347,7 @@ def _keys_files(root: Path, n: int, shards: int) -> list[Path]:
 def test_the_decision_holds_a_few_dozen_bytes_per_document(
     tmp_path: Path, settings: dict, limit: int
 ) -> None:
-    files = _keys_files(tmp_path, 60_000, 3)
+    files = write_select_keys(tmp_path, 60_000, 3, ["a", "b"])
     cfg = SelectConfig(column="q", **settings)
     tracemalloc.start()
     try:

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from conftest import write_select_keys
 
 from assay.exec.runner import LocalRunner
 from assay.io.corpus import Corpus
@@ -17,7 +18,7 @@ from assay.selection.decide import decide
 from assay.selection.doc_stats import DocStatsScorer
 from assay.selection.policies import cut_groups_owned, topk_mask
 from assay.selection.score import score_corpus
-from assay.selection.select import KEYS_SCHEMA, SelectConfig, select
+from assay.selection.select import SelectConfig, select
 from assay.selection.where import parse_where
 from assay.util.hashing import mix64, stable_hash64
 
@@ -355,26 +356,6 @@ def test_columns_the_filter_and_groups_name(
 # -- the decision's memory -----------------------------------------------------------------------
 
 
-def _keys(root: Path, n: int, shards: int) -> list[Path]:
-    rng = np.random.default_rng(0)
-    files = []
-    for k in range(shards):
-        files.append(root / f"s{k}.parquet")
-        pl.DataFrame(
-            {
-                "id": [f"d{k}-{i}" for i in range(n)],
-                "row": np.arange(n),
-                "score": np.round(rng.normal(size=n), 2),
-                "weight": rng.integers(1, 2000, n).astype(np.float64),
-                "hash": rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2),
-                "group": rng.choice([f"g{i}" for i in range(20)], n),
-                "passed": rng.random(n) < 0.7,
-            },
-            schema={**KEYS_SCHEMA, "passed": pl.Boolean},
-        ).write_parquet(files[-1], row_group_size=8192)
-    return files
-
-
 @pytest.mark.parametrize(
     "settings",
     [
@@ -386,7 +367,7 @@ def _keys(root: Path, n: int, shards: int) -> list[Path]:
 def test_the_decision_with_rules_holds_a_few_dozen_bytes_per_document(
     tmp_path: Path, settings: dict
 ) -> None:
-    files = _keys(tmp_path, 60_000, 3)
+    files = write_select_keys(tmp_path, 60_000, 3, [f"g{i}" for i in range(20)], passed=True)
     cfg = SelectConfig(column="q", keep=0.3, by="chars", seed=1, **settings)
     tracemalloc.start()
     try:
