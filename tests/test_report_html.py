@@ -136,6 +136,24 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
         write_report(tmp_path)
 
 
+def test_report_never_replaces_a_file_that_is_not_a_report(run_dir: Path, tmp_path: Path) -> None:
+    recipe = run_dir / "recipe.yaml"
+    before = recipe.read_bytes()
+    with pytest.raises(InputError, match=r"name ending in \.html"):
+        write_report(run_dir, recipe)
+    page = tmp_path / "notes.html"
+    page.write_text("<html><body>my own notes</body></html>")
+    with pytest.raises(InputError, match="is not an assay report"):
+        write_report(run_dir, page)
+    assert recipe.read_bytes() == before and "my own notes" in page.read_text()
+    # an earlier report is replaced
+    again = tmp_path / "r.html"
+    write_report(run_dir, again)
+    first = again.read_text(encoding="utf-8")
+    write_report(run_dir, again)
+    assert again.read_text(encoding="utf-8").count("<section") == first.count("<section")
+
+
 def test_report_cli(run_dir: Path, tmp_path: Path) -> None:
     from assay.cli.main import main
 

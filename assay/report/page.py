@@ -22,6 +22,8 @@ from assay.report.rundir import RunDir, StepRecord, load_run
 from assay.report.sections import SECTIONS
 
 REPORT_FILE = "report.html"
+#: in the head of every report: a file that exists at `out` is replaced only if it holds this
+GENERATOR = '<meta name="generator" content="assay report">'
 #: the fields of a step that say what it reads
 READS = ("corpus", "heldout", "scores", "mixture", "tokenizer", "model", "targets", "runs")
 
@@ -33,10 +35,29 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     run = load_run(run_dir)
     path = Path(out) if out is not None else run.root / REPORT_FILE
+    _check_out(path)
     page = render(run)
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
+
+
+def _check_out(path: Path) -> None:
+    """The report is an .html file, and replaces only an earlier report: never a recipe, a
+    corpus shard or any other file a user may have given by mistake."""
+    from assay.errors import InputError
+
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise InputError(
+            f"the report is an HTML file: give --out a name ending in .html, not {path}"
+        )
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give the report's file name")
+    if path.exists():
+        with path.open("rb") as f:
+            head = f.read(4096)
+        if GENERATOR.encode() not in head:
+            raise InputError(f"{path} exists and is not an assay report: it is not replaced")
 
 
 def render(run: RunDir) -> str:
@@ -51,6 +72,7 @@ def render(run: RunDir) -> str:
         [
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            GENERATOR,
             f"<title>assay report: {esc(name)}</title><style>{CSS}</style></head><body>",
             f"<header><h1>assay run: {esc(name)}</h1><p>{esc(run.root)} · {len(run.steps)} "
             f"steps · {total:,.1f} s of step time · started {esc(run.env.get('started', '?'))}"
