@@ -6,6 +6,7 @@ Presets, Llama-style (RoPE, SwiGLU, RMSNorm, tied embeddings), at their default 
 |--------|--------|---------|--------|-------|------|--------------------------------|
 | tiny   | 2,048  | 128     | 4      | 4     | 384  | 1.1M / 0.85M                   |
 | xs     | 8,192  | 256     | 4      | 4     | 768  | 5.5M / 3.4M                    |
+| 5m     | 8,192  | 256     | 6      | 4     | 768  | 7.2M / 5.1M                    |
 | s      | 16,384 | 512     | 8      | 8     | 1536 | 36M / 27M                      |
 | m      | 32,768 | 768     | 8      | 12    | 2048 | 82M / 57M                      |
 | l      | 32,768 | 768     | 16     | 12    | 2048 | 138M / 113M                    |
@@ -28,7 +29,9 @@ GELU MLP of 4 x d_model):
 The vocabulary actually used is the tokenizer's. On this project's 2-core CPU the Llama-style
 `tiny` trains at about 15k tokens/s and `xs` at about 4.5k (GPT-2-style: 6.6k and 2.6k), so
 Llama-style is the default; `arch="gpt2"` builds the same sizes with learned positions and a
-GELU MLP of 4 x d_model. RegMix's 1M-parameter proxies correspond to `tiny`/`xs`; CLIMB's
+GELU MLP of 4 x d_model. RegMix's 1M-parameter proxies correspond to `tiny`/`xs`; `5m` has 6x `tiny`'s non-embedding
+parameters (5.6M in all with a 2,048-token vocabulary), the larger model of the transfer
+benchmark (`benchmarks/mixing_transfer.py`); CLIMB's
 62M-350M ones to `m`/`l` and up.
 
 Checkpoints are saved as safetensors; models are only ever loaded from local folders.
@@ -56,6 +59,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(2048, 128, 4, 4, 384),
     "xs": Preset(8192, 256, 4, 4, 768),
+    "5m": Preset(8192, 256, 6, 4, 768),
     "s": Preset(16384, 512, 8, 8, 1536),
     "m": Preset(32768, 768, 8, 12, 2048),
     "l": Preset(32768, 768, 16, 12, 2048),

@@ -22,6 +22,12 @@ MIX = {"news": 0.4, "code": 0.3, "math": 0.2, "reference": 0.1}
 def test_presets_span_one_to_150m_parameters() -> None:
     counts = {name: count_parameters(build_model(name))["total"] for name in ("tiny", "xs")}
     assert 0.9e6 < counts["tiny"] < 1.3e6 and 4e6 < counts["xs"] < 7e6
+    # the transfer benchmark's larger model: 5-10x tiny's non-embedding parameters
+    ratio = (
+        count_parameters(build_model("5m", vocab_size=2048))["non_embedding"]
+        / count_parameters(build_model("tiny"))["non_embedding"]
+    )
+    assert 5 <= ratio <= 10
     big = PRESETS["l"]
     approx = big.vocab_size * big.d_model + big.n_layers * (
         4 * big.d_model**2 + 3 * big.d_model * big.d_ffn
