@@ -4,8 +4,10 @@ MASS) aim the selection at.
 A target example becomes one document: its fields joined in order (BETR: question, then answer,
 then any supporting text). Sources:
 
-- a JSON-lines / JSON / parquet file of records, with `fields` naming what to join (default:
-  `text` alone if the records have it, else `question` + `answer`);
+- a JSON-lines / JSON / parquet file of records (JSON lines may be gzip- or zstd-compressed),
+  or a folder of such files (every one, in name order: a sharded reference set such as a
+  held-out split), with `fields` naming what to join (default: `text` alone if the records
+  have it, else `question` + `answer`);
 - a built-in benchmark: `assay_champ` (competition math) or `assay_mmlu_dev` (MMLU dev items),
   the items of assay's local lm-eval tasks. An `answer` that is an index into `choices` is
   replaced by the chosen text.
@@ -42,12 +44,25 @@ def builtin_records(name: str) -> list[dict[str, Any]]:
     return tasks.champ_items() if name == "assay_champ" else tasks.mmlu_dev_items()
 
 
-def file_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) pairs; a bad line is an error naming the file and line."""
+#: the files a folder of target records is read from, in name order
+RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".parquet")
+
+
+def file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) pairs, `where` naming the file and line (or row) for messages; a folder
+    gives the records of every file in it with a known suffix, in name order. A bad line is an
+    error naming the file and line."""
     if not path.exists():
         raise MissingError(f"target file {path} does not exist")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.endswith(RECORD_SUFFIXES))
+        if not files:
+            raise InputError(
+                f"{path}: no target files in the folder (looked for {', '.join(RECORD_SUFFIXES)})"
+            )
+        return [rec for f in files for rec in file_records(f)]
     if path.suffix == ".parquet":
-        return [(i + 1, r) for i, r in enumerate(read_parquet(path).to_dicts())]
+        return [(f"{path}: row {i + 1}", r) for i, r in enumerate(read_parquet(path).to_dicts())]
     from assay.util.files import open_read
 
     with open_read(path) as f:
@@ -57,13 +72,13 @@ def file_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
             items = json.loads(raw)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-        return list(enumerate(items, start=1))
+        return [(f"{path}: item {i}", r) for i, r in enumerate(items, start=1)]
     out = []
     for n, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            out.append((n, json.loads(line)))
+            out.append((f"{path}: line {n}", json.loads(line)))
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
     return out
@@ -111,7 +126,7 @@ def load_targets(
         records = file_records(path)
         if fields is None and records:
             fields = ("text",) if "text" in records[0][1] else ("question", "answer")
-        texts = [example_text(r, fields or (), f"{path}: line {n}") for n, r in records]
+        texts = [example_text(r, fields or (), at) for at, r in records]
         where = str(path)
     texts = [t for t in texts if t.strip()]
     if not texts:
@@ -157,15 +172,13 @@ def load_target_pairs(
     `load_targets` gives for `fields = context_fields + continuation_fields` when the
     continuation does not begin with white space. Examples with an empty continuation (nothing
     to score) are left out; a seeded subset when `max_items` is given."""
-    if str(source) in BUILTIN:
-        records = list(enumerate(builtin_records(str(source)), start=1))
-        where = str(source)
+    where = str(source)
+    if where in BUILTIN:
+        records = [(f"{where}[{n}]", r) for n, r in enumerate(builtin_records(where), start=1)]
     else:
         records = file_records(Path(source))
-        where = str(source)
     pairs = []
-    for n, r in records:
-        at = f"{where}[{n}]" if str(source) in BUILTIN else f"{where}: line {n}"
+    for at, r in records:
         context = example_text(r, context_fields, at)
         continuation = example_text(r, continuation_fields, at)
         first = r.get(continuation_fields[0]) if isinstance(r, dict) else None

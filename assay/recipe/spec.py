@@ -72,8 +72,8 @@ class TargetSpec(Strict):
     primary: ClassVar[str] = "source"
 
     source: str = Field(
-        description="A built-in benchmark (assay_champ, assay_mmlu_dev) or a .jsonl, .json or "
-        ".parquet file of records."
+        description="A built-in benchmark (assay_champ, assay_mmlu_dev), a .jsonl, .json or "
+        ".parquet file of records, or a folder of such files."
     )
     fields: list[str] | None = Field(
         None,

@@ -51,3 +51,39 @@ def test_bad_target_sets_are_clear_errors(tmp_path: Path) -> None:
         load_targets(tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="target set is empty"):
         load_targets([])
+
+
+def test_a_folder_of_shards_is_one_target_set(tmp_path: Path, demo_dir: Path) -> None:
+    """A sharded reference set (the demo's held-out split: one gzip shard per domain) reads as
+    its files' records in name order; a bad record names its own file and line, and a recipe's
+    identity of the folder changes when one of its files does."""
+    from assay.common.targets import file_records
+    from assay.recipe.spec import TargetSpec
+    from assay.recipe.step import targets_identity
+    from assay.util.files import open_read
+
+    held = demo_dir / "heldout"
+    shards = sorted(held.glob("*.jsonl.gz"))
+    assert len(shards) == 4
+    expected = []
+    for shard in shards:
+        with open_read(shard) as f:
+            expected += [json.loads(line)["text"].strip() for line in f.read().splitlines()]
+    assert load_targets(held) == expected
+    assert file_records(held)[0][0] == f"{shards[0]}: line 1"
+
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "first shard"}\n')
+    (folder / "b.jsonl").write_text('{"text": "second"}\n{"txt": "no text field"}\n')
+    (folder / "notes.md").write_text("not a target file\n")
+    before = targets_identity(TargetSpec(source=str(folder)))
+    with pytest.raises(ValueError, match=r"b\.jsonl: line 2: .*no field"):
+        load_targets(folder, ["text"])
+    (folder / "b.jsonl").write_text('{"text": "second"}\n')
+    assert load_targets(folder) == ["first shard", "second"]
+    assert targets_identity(TargetSpec(source=str(folder))) != before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no target files in the folder"):
+        load_targets(empty)

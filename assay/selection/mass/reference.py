@@ -79,14 +79,14 @@ def _file_reference(path: Path, fields: Sequence[str] | None, tags_field: str | 
     records = file_records(path)
     if fields is None and records:
         fields = ("text",) if "text" in records[0][1] else ("question", "answer")
-    texts = [example_text(r, fields or (), f"{path}: line {n}") for n, r in records]
+    texts = [example_text(r, fields or (), at) for at, r in records]
     if tags_field is None:
         return texts, None
     tags = []
-    for n, r in records:
+    for at, r in records:
         value = r.get(tags_field)
         if value is not None and not isinstance(value, (str, list)):
-            raise InputError(f"{path}: line {n}: {tags_field!r} must be a list of skill names")
+            raise InputError(f"{at}: {tags_field!r} must be a list of skill names")
         tags.append(value)
     return texts, tags
 
