@@ -18,6 +18,7 @@ GPU when its device is cuda, or auto on a cluster that has GPUs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,15 @@ class PerplexityScorer(Scorer):
         if check_dtype(self.dtype) == "auto":
             params["dtype"] = planned_dtype(self.dtype, self.device)
         return params
+
+    def input_identity(self) -> Any:
+        """The reference model's content (its GGUF file, or every file of its folder), so
+        scores made with a model since retrained or replaced at the same path are redone."""
+        from assay.util.files import content_id, folder_fingerprint
+
+        if self.gguf_file:
+            return content_id(Path(self.model_path) / self.gguf_file, mtime=False)
+        return folder_fingerprint(self.model_path, mtime=False)
 
     @property
     def runs_on(self) -> str:

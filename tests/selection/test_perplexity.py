@@ -109,3 +109,36 @@ def test_smollm2_from_gguf_prefers_natural_text() -> None:
     shuffled = " ".join(sorted(natural.split(), key=lambda w: (len(w), w)))
     bpb = scorer.score([natural, shuffled])
     assert bpb[0] < 0.6 * bpb[1]
+
+
+def test_scores_are_redone_when_the_reference_model_changes(
+    tmp_path: Path, trained_proxy, demo_records: list[dict]
+) -> None:
+    """The reference model is read from where the user keeps it: a rerun into the same folder
+    reuses its scores while the model is the same, and redoes them once the model at that path
+    has been retrained (its weights changed)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_proxy.model_dir, model)
+    shard = tmp_path / "corpus" / "part.jsonl"
+    shard.parent.mkdir()
+    shard.write_text("".join(json.dumps(r) + "\n" for r in demo_records[:12]))
+    corpus, out = Corpus(shard.parent), tmp_path / "ppl"
+    scorer = PerplexityScorer(str(model), seq_len=128)
+    score_corpus(scorer, corpus, out, runner=LocalRunner(workers=1))
+    first = pl.read_parquet(out / "part.parquet")
+    stamp = (out / "part.parquet").stat().st_mtime_ns
+    score_corpus(PerplexityScorer(str(model), seq_len=128), corpus, out)
+    assert (out / "part.parquet").stat().st_mtime_ns == stamp  # the same model: reused
+
+    weights = next(model.rglob("*.safetensors"))
+    state = load_file(weights)
+    save_file({k: v * 0.5 if v.ndim == 2 else v for k, v in state.items()}, weights)
+    score_corpus(PerplexityScorer(str(model), seq_len=128), corpus, out)
+    again = pl.read_parquet(out / "part.parquet")
+    assert again.get_column("id").to_list() == first.get_column("id").to_list()
+    assert not np.allclose(again.get_column("ppl_bpb"), first.get_column("ppl_bpb"))
