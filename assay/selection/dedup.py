@@ -353,9 +353,13 @@ def dedup_corpus(
     corpus.check_output(out, "dedup folder")
     with folder_lock(out):
         mark_output(out, "scores")
-        meta = {"columns": s.columns, "scorer": {"type": "dedup", "config": s.model_dump()}}
+        meta: dict[str, Any] = {
+            "columns": s.columns,
+            "scorer": {"type": "dedup", "config": s.model_dump()},
+        }
         meta_path = out / SCORES_META
-        if meta_path.exists() and read_json(meta_path) != meta and not overwrite:
+        old = read_json(meta_path) if meta_path.exists() else None
+        if old is not None and {k: old.get(k) for k in meta} != meta and not overwrite:
             raise StateError(
                 f"{out} holds scores made with other settings; use overwrite=True "
                 "(--overwrite) or another folder"
@@ -363,6 +367,8 @@ def dedup_corpus(
         if overwrite:
             shutil.rmtree(out / DEDUP_DIR, ignore_errors=True)
             (out / DEDUP_FILE).unlink(missing_ok=True)
+        if (where := corpus.record()) is not None:  # what `assay inspect` reads texts from
+            meta["corpus"] = where
         write_json(meta_path, meta)
         return _dedup(corpus, out, s, runner)
 

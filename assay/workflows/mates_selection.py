@@ -360,8 +360,13 @@ def _score_and_embed(pool: Any, stage_dir: Path, scorer: MatesScorer, runner: An
     for shard in pool.shards:  # a score file whose embeddings are gone is scored again
         if not (vec_dir / f"{shard.stem}{VECTORS_SUFFIX}").exists():
             score_file(scores, shard).unlink(missing_ok=True)
-    meta = {"type": scorer.kind, "config": scorer.get_config(), "path": scorer.path}
-    write_json(scores / SCORES_META, {"columns": scorer.columns, "scorer": meta})
+    meta: dict[str, Any] = {
+        "columns": scorer.columns,
+        "scorer": {"type": scorer.kind, "config": scorer.get_config(), "path": scorer.path},
+    }
+    if (where := pool.record()) is not None:  # what `assay inspect` reads texts from
+        meta["corpus"] = where
+    write_json(scores / SCORES_META, meta)
     task = EmbedScoreTask(scorer, str(vec_dir), pool.options, scorer_identity(scorer))
     runner.run(task, pool.shards, scores, label="group-mates:score")
 
@@ -453,10 +458,13 @@ def _group_scores(
         part = pl.DataFrame({"id": ids, "group_mates": mask[a:b].astype(np.float32)})
         with atomic_path(score_file(group_dir, shard)) as tmp:
             part.write_parquet(tmp)
-    write_json(
-        group_dir / SCORES_META,
-        {"columns": ["group_mates"], "scorer": {"type": "group-mates", "config": {}}},
-    )
+    meta: dict[str, Any] = {
+        "columns": ["group_mates"],
+        "scorer": {"type": "group-mates", "config": {}},
+    }
+    if (where := pool.record()) is not None:
+        meta["corpus"] = where
+    write_json(group_dir / SCORES_META, meta)
     shutil.rmtree(vec_dir, ignore_errors=True)
     return group_dir
 

@@ -278,3 +278,21 @@ def test_a_remote_selection_and_its_remote_corpus(
         assert all(len(e["top"]) == 1 for e in column["groups"].values())
     finally:
         mem.rm("/insp", recursive=True)
+
+
+def test_dedup_folders_record_their_corpus(demo_dir: Path, tmp_path: Path) -> None:
+    """`assay dedup` writes a scores folder that `inspect` opens without `--corpus`; a folder
+    written before the corpus was recorded is resumed, not refused as other settings."""
+    from assay.selection.dedup import dedup_corpus
+
+    corpus = Corpus(demo_dir / "train")
+    dedup_corpus(corpus, tmp_path / "dedup")
+    meta_path = tmp_path / "dedup" / "_scores.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["corpus"] == {"paths": [str(demo_dir / "train")], "options": {}}
+    result = inspect_scores(tmp_path / "dedup", columns=["dup_exact"], examples=1)
+    assert result["columns"]["dup_exact"]["count"] == 360
+    del meta["corpus"]
+    meta_path.write_text(json.dumps(meta))
+    dedup_corpus(corpus, tmp_path / "dedup")
+    assert json.loads(meta_path.read_text())["corpus"]["paths"] == [str(demo_dir / "train")]

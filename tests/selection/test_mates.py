@@ -6,6 +6,7 @@ deterministic; Group-MATES rollouts, relational model and greedy selection."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -495,3 +496,7 @@ def test_run_group_mates(
     assert abs(s1.kept_docs - 0.3 * s1.pool_docs) <= 3  # rounded per cluster
     oracle = pl.read_parquet(tmp_path / "g" / "stage-1" / "oracle.parquet")
     assert oracle.get_column("position").to_list() == [0, 1] * 8
+    # the stage's score folders record the pool they scored (`assay inspect` opens them alone)
+    for folder in ("scores", "group_scores"):
+        meta = json.loads((tmp_path / "g" / "stage-1" / folder / "_scores.json").read_text())
+        assert meta["corpus"]["paths"] == [str(tmp_path / "g" / "pools" / "stage-1")]
