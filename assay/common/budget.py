@@ -84,14 +84,14 @@ def allocate_tokens(
             f"mixture's domains ({int(caps.sum()):,} tokens within their caps): lower the "
             "budget, raise max_epochs, or add domains"
         )
-    target, capped = _capped_shares(weights, caps.astype(np.float64), float(budget))
+    target, capped = capped_shares(weights, caps.astype(np.float64), float(budget))
     names = [domains[i] for i in np.flatnonzero(capped)]
     if names and on_cap == "error":
         raise ConfigError(
             f"the epoch cap ({max_epochs:g}) binds for {names}: their share of "
             f"{budget:,} tokens needs more passes over their tokens"
         )
-    counts = _round(target, caps, budget)
+    counts = round_within(target, caps, budget)
     return Allocation(
         tokens=dict(zip(domains, (int(c) for c in counts), strict=True)),
         available=dict(zip(domains, (int(x) for x in n), strict=True)),
@@ -100,11 +100,12 @@ def allocate_tokens(
     )
 
 
-def _capped_shares(
+def capped_shares(
     weights: np.ndarray, caps: np.ndarray, budget: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Real-valued shares of `budget` in proportion to `weights`, none above its cap: a capped
-    domain keeps its cap and the rest is shared again among the others."""
+    """Real-valued shares of `budget` in proportion to `weights` (all positive), none above its
+    cap: a capped domain keeps its cap and the rest is shared again among the others; also
+    which domains were capped. Token budgets here, proxies' sequence counts alike."""
     capped = np.zeros(len(weights), dtype=bool)
     target = weights / weights.sum() * budget
     while True:
@@ -117,7 +118,9 @@ def _capped_shares(
         target[free] = weights[free] / weights[free].sum() * (budget - caps[capped].sum())
 
 
-def _round(target: np.ndarray, caps: np.ndarray, budget: int) -> np.ndarray:
+def round_within(target: np.ndarray, caps: np.ndarray, budget: int) -> np.ndarray:
+    """Whole counts summing to `budget`, none above its cap: floors, then the largest
+    remainders (ties in order)."""
     counts = np.minimum(np.floor(target).astype(np.int64), caps)
     short = budget - int(counts.sum())
     for i in np.argsort(-(target - counts), kind="stable"):

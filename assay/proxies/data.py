@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from assay.common.budget import capped_shares, round_within
 from assay.common.mixture import Mixture
 from assay.common.tokens import DomainTokens, TokenCache
 from assay.errors import ConfigError
@@ -56,33 +57,17 @@ def _allocate(
             f"most {int(available[weights > 0].sum()):,} within their epoch caps; lower the "
             "budget, raise max_epochs, or add domains"
         )
-    target = weights / weights.sum() * total
-    capped = np.zeros(len(weights), dtype=bool)
-    while True:
-        over = (target > available + 1e-9) & ~capped
-        if not over.any():
-            break
-        capped |= over
-        target[capped] = available[capped]
-        free = ~capped & (weights > 0)
-        left = total - target[capped].sum()
-        target[free] = weights[free] / weights[free].sum() * left
-    capped_names = [domains[i] for i in np.flatnonzero(capped)]
+    pos = weights > 0
+    caps = available[pos].astype(np.float64)
+    target, capped_pos = capped_shares(weights[pos], caps, float(total))
+    capped_names = [domains[i] for i in np.flatnonzero(pos)[capped_pos]]
     if capped_names and on_cap == "error":
         raise ConfigError(
             f"the epoch cap binds for {capped_names}: their share of the budget needs more "
             "repetitions than max_epochs allows"
         )
-    # Largest remainder rounding, never above what is available.
-    counts = np.floor(target).astype(np.int64)
-    short = total - counts.sum()
-    order = np.argsort(-(target - counts), kind="stable")
-    for i in order:
-        if short <= 0:
-            break
-        if counts[i] < available[i] and weights[i] > 0:
-            counts[i] += 1
-            short -= 1
+    counts = np.zeros(len(weights), dtype=np.int64)
+    counts[pos] = round_within(target, available[pos], total)
     return counts, capped_names
 
 
