@@ -104,6 +104,14 @@ def example_text(record: dict[str, Any], fields: Sequence[str], where: str = "")
     return "\n".join(parts)
 
 
+def seeded_subset(items: list[Any], max_items: int | None, seed: int) -> list[Any]:
+    """At most `max_items` of `items`, a seeded sample kept in their order (all when fewer)."""
+    if max_items is None or len(items) <= max_items:
+        return items
+    keep = np.sort(np.random.default_rng(seed).choice(len(items), max_items, replace=False))
+    return [items[i] for i in keep]
+
+
 def load_targets(
     source: str | os.PathLike | Sequence[str],
     fields: Sequence[str] | None = None,
@@ -131,10 +139,7 @@ def load_targets(
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InputError(f"{where}: no target examples (the target set is empty)")
-    if max_items is not None and len(texts) > max_items:
-        keep = np.sort(np.random.default_rng(seed).choice(len(texts), max_items, replace=False))
-        texts = [texts[i] for i in keep]
-    return texts
+    return seeded_subset(texts, max_items, seed)
 
 
 def target_split(
@@ -188,10 +193,7 @@ def load_target_pairs(
             pairs.append((context, continuation))
     if not pairs:
         raise InputError(f"{where}: no target example has a continuation to score")
-    if max_items is not None and len(pairs) > max_items:
-        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_items, replace=False))
-        pairs = [pairs[i] for i in keep]
-    return pairs
+    return seeded_subset(pairs, max_items, seed)
 
 
 def pair_text(context: str, continuation: str) -> str:
