@@ -40,10 +40,10 @@ KEEP = 0.8
 
 
 def frame(corpus: Corpus) -> pl.DataFrame:
-    batches = [b.select("id", "text", "domain") for b in corpus.iter_batches()]
-    df = pl.concat(batches).with_columns(pl.col("text").str.len_chars().alias("chars"))
-    source = pl.col("id").str.split("/").list.first()
-    return df.with_columns(source.alias("source")).drop("text")
+    """Each document's id, domain, source (its id's first part) and characters; no text kept."""
+    chars = pl.col("text").str.len_chars().alias("chars")
+    source = pl.col("id").str.split("/").list.first().alias("source")
+    return pl.concat([b.select("id", "domain", source, chars) for b in corpus.iter_batches()])
 
 
 def describe(kept: pl.DataFrame, pool: pl.DataFrame) -> dict[str, Any]:

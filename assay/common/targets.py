@@ -48,6 +48,16 @@ def builtin_records(name: str) -> list[dict[str, Any]]:
 RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".parquet")
 
 
+def record_files(folder: Path) -> list[Path]:
+    """The record files of a target folder, in name order: a known suffix, and not a hidden or
+    '_' name (assay's own `_assay.json` and `_stats.json` beside the shards of an output)."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith((".", "_")) and p.name.endswith(RECORD_SUFFIXES)
+    )
+
+
 def file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(where, record) pairs, `where` naming the file and line (or row) for messages; a folder
     gives the records of every file in it with a known suffix, in name order. A bad line is an
@@ -55,7 +65,7 @@ def file_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if not path.exists():
         raise MissingError(f"target file {path} does not exist")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.name.endswith(RECORD_SUFFIXES))
+        files = record_files(path)
         if not files:
             raise InputError(
                 f"{path}: no target files in the folder (looked for {', '.join(RECORD_SUFFIXES)})"

@@ -29,10 +29,9 @@ GELU MLP of 4 x d_model):
 The vocabulary actually used is the tokenizer's. On this project's 2-core CPU the Llama-style
 `tiny` trains at about 15k tokens/s and `xs` at about 4.5k (GPT-2-style: 6.6k and 2.6k), so
 Llama-style is the default; `arch="gpt2"` builds the same sizes with learned positions and a
-GELU MLP of 4 x d_model. RegMix's 1M-parameter proxies correspond to `tiny`/`xs`; `5m` has 6x `tiny`'s non-embedding
-parameters (5.6M in all with a 2,048-token vocabulary), the larger model of the transfer
-benchmark (`benchmarks/mixing_transfer.py`); CLIMB's
-62M-350M ones to `m`/`l` and up.
+GELU MLP of 4 x d_model. RegMix's 1M-parameter proxies correspond to `tiny`/`xs`; CLIMB's
+62M-350M ones to `m`/`l` and up. `5m` has 6x `tiny`'s non-embedding parameters (5.6M in all
+with a 2,048-token vocabulary): the larger model of `benchmarks/mixing_transfer.py`.
 
 Checkpoints are saved as safetensors; models are only ever loaded from local folders.
 """

@@ -99,15 +99,14 @@ def embedder_id(embedder: str | dict[str, Any] | None) -> str | None:
 def targets_identity(spec: Any) -> dict[str, Any]:
     """What target examples depend on: a file's fingerprint, a folder's (the files it is read
     from), or the benchmark's name."""
-    from assay.common.targets import RECORD_SUFFIXES
+    from assay.common.targets import record_files
     from assay.util.files import fingerprint
 
     source = spec.source
     if Path(source).is_file():
         fp: Any = fingerprint(source)
     elif Path(source).is_dir():
-        files = sorted(p for p in Path(source).iterdir() if p.name.endswith(RECORD_SUFFIXES))
-        fp = [fingerprint(f) for f in files]
+        fp = [fingerprint(f) for f in record_files(Path(source))]
     else:
         fp = source
     split = getattr(spec, "continuation_fields", None)

@@ -77,6 +77,8 @@ def test_a_folder_of_shards_is_one_target_set(tmp_path: Path, demo_dir: Path) ->
     (folder / "a.jsonl").write_text('{"text": "first shard"}\n')
     (folder / "b.jsonl").write_text('{"text": "second"}\n{"txt": "no text field"}\n')
     (folder / "notes.md").write_text("not a target file\n")
+    (folder / "_assay.json").write_text('{"kind": "selection"}\n')  # assay's own marker
+    (folder / ".a.jsonl.tmp.jsonl").write_text('{"text": "a hidden partial write"}\n')
     before = targets_identity(TargetSpec(source=str(folder)))
     with pytest.raises(ValueError, match=r"b\.jsonl: line 2: .*no field"):
         load_targets(folder, ["text"])
