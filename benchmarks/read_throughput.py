@@ -5,19 +5,18 @@ and normalises ids; polars reads each file whole with no checks. polars' default
 schema from the first 100 records and drops any field that appears later; assay reads every
 field of every record, so `polars_all_fields` (polars with infer_schema_length=None) is the
 like-for-like baseline, and `ratio_all_fields` the ratio against it. Two assay paths are measured:
-the default (shards that fit in `whole_file_bytes` are parsed whole) and streaming
-(forced with whole_file_bytes=0: blocks of at most 16 MiB, bounded memory, the path of large
-shards and of the parts of split files). Target: assay >= 0.85x polars. The readers take turns
+the default (parquet files within `whole_file_bytes` are read whole, and so are JSONL files
+where the C parser is not built) and streaming (forced with whole_file_bytes=0: blocks of at
+most 16 MiB, bounded memory, the path of large shards and of the parts of split files). Target: assay >= 0.85x polars. The readers take turns
 (`--repeats` rounds, the fastest of each kept), so a busy spell of a shared machine falls on all;
 `streaming_cpu_ratio` is polars' CPU time (all threads) over the streaming path's, the share of
 the gap that more cores cannot close.
 
-Where the streaming path's CPU goes (one 109 MB file, one thread, 2-core machine under load):
-pyarrow's strict parse 133 ms, copying blocks out of the page cache 22 ms, UTF-8 validation
-6 ms, conversion to polars 3 ms, text checks and ids 7 ms: about 170 ms, against 115-123 ms for
-polars' whole lossy read. Parsing a 16 MiB block in one thread: pyarrow 20 ms, polars 14.5 ms
-(with or without a schema), msgspec 14 ms (17.6 ms with the columns built, holding the GIL, so
-no second thread helps), orjson 27 ms.
+JSONL blocks are parsed by assay's C parser of flat records (`assay.io.flat`; `c_parser` says
+whether it is built) and otherwise by pyarrow; `stream_pyarrow_*` measures the streaming path
+with the C parser switched off, the path of installs without a C compiler (and of blocks with
+nested values). A 16 MiB block of the demo text takes the C parser 6.6 ms of one core, pyarrow
+21.7 ms, polars 15.4 ms (8.5 ms on 2 cores; lossy).
 
     python benchmarks/read_throughput.py [--docs 40000] [--shards 8]
 
@@ -35,11 +34,22 @@ from collections.abc import Callable
 import polars as pl
 from _common import bench_corpus, emit
 
+from assay.io import flat, read
 from assay.io.corpus import Corpus
 
 
 def read_assay(folder, **options) -> int:
     return sum(b.height for b in Corpus(folder, **options).iter_batches())
+
+
+def read_assay_pyarrow(folder) -> int:
+    """The streaming path without the C parser: every block parsed by pyarrow."""
+    saved = flat._jsonl, read.FLAT_PARSER
+    flat._jsonl, read.FLAT_PARSER = None, False
+    try:
+        return read_assay(folder, whole_file_bytes=0)
+    finally:
+        flat._jsonl, read.FLAT_PARSER = saved
 
 
 def read_polars(folder, fmt: str, all_fields: bool = False) -> int:
@@ -80,6 +90,7 @@ def main() -> None:
             {
                 "assay": lambda f=folder: read_assay(f),
                 "stream": lambda f=folder: read_assay(f, whole_file_bytes=0),
+                "stream_pyarrow": lambda f=folder: read_assay_pyarrow(f),
                 "polars": lambda f=folder, x=fmt: read_polars(f, x),
                 "polars_all": lambda f=folder, x=fmt: read_polars(f, x, True),
             },
@@ -87,6 +98,7 @@ def main() -> None:
         )
         (t_assay, _, n_assay), (t_stream, c_stream, n_stream) = got["assay"], got["stream"]
         (t_polars, c_polars, n_polars), (t_full, _, _) = got["polars"], got["polars_all"]
+        t_arrow, c_arrow, _ = got["stream_pyarrow"]
         assert n_assay == n_stream == n_polars == args.docs, (n_assay, n_stream, n_polars)
         rows[fmt] = {
             "docs": args.docs,
@@ -100,8 +112,17 @@ def main() -> None:
             "streaming_ratio": round(t_polars / t_stream, 3),
             "streaming_ratio_all_fields": round(t_full / t_stream, 3),
             "streaming_cpu_ratio": round(c_polars / c_stream, 3),
+            "stream_pyarrow_ratio": round(t_polars / t_arrow, 3),
+            "stream_pyarrow_cpu_ratio": round(c_polars / c_arrow, 3),
         }
-    emit({"benchmark": "read_throughput", "target_ratio": 0.85, "formats": rows})
+    emit(
+        {
+            "benchmark": "read_throughput",
+            "target_ratio": 0.85,
+            "c_parser": flat.AVAILABLE,
+            "formats": rows,
+        }
+    )
 
 
 if __name__ == "__main__":

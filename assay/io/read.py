@@ -1,19 +1,19 @@
 """Raw shard readers and record validation, used by `assay.corpus` shards.
 
-Two paths, chosen per file by its estimated in-memory size (`ReadOptions.whole_file_bytes`):
+JSON lines are read in blocks of whole lines (`assay.io.blocks`: plain files through a memory
+map, gzip through ISA-L when installed, zstd in 2 MiB steps), so memory stays bounded
+whatever the size of a shard: decompressed in one thread, parsed several blocks at once (one
+thread each), validated in order by the caller. Each block is parsed by assay's C parser of flat
+records (`assay.io.flat`), and when that does not read it (nested values, or a block it refuses)
+strictly by pyarrow; when pyarrow refuses it too, line by line, which names each bad record. A
+part of a large file (`assay.io.split`) is the lines of a byte range.
 
-* **whole file**: pyarrow's JSON reader parses the (decompressed) file in one call, on all
-  cores, with every field of every record and strict types; the file is held in memory once.
-* **streaming**: the file is read in blocks of whole lines (JSONL, `assay.io.blocks`: plain
-  files through a memory map, gzip through ISA-L when installed, zstd in cache-sized steps) or
-  row groups (parquet), so memory stays bounded whatever the size of a shard. JSONL blocks go
-  through a pipeline: decompressed in one thread, parsed strictly by pyarrow several blocks at
-  once (one thread each), validated in order by the caller. A part of a large file
-  (`assay.io.split`) is always streamed: the lines of a byte range, or a run of rows.
+Where the C parser was not built, a file whose estimated in-memory size is within
+`ReadOptions.whole_file_bytes` is parsed whole by pyarrow on all cores instead (faster than its
+blocks), and larger ones stream. Parquet files are read whole or by row groups.
 
 Either way the result is the same rows, ids and errors. Line numbers are only needed for error
-messages, so on the fast path they are computed lazily, from the file, when a record is bad.
-A file that polars cannot parse whole is re-read on the streaming path, which finds each bad line.
+messages, so they are computed lazily, from the file, when a record is bad.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from assay.io.blocks import (
     object_blocks,
     stream_blocks,
 )
+from assay.io.flat import AVAILABLE as FLAT_PARSER
+from assay.io.flat import parse_flat
 from assay.util.files import BOM, open_read, open_stream, sniff_compression
 from assay.util.files import read_parquet as read_parquet_file
 
@@ -163,7 +165,7 @@ def read_jsonl(
 ) -> Iterator[RawBatch]:
     """The records of a JSONL file, or of its part `[start, stop)` (see `assay.io.blocks`)."""
     kind = sniff_compression(path)
-    whole = start <= 0 and stop is None
+    whole = start <= 0 and stop is None and not FLAT_PARSER  # the block reader is faster then
     if (
         whole
         and estimated_bytes(path, kind) <= whole_file_bytes
@@ -359,10 +361,12 @@ def _as_bytes(block: Any) -> bytes:
 def _parse_block(
     block: Any, lines_before: Callable[[], int], file_start: bool
 ) -> tuple[RawBatch, int]:
-    try:
-        df = parse_jsonl(block, use_threads=False)
-    except Exception:
-        return _parse_lines_slowly(_as_bytes(block), lines_before(), file_start)
+    df = parse_flat(block)
+    if df is None:
+        try:
+            df = parse_jsonl(block, use_threads=False)
+        except Exception:
+            return _parse_lines_slowly(_as_bytes(block), lines_before(), file_start)
 
     def lines() -> np.ndarray:  # rows are the block's non-blank lines, in order
         first = lines_before() + 1

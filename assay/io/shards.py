@@ -147,8 +147,10 @@ class ReadOptions(Strict):
     whole_file_bytes: int = Field(
         256 << 20,
         ge=0,
-        description="Files whose in-memory size (5x a compressed file's) is at most this are "
-        "parsed whole (fastest); larger ones are streamed in blocks (bounded memory).",
+        description="Parquet files, and JSONL files where assay's C parser is not built, whose "
+        "in-memory size (5x a compressed file's) is at most this are parsed whole; larger ones "
+        "are streamed in blocks (bounded memory). With the C parser JSONL always streams (it "
+        "is faster).",
     )
     block_bytes: int = Field(
         16 << 20,
