@@ -15,7 +15,7 @@ the gap that more cores cannot close.
 JSONL blocks are parsed by assay's C parser of flat records (`assay.io.flat`; `c_parser` says
 whether it is built) and otherwise by pyarrow; `stream_pyarrow_*` measures the streaming path
 with the C parser switched off, the path of installs without a C compiler (and of blocks with
-nested values). A 16 MiB block of the demo text takes the C parser 6.6 ms of one core, pyarrow
+nested values). A 16 MiB block of the demo text takes the C parser 5.7 ms of one core, pyarrow
 21.7 ms, polars 15.4 ms (8.5 ms on 2 cores; lossy).
 
     python benchmarks/read_throughput.py [--docs 40000] [--shards 8]
