@@ -356,3 +356,32 @@ def test_hugging_face_datasets_in_and_out(tmp_path: Path, records: list[dict]) -
     assert back["id"] == [r["id"] for r in records] and back["text"] == [r["text"] for r in records]
     streamed = Corpus.from_hf(ds.to_iterable_dataset())
     assert read_all(streamed).get_column("text").to_list() == [r["text"] for r in records]
+
+
+def test_a_truncated_zstd_file_is_refused_not_read_short(
+    tmp_path: Path, records: list[dict]
+) -> None:
+    # python-zstandard reads a frame cut short as a shorter stream, without an error; assay
+    # walks a local file's frames first
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in records)
+    full = zstandard.ZstdCompressor().compress(data)
+    cut = tmp_path / "cut.jsonl.zst"
+    cut.write_bytes(full[: len(full) - 5])
+    for opts in ({}, STREAM):
+        with pytest.raises(CorpusError, match=r"cut\.jsonl\.zst: .*zstd stream cut short"):
+            read_all(Corpus(cut, **opts))
+    skipped = ShardStats("cut")
+    c = Corpus(cut, on_error="skip")
+    assert list(c.shards[0].read(c.options, skipped)) == []
+    assert skipped.skipped == {"unreadable_file": 1}
+    # whole frames are read whole: two frames, a skippable frame between them
+    half = len(data) // 2
+    cut_at = data.rfind(b"\n", 0, half) + 1
+    skippable = (0x184D2A53).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
+    two = tmp_path / "two" / "two.jsonl.zst"
+    two.parent.mkdir()
+    compress = zstandard.ZstdCompressor(write_checksum=True).compress
+    two.write_bytes(compress(data[:cut_at]) + skippable + compress(data[cut_at:]))
+    for opts in ({}, STREAM):
+        got = read_all(Corpus(two, **opts))
+        assert got.get_column("id").to_list() == [r["id"] for r in records]

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from assay.util import zstd
 from assay.util.files import BOM, open_stream, sniff_compression
 
 #: Decompressed bytes asked of gzip or zstd at a time (at most a block). Each step takes the
@@ -367,11 +368,7 @@ def _decompressing(raw: Any, kind: str) -> Any:
     """A gzip or zstd stream of an open file, to `readinto`: zstd unbuffered, so that it
     decompresses straight into the block. The caller closes both."""
     if kind == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(
-            raw, read_across_frames=True, closefd=False
-        )
+        return zstd.reader(raw)
     return open_stream(raw, kind)
 
 

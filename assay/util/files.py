@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from assay.errors import StateError
+from assay.util import zstd
 from assay.util.hashing import config_hash
 from assay.util.remote import publish
 
@@ -63,13 +64,13 @@ def open_stream(path: str | os.PathLike | BinaryIO, kind: str | None) -> BinaryI
             gzip_impl = gzip
         return gzip_impl.open(path, "rb")  # type: ignore[return-value]
     if kind == "zstd":
-        import zstandard
-
         raw = path if hasattr(path, "read") else open(path, "rb")  # noqa: SIM115
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            raw, read_across_frames=True, closefd=True
-        )
-        return io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type]
+        try:
+            stream = zstd.reader(raw, closefd=True)
+        except ValueError:
+            raw.close()
+            raise
+        return io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
     return path if hasattr(path, "read") else open(path, "rb")  # type: ignore[return-value]
 
 
