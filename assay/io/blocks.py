@@ -245,29 +245,19 @@ def _joined(path: str, kind: str, block_bytes: int, max_line: int | None) -> Ite
     lines when it holds `block_bytes`, and carry the open line into the next buffer."""
     try:
         with open(path, "rb") as raw, contextlib.closing(_decompressing(raw, kind)) as stream:
-            size = max(1, os.fstat(raw.fileno()).st_size)
-            yield from _fill(stream, block_bytes, max_line, lambda: raw.tell() / size)
+            yield from _fill(stream, block_bytes, max_line)
     except FileLevelError:
         raise
     except Exception as e:  # truncated gzip, corrupt zstd frame, I/O error
         raise FileLevelError(path, f"cannot read {kind} stream ({e})") from e
 
 
-def _fill(
-    stream: Any,
-    block_bytes: int,
-    max_line: int | None,
-    progress: Callable[[], float] | None = None,
-) -> Iterator[Block]:
+def _fill(stream: Any, block_bytes: int, max_line: int | None) -> Iterator[Block]:
     """Whole-line blocks of a stream of decompressed bytes. The first blocks are small and
     each is twice the last, up to block_bytes: parsing starts after 2 MiB are decompressed, and
-    goes on while the next block is decompressed. With `progress` (the share of the compressed
-    input read so far) blocks shrink again towards the end of the file, halving what is
-    estimated to be left: the last block, which is parsed after decompression has ended, with
-    nothing to overlap, is a small one."""
+    goes on while the next block is decompressed."""
     step = max(4096, min(CHUNK_BYTES, block_bytes))
-    smallest = min(block_bytes, FIRST_BLOCK_BYTES)
-    size = smallest + step  # a block's bytes, and room for a step
+    size = min(block_bytes, FIRST_BLOCK_BYTES) + step  # a block's bytes, and room for a step
     buf = _Buffer(size, step)
     offset = 0  # of buf[lo] in the decompressed file
     skipping = False  # inside a line too long to keep, until its newline
@@ -276,12 +266,7 @@ def _fill(
             if buf.last >= buf.lo:  # hand out its whole lines
                 yield offset, buf.view(buf.lo, buf.last + 1)
                 offset += buf.last + 1 - buf.lo
-                target = min(2 * (size - step), block_bytes)
-                done = progress() if progress is not None else 0.0
-                if 0.0 < done < 1.0:
-                    left = offset * (1.0 - done) / done
-                    target = max(smallest, min(target, int(left / 2)))
-                size = target + step
+                size = min(2 * (size - step), block_bytes) + step
                 buf = buf.carry(size, buf.last + 1)
             else:  # one open line fills it: a longer buffer (up to about 2 * max_line)
                 buf = buf.carry(2 * buf.size, buf.lo)
