@@ -9,7 +9,7 @@
  * What it accepts it reads as pyarrow does: columns in order of first appearance, a missing
  * key is null, integers are int64 unless a column also holds a fraction or an exponent (then
  * every value is a double, correctly rounded), a column of only nulls has the null type, and
- * strings are unescaped exactly. See assay/io/fast.py for the Python side.
+ * strings are unescaped exactly. See assay/io/flat.py for the Python side.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

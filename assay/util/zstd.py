@@ -10,6 +10,7 @@ frame does.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any, BinaryIO
 
 FRAME_MAGIC = 0xFD2FB528
@@ -67,8 +68,6 @@ def reader(raw: BinaryIO, closefd: bool = False) -> Any:
 
 def _is_regular(raw: BinaryIO) -> bool:
     try:
-        import stat
-
         return stat.S_ISREG(os.fstat(raw.fileno()).st_mode)
     except (OSError, ValueError, AttributeError):  # no real descriptor (an in-memory stream)
         return False
